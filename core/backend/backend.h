@@ -1,0 +1,165 @@
+// The Backend: device memory plus every op the model, the MoE layer and the
+// optimizer need, on raw device pointers. The model, the trainer and the MoE
+// logic are written once against this interface; CpuBackend (core/backend/cpu)
+// is the readable reference, the CUDA backend (cuda/) the fast one, and every
+// CUDA op is tested against its CPU twin.
+//
+// Conventions (all ops):
+//  - Tensors are float32, row-major, contiguous unless a leading dimension is
+//    given; token ids and routing indices are int32.
+//  - "+=" in a comment means the op accumulates into its output (gradients of
+//    parameters and of the residual stream); otherwise the output is overwritten.
+//  - Shapes are written next to each pointer: x[N,d] is N rows of d floats.
+//  - Ops returning a double synchronise and bring the scalar to the host.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace m6 {
+
+enum class Trans { No, Yes };
+
+// C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, row-major, repeated
+// `batch` times with the given element strides between batch entries.
+struct GemmArgs {
+  Trans trans_a = Trans::No, trans_b = Trans::No;
+  int m = 0, n = 0, k = 0;
+  float alpha = 1.0f, beta = 0.0f;
+  const float* a = nullptr; int lda = 0; int64_t stride_a = 0;
+  const float* b = nullptr; int ldb = 0; int64_t stride_b = 0;
+  float* c = nullptr;       int ldc = 0; int64_t stride_c = 0;
+  int batch = 1;
+};
+
+// Routing of one MoE layer over N tokens (DESIGN.md section 3).
+struct RouterArgs {
+  int n = 0;           // tokens
+  int e = 0;           // experts
+  int groups = 1;      // 1 for top-k; k prototypes for expert prototyping
+  int top_k = 1;       // experts chosen per group (top-k: top_k; prototypes: 1)
+  bool normalize = false;  // renormalise gates over the chosen experts (top-k only)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // ---- memory ---------------------------------------------------------------
+  virtual void* alloc(size_t bytes) = 0;  // zero-filled
+  virtual void release(void* p) = 0;
+  virtual void to_device(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // device to device
+  virtual void zero(void* p, size_t bytes) = 0;
+  virtual void sync() = 0;
+
+  // ---- dense algebra ----------------------------------------------------------
+  virtual void gemm(const GemmArgs& g) = 0;
+  virtual void add_bias(float* y, const float* b, int n, int c) = 0;        // y[n,c] += b[c]
+  virtual void bias_grad(float* db, const float* dy, int n, int c) = 0;     // db[c] += sum_rows dy[n,c]
+  virtual void add(float* y, const float* a, const float* b, size_t n) = 0; // y = a + b
+  virtual void axpy(float* y, float alpha, const float* x, size_t n) = 0;   // y += alpha x
+  virtual void scale(float* x, float s, size_t n) = 0;                      // x *= s
+  virtual double sum(const float* x, size_t n) = 0;
+  virtual double sum_squares(const float* x, size_t n) = 0;
+  virtual bool all_finite(const float* x, size_t n) = 0;
+
+  // ---- transformer ops --------------------------------------------------------
+  // x[b*T+t,:] = wte[tokens[b*T+t],:] + wpe[t,:]
+  virtual void embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe,
+                             int B, int T, int d) = 0;
+  // dwte += scatter of dx by token; dwpe[t] += sum_b dx[b,t]
+  virtual void embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32_t* tokens,
+                             int B, int T, int d) = 0;
+  // y[N,d] = (x - mean) * rstd * w + b; mean[N], rstd[N] saved for backward; eps 1e-5
+  virtual void layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
+                             const float* b, int N, int d) = 0;
+  // dx[N,d] +=, dw[d] +=, db[d] +=
+  virtual void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
+                             const float* mean, const float* rstd, const float* w, int N,
+                             int d) = 0;
+  // y = gelu_tanh(x) ; dx = gelu_tanh'(x) * dy (overwrite)
+  virtual void gelu_fwd(float* y, const float* x, size_t n) = 0;
+  virtual void gelu_bwd(float* dx, const float* x, const float* dy, size_t n) = 0;
+  // Causal multi-head attention on fused qkv[B,T,3d] (order q,k,v; head h is
+  // columns h*dh..(h+1)*dh of each), scale 1/sqrt(dh). out[B,T,d]; att[B,H,T,T]
+  // keeps the softmax probabilities (zero above the diagonal) for backward.
+  virtual void attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H,
+                             int d) = 0;
+  // dqkv[B,T,3d] (overwrite); datt[B,H,T,T] is scratch
+  virtual void attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
+                             const float* att, int B, int T, int H, int d) = 0;
+  // Per-position cross-entropy of logits[N,V] against targets[N] (target < 0:
+  // ignored, loss 0). probs[N,V] receives softmax(logits) (may alias logits).
+  virtual void crossentropy_fwd(float* loss, float* probs, const float* logits,
+                                const int32_t* targets, int N, int V) = 0;
+  // dlogits[N,V] = (probs - onehot(target)) * dscale, rows with target < 0 zeroed
+  // (may alias probs).
+  virtual void crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets,
+                                float dscale, int N, int V) = 0;
+
+  // ---- mixture of experts ----------------------------------------------------
+  // From router logits[N,E] (fp32): probs[N,E] = softmax within each of the
+  // `groups` groups of E/groups consecutive experts; lse[N,groups] the
+  // log-sum-exp of each group's logits; per group the top_k experts by prob
+  // (ties to the lower index) go to expert[N,S] (global expert ids, S =
+  // groups*top_k, group-major), their probs to gate[N,S], renormalised over the
+  // token's chosen slots when a.normalize.
+  virtual void router_fwd(float* probs, float* lse, int32_t* expert, float* gate,
+                          const float* logits, const RouterArgs& a) = 0;
+  // Capacity, slot-major: slot s of every token in token order, then slot s+1.
+  // pos[N,S] = row of the slot inside its expert's block, or -1 when the expert
+  // already holds `capacity` slots (capacity <= 0: no limit). count[E] = kept
+  // slots per expert, demand[E] = slots that chose the expert before dropping.
+  virtual void moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert,
+                          int N, int S, int E, int capacity) = 0;
+  // Gather: xp[offset[e] + pos[n,s], :] = x[n, :] for every kept slot.
+  // offset[E] = first row of each expert's block in the packed buffer.
+  virtual void moe_permute(float* xp, const float* x, const int32_t* expert, const int32_t* pos,
+                           const int32_t* offset, int N, int S, int d) = 0;
+  // dx[n,:] += sum over kept slots of dxp[offset[e]+pos[n,s], :]
+  virtual void moe_permute_bwd(float* dx, const float* dxp, const int32_t* expert,
+                               const int32_t* pos, const int32_t* offset, int N, int S,
+                               int d) = 0;
+  // Combine: y[n,:] += sum over kept slots of gate[n,s] * yp[offset[e]+pos[n,s], :]
+  virtual void moe_unpermute(float* y, const float* yp, const float* gate, const int32_t* expert,
+                             const int32_t* pos, const int32_t* offset, int N, int S, int d) = 0;
+  // dyp[row,:] = gate[n,s] * dy[n,:] for kept slots (other rows untouched);
+  // dgate[n,s] = dot(dy[n,:], yp[row,:]) for kept slots, 0 for dropped ones.
+  virtual void moe_unpermute_bwd(float* dyp, float* dgate, const float* dy, const float* yp,
+                                 const float* gate, const int32_t* expert, const int32_t* pos,
+                                 const int32_t* offset, int N, int S, int d) = 0;
+  // Auxiliary losses of one MoE layer. aux = (E/groups) * sum_e f_e * P_e
+  // averaged over groups, f_e = demand[e] / (N*top_k) (share of the group's
+  // slot assignments), P_e = mean_n probs[n,e]; z = mean_n,g lse[n,g]^2.
+  // Returns {aux, z}.
+  struct AuxLosses { double aux, z; };
+  virtual AuxLosses router_aux_fwd(const float* probs, const float* lse, const int32_t* demand,
+                                   const RouterArgs& a) = 0;
+  // dlogits[N,E] (overwrite) from: dgate[N,S] through the gate (normalised or
+  // not) and the group softmax, plus aux_coef * d aux / d logits and
+  // z_coef * d z / d logits. The caller folds its loss scale into dgate and the
+  // two coefficients.
+  virtual void router_bwd(float* dlogits, const float* dgate, const float* probs,
+                          const float* lse, const int32_t* expert, const float* gate,
+                          const int32_t* demand, float aux_coef, float z_coef,
+                          const RouterArgs& a) = 0;
+
+  // ---- optimizer -------------------------------------------------------------
+  // Decoupled AdamW on n elements: m,v updated from g * grad_scale; bias
+  // correction with step t (1-based); p -= lr * (mhat/(sqrt(vhat)+eps) + wd*p).
+  struct AdamArgs {
+    float lr, beta1, beta2, eps, weight_decay, grad_scale;
+    int64_t t;
+  };
+  virtual void adamw(float* p, const float* g, float* m, float* v, size_t n,
+                     const AdamArgs& a) = 0;
+};
+
+// The CPU reference backend (OpenBLAS GEMMs, OpenMP loops). threads <= 0: all cores.
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+
+}  // namespace m6

@@ -1,0 +1,47 @@
+// y = x W^T + b and its backward, on the Backend's GEMM. W is [out, in]
+// (row-major, as stored and exported), x [n, in], y [n, out].
+#pragma once
+#include "core/backend/backend.h"
+
+namespace m6 {
+
+enum class GradMode { Overwrite, Accumulate };
+
+inline void linear_fwd(Backend& be, float* y, const float* x, const float* w, const float* b,
+                       int n, int in, int out) {
+  GemmArgs g;
+  g.trans_b = Trans::Yes;
+  g.m = n, g.n = out, g.k = in;
+  g.a = x, g.lda = in;
+  g.b = w, g.ldb = in;
+  g.c = y, g.ldc = out;
+  be.gemm(g);
+  if (b) be.add_bias(y, b, n, out);
+}
+
+// dx[n,in] = (or +=) dy W; dw[out,in] += dy^T x; db[out] += sum_rows dy.
+// dx may be null (input gradient not needed), db null when there is no bias.
+inline void linear_bwd(Backend& be, float* dx, GradMode dx_mode, float* dw, float* db,
+                       const float* dy, const float* x, const float* w, int n, int in, int out) {
+  if (n == 0) return;
+  if (dx) {
+    GemmArgs g;
+    g.m = n, g.n = in, g.k = out;
+    g.a = dy, g.lda = out;
+    g.b = w, g.ldb = in;
+    g.c = dx, g.ldc = in;
+    g.beta = dx_mode == GradMode::Accumulate ? 1.0f : 0.0f;
+    be.gemm(g);
+  }
+  GemmArgs g;
+  g.trans_a = Trans::Yes;
+  g.m = out, g.n = in, g.k = n;
+  g.a = dy, g.lda = out;
+  g.b = x, g.ldb = in;
+  g.c = dw, g.ldc = in;
+  g.beta = 1.0f;
+  be.gemm(g);
+  if (db) be.bias_grad(db, dy, n, out);
+}
+
+}  // namespace m6

@@ -1,0 +1,76 @@
+// Parameter layout: every tensor has a stable global name (DESIGN.md section 3)
+// that decides its initial values, its checkpoint entry and its export name.
+// Tensors live in chunks -- the embeddings, one layer set's dense part, one
+// expert, the final LayerNorm -- each a contiguous device buffer with its
+// gradient and Adam moments beside it. Chunks are the unit of gradient
+// buckets, offload and checkpoint entries.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/backend/backend.h"
+#include "core/config/config.h"
+
+namespace m6 {
+
+enum class InitKind { Normal, Zeros, Ones };
+
+struct ParamTensor {
+  std::string name;            // global name, e.g. layers.3.moe.experts.5.fc1.weight
+  std::vector<int64_t> shape;  // row-major, [out, in] for weights
+  size_t offset = 0;           // floats from the start of the chunk
+  size_t numel = 0;
+  InitKind init = InitKind::Zeros;
+  float init_std = 0.0f;
+  bool decay = false;          // AdamW weight decay applies (weights, not biases or LayerNorm)
+};
+
+enum class ChunkKind { Embedding, Layer, Expert, Head };
+
+struct Chunk {
+  std::string name;  // "embed", "layers.3", "layers.3.moe.experts.5", "ln_f"
+  ChunkKind kind = ChunkKind::Layer;
+  int layer = -1;    // the layer set (Layer, Expert); -1 otherwise
+  int expert = -1;   // global expert id (Expert); -1 otherwise
+  std::vector<ParamTensor> tensors;
+  size_t numel = 0;
+  float* param = nullptr;  // device buffers of numel floats each
+  float* grad = nullptr;
+  float* adam_m = nullptr;
+  float* adam_v = nullptr;
+
+  const ParamTensor& tensor(const std::string& suffix) const;  // by name suffix ("fc1.weight")
+  float* param_of(const std::string& suffix) const { return param + tensor(suffix).offset; }
+  float* grad_of(const std::string& suffix) const { return grad + tensor(suffix).offset; }
+};
+
+// Which experts this rank holds (DESIGN.md section 4): EP rank j of ep holds
+// experts [j*E/ep, (j+1)*E/ep).
+struct ExpertRange {
+  int first = 0, count = 0;
+};
+
+// The logical layer -> parameter set map of Pseudo-to-Real sharing:
+// set(l) = floor(l * G / L) when sharing.groups = G > 0, else l.
+int layer_set(const ModelConfig& m, int layer);
+int num_layer_sets(const ModelConfig& m);
+// The first logical layer that uses a set; the set's tensors carry its name.
+int first_layer_of_set(const ModelConfig& m, int set);
+
+// Describes every chunk this rank holds (no memory yet).
+std::vector<Chunk> plan_chunks(const ModelConfig& m, ExpertRange experts);
+
+// Total parameters of the full model: unique (stored once) and logical (every
+// logical layer counted, as the export lists them).
+struct ParamCounts {
+  int64_t unique = 0, logical = 0, active_per_token = 0;
+};
+ParamCounts count_params(const ModelConfig& m);
+
+// Fills `host` (numel floats) with the chunk's initial values: N(0, std)
+// from a counter-based generator keyed by (seed, tensor name, element index),
+// so a tensor's values never depend on the rank or layout that creates it.
+void init_chunk_host(const Chunk& c, uint64_t seed, float* host);
+
+}  // namespace m6

@@ -1,0 +1,99 @@
+#include "core/train/export.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/ckpt/safetensors.h"
+#include "core/train/checkpoint.h"
+#include "core/train/trainer.h"
+#include "core/util/error.h"
+#include "core/util/fs.h"
+
+namespace m6 {
+
+namespace {
+
+std::vector<StTensorView> views_of(const std::vector<Model::NamedTensor>& tensors) {
+  std::vector<StTensorView> v;
+  for (const auto& t : tensors) v.push_back({t.name, StDType::F32, t.shape, t.values.data()});
+  return v;
+}
+
+}  // namespace
+
+void write_export(const std::string& path, const Config& cfg,
+                  const std::vector<Model::NamedTensor>& tensors) {
+  write_safetensors(path, views_of(tensors),
+                    {{"config", config_to_json(cfg).dump()}, {"format", "m6train-export-1"}});
+}
+
+std::string export_run(const std::string& run_dir, const std::string& out_path) {
+  const std::string dir = latest_checkpoint(run_dir);
+  const nlohmann::json man = read_manifest(dir);
+  Config cfg = config_from_json(man.at("config"));
+  const ModelConfig& m = cfg.model;
+  const SafetensorsFile weights(dir + "/weights.safetensors");
+
+  const int E = m.moe.every > 0 ? m.moe.experts : 0;
+  const std::vector<Chunk> chunks = plan_chunks(m, ExpertRange{0, E});
+  std::vector<Model::NamedTensor> out;
+  auto emit = [&](const Chunk& c, const std::string& from, const std::string& to) {
+    for (const auto& t : c.tensors) {
+      const StTensorView& v = weights.get(t.name);
+      if (v.dtype != StDType::F32 || v.shape != t.shape)
+        throw CheckpointError(fmt(weights.path(), ": tensor ", t.name,
+                                  " does not have the shape the checkpoint's config gives"));
+      Model::NamedTensor nt;
+      nt.name = from.empty() ? t.name : to + t.name.substr(from.size());
+      nt.shape = t.shape;
+      const float* p = static_cast<const float*>(v.data);
+      nt.values.assign(p, p + t.numel);
+      out.push_back(std::move(nt));
+    }
+  };
+  emit(chunks.front(), "", "");
+  for (int l = 0; l < m.n_layers; ++l) {
+    const int s = layer_set(m, l);
+    const std::string from = "layers." + std::to_string(first_layer_of_set(m, s));
+    const std::string to = "layers." + std::to_string(l);
+    for (const auto& c : chunks)
+      if ((c.kind == ChunkKind::Layer || c.kind == ChunkKind::Expert) && c.layer == s) emit(c, from, to);
+  }
+  emit(chunks.back(), "", "");
+  write_export(out_path, cfg, out);
+  return dir;
+}
+
+void debug_step(const Config& cfg, const std::string& out_dir) {
+  const ModelConfig& m = cfg.model;
+  const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
+  TokenDataset ds = TokenDataset::open(cfg.data.train, m.vocab_size, T);
+  auto be = make_backend(cfg);
+  const int E = m.moe.every > 0 ? m.moe.experts : 0;
+  Model model(cfg, *be, ExpertRange{0, E});
+  model.init_params(cfg.train.seed);
+  Batch batch;
+  sample_train_batch(ds, cfg.train.seed, 0, 0, 1, B, T, batch);
+  const MicroStats st = model.forward(batch, Phase::Train);
+  model.backward(1.0f);
+
+  make_dirs(out_dir);
+  write_export(out_dir + "/model.safetensors", cfg, model.logical_tensors(false));
+  const auto grads = model.logical_tensors(true);
+  write_safetensors(out_dir + "/grads.safetensors", views_of(grads), {});
+  write_safetensors(out_dir + "/batch.safetensors",
+                    {{"inputs", StDType::I32, {B, T}, batch.inputs.data()},
+                     {"targets", StDType::I32, {B, T}, batch.targets.data()}},
+                    {});
+  nlohmann::json r = {{"loss", st.loss(m.moe)}, {"ce", st.ce()}};
+  r["aux"] = nlohmann::json::array();
+  r["z"] = nlohmann::json::array();
+  r["dropped"] = nlohmann::json::array();
+  for (const auto& x : st.moe) {
+    r["aux"].push_back(x.aux);
+    r["z"].push_back(x.z);
+    r["dropped"].push_back(x.dropped);
+  }
+  atomic_write_file(out_dir + "/result.json", r.dump(2) + "\n");
+}
+
+}  // namespace m6

@@ -1,0 +1,30 @@
+// AdamW over parameter chunks, the learning-rate schedule and global-norm
+// gradient clipping (DESIGN.md section 1, core/train).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/backend/backend.h"
+#include "core/config/config.h"
+#include "core/model/params.h"
+
+namespace m6 {
+
+// Linear warmup over warmup_steps, then cosine decay from lr to min_lr over
+// the remaining decay_steps (train.steps when 0); min_lr afterwards. step is 0-based.
+double lr_at(const OptimConfig& o, int64_t total_steps, int64_t step);
+
+// Sum of squares of the gradients of the given chunks (for the global norm;
+// the caller adds the contributions of other ranks).
+double grad_sum_squares(Backend& be, const std::vector<Chunk>& chunks);
+
+// One AdamW update of every chunk. grad_scale multiplies the gradients (the
+// clipping factor); t is the 1-based update count used for bias correction.
+// Weight decay applies only to tensors marked `decay` (not biases or LayerNorm).
+void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, double lr,
+                float grad_scale, int64_t t);
+
+// The clipping factor for a global gradient norm: min(1, clip / norm); 1 when clip is 0.
+float clip_factor(const OptimConfig& o, double grad_norm);
+
+}  // namespace m6

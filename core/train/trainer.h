@@ -1,0 +1,31 @@
+// The training loop: data -> micro-batches -> forward/backward -> clipped
+// AdamW, with evaluation, logging and a final checkpoint.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/backend/backend.h"
+#include "core/config/config.h"
+
+namespace m6 {
+
+struct RunOptions {
+  std::string run_dir;
+  int64_t max_steps = -1;  // stop after this many steps of this invocation (< 0: train.steps)
+};
+
+struct TrainSummary {
+  std::string run_dir;
+  std::string checkpoint;  // the final checkpoint directory
+  int64_t steps = 0;
+  double first_eval_loss = 0, final_eval_loss = 0;
+};
+
+// The backend train.device asks for (auto: CUDA when built in and a GPU is
+// present, else CPU). Throws ConfigError for a device that cannot be had.
+std::unique_ptr<Backend> make_backend(const Config& cfg);
+
+TrainSummary train(const Config& cfg, const RunOptions& opt);
+
+}  // namespace m6
