@@ -177,6 +177,12 @@ void walk_map(const std::string& file, const YAML::Node& map, const std::string&
       continue;
     }
     const std::string name = prefix.empty() ? k.Scalar() : prefix + "." + k.Scalar();
+    if (k.Scalar().find('.') != std::string::npos) {
+      // `model.d_model: 64` would bypass the duplicate check of the nested form.
+      errors.push_back(fmt(at, ": ", name, ": a key must not contain '.' (got ", k.Scalar(),
+                           "); allowed: nest it under its section"));
+      continue;
+    }
     if (auto [first, inserted] = seen.emplace(k.Scalar(), line); !inserted) {
       errors.push_back(fmt(at, ": ", name, ": duplicate key (first given at line ", first->second,
                            "); allowed: each key once per section"));

@@ -67,6 +67,7 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   }
   be_.to_device(offset_, offset_h_.data(), E * sizeof(int32_t));
   st.load.assign(count_h_.begin(), count_h_.end());
+  st.demand.assign(demand_h.begin(), demand_h.end());
   st.slots = static_cast<int64_t>(n) * S_;
   st.dropped = st.slots - rows;
 

@@ -18,7 +18,8 @@ enum class Phase { Train, Eval };
 
 struct MoeStats {
   double aux = 0, z = 0;
-  std::vector<int64_t> load;  // kept slots per expert (global expert ids)
+  std::vector<int64_t> load;    // kept slots per expert (global expert ids)
+  std::vector<int64_t> demand;  // slots that chose each expert, before dropping
   int64_t slots = 0, dropped = 0;
 };
 

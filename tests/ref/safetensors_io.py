@@ -110,11 +110,11 @@ def write_safetensors(path, tensors, metadata=None):
     for name, arr in items:
         if name in header:
             raise SafetensorsError(f"{path}: duplicate tensor name '{name}'")
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr)  # (np.ascontiguousarray would turn a 0-d array into shape [1])
         dt = _FROM_NP.get(arr.dtype)
         if dt is None:
             raise SafetensorsError(f"{path}: tensor '{name}' has unsupported numpy dtype {arr.dtype}")
-        blob = arr.astype(_NP[dt], copy=False).tobytes()
+        blob = arr.astype(_NP[dt], copy=False).tobytes(order="C")
         header[name] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
         offset += len(blob)

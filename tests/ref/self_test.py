@@ -43,6 +43,11 @@ def make_config(d=8, heads=2, layers=2, ff=12, vocab=11, max_seq=6, **moe):
     return cfg
 
 
+def write_file(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def random_params(spec, seed, dtype=torch.float64, scale=1.0):
     """Weights with non-trivial LN/bias values and router logits large enough
     that routing is not a near-tie (init_params' 0.02 is for training)."""
@@ -263,6 +268,7 @@ class SafetensorsTest(unittest.TestCase):
         self.assertEqual(meta, {"config": '{"a": 1}'})
         for k in ts:
             self.assertEqual(back[k].dtype, ts[k].dtype)
+            self.assertEqual(back[k].shape, ts[k].shape)
             np.testing.assert_array_equal(back[k], ts[k])
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
@@ -273,12 +279,12 @@ class SafetensorsTest(unittest.TestCase):
         path = os.path.join(self.dir, "b.safetensors")
         header = json.dumps({"x": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
         good = len(header).to_bytes(8, "little") + header + np.array([0x3F80, 0xC000], "<u2").tobytes()
-        open(path, "wb").write(good)
+        write_file(path, good)
         back, _ = read_safetensors(path)
         np.testing.assert_array_equal(back["x"], np.array([1.0, -2.0], np.float32))
         for bad in (good[:-1], good + b"x", (10 ** 6).to_bytes(8, "little") + good[8:],
                     good.replace(b"BF16", b"BF17")):
-            open(path, "wb").write(bad)
+            write_file(path, bad)
             with self.assertRaises(SafetensorsError):
                 read_safetensors(path)
 

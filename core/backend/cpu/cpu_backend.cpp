@@ -45,9 +45,7 @@ class CpuBackend final : public Backend {
     cpu::bias_grad(db, dy, n, c);
   }
   void add(float* y, const float* a, const float* b, size_t n) override { cpu::add(y, a, b, n); }
-  void axpy(float* y, float alpha, const float* x, size_t n) override {
-    cpu::axpy(y, alpha, x, n);
-  }
+  void axpy(float* y, float alpha, const float* x, size_t n) override { cpu::axpy(y, alpha, x, n); }
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
   double sum(const float* x, size_t n) override { return cpu::sum(x, n); }
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
@@ -58,8 +56,8 @@ class CpuBackend final : public Backend {
                      int T, int d) override {
     cpu::embedding_fwd(x, tokens, wte, wpe, B, T, d);
   }
-  void embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32_t* tokens, int B,
-                     int T, int d) override {
+  void embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32_t* tokens, int B, int T,
+                     int d) override {
     cpu::embedding_bwd(dwte, dwpe, dx, tokens, B, T, d);
   }
   void layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
@@ -67,8 +65,7 @@ class CpuBackend final : public Backend {
     cpu::layernorm_fwd(y, mean, rstd, x, w, b, N, d);
   }
   void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
-                     const float* mean, const float* rstd, const float* w, int N,
-                     int d) override {
+                     const float* mean, const float* rstd, const float* w, int N, int d) override {
     cpu::layernorm_bwd(dx, dw, db, dy, x, mean, rstd, w, N, d);
   }
   void gelu_fwd(float* y, const float* x, size_t n) override { cpu::gelu_fwd(y, x, n); }
@@ -123,14 +120,13 @@ class CpuBackend final : public Backend {
     return cpu::router_aux_fwd(probs, lse, demand, a);
   }
   void router_bwd(float* dlogits, const float* dgate, const float* probs, const float* lse,
-                  const int32_t* expert, const float* gate, const int32_t* demand,
-                  float aux_coef, float z_coef, const RouterArgs& a) override {
+                  const int32_t* expert, const float* gate, const int32_t* demand, float aux_coef,
+                  float z_coef, const RouterArgs& a) override {
     cpu::router_bwd(dlogits, dgate, probs, lse, expert, gate, demand, aux_coef, z_coef, a);
   }
 
   // ---- optimizer -------------------------------------------------------------
-  void adamw(float* p, const float* g, float* m, float* v, size_t n,
-             const AdamArgs& a) override {
+  void adamw(float* p, const float* g, float* m, float* v, size_t n, const AdamArgs& a) override {
     cpu::adamw(p, g, m, v, n, a);
   }
 

@@ -25,20 +25,36 @@ struct GemmArgsT {
   Trans trans_a = Trans::No, trans_b = Trans::No;
   int m = 0, n = 0, k = 0;
   T alpha = 1, beta = 0;
-  const T* a = nullptr; int lda = 0; int64_t stride_a = 0;
-  const T* b = nullptr; int ldb = 0; int64_t stride_b = 0;
-  T* c = nullptr;       int ldc = 0; int64_t stride_c = 0;
+  const T* a = nullptr;
+  int lda = 0;
+  int64_t stride_a = 0;
+  const T* b = nullptr;
+  int ldb = 0;
+  int64_t stride_b = 0;
+  T* c = nullptr;
+  int ldc = 0;
+  int64_t stride_c = 0;
   int batch = 1;
 };
 
 inline GemmArgsT<float> to_gemm_t(const GemmArgs& g) {
   GemmArgsT<float> t;
-  t.trans_a = g.trans_a; t.trans_b = g.trans_b;
-  t.m = g.m; t.n = g.n; t.k = g.k;
-  t.alpha = g.alpha; t.beta = g.beta;
-  t.a = g.a; t.lda = g.lda; t.stride_a = g.stride_a;
-  t.b = g.b; t.ldb = g.ldb; t.stride_b = g.stride_b;
-  t.c = g.c; t.ldc = g.ldc; t.stride_c = g.stride_c;
+  t.trans_a = g.trans_a;
+  t.trans_b = g.trans_b;
+  t.m = g.m;
+  t.n = g.n;
+  t.k = g.k;
+  t.alpha = g.alpha;
+  t.beta = g.beta;
+  t.a = g.a;
+  t.lda = g.lda;
+  t.stride_a = g.stride_a;
+  t.b = g.b;
+  t.ldb = g.ldb;
+  t.stride_b = g.stride_b;
+  t.c = g.c;
+  t.ldc = g.ldc;
+  t.stride_c = g.stride_c;
   t.batch = g.batch;
   return t;
 }
@@ -53,8 +69,8 @@ constexpr size_t kReduceBlock = 4096;
 inline int resolve_ld(int ld, int width, const char* what) {
   if (ld == 0) return std::max(width, 1);
   if (ld < width)
-    throw Error(fmt("gemm: ", what, " (", ld, ") is smaller than the stored row width (", width,
-                    ")"));
+    throw Error(
+        fmt("gemm: ", what, " (", ld, ") is smaller than the stored row width (", width, ")"));
   return ld;
 }
 

@@ -18,8 +18,8 @@ namespace m6::cpu {
 inline void check_router_args(const RouterArgs& a) {
   if (a.n < 0) throw Error(fmt("router: tokens (", a.n, ") must be >= 0"));
   if (a.e <= 0 || a.groups <= 0 || a.e % a.groups != 0)
-    throw Error(fmt("router: experts (", a.e, ") must be a positive multiple of groups (",
-                    a.groups, ")"));
+    throw Error(
+        fmt("router: experts (", a.e, ") must be a positive multiple of groups (", a.groups, ")"));
   if (a.top_k < 1 || a.top_k > a.e / a.groups)
     throw Error(fmt("router: top_k (", a.top_k, ") must be in [1, experts per group (",
                     a.e / a.groups, ")]"));
@@ -53,7 +53,7 @@ void router_fwd(T* probs, T* lse, int32_t* expert, T* gate, const T* logits, con
       for (int k = 0; k < K; k++) {
         int best = -1;  // strict '>' in index order: ties go to the lower index
         for (int e = lo; e < lo + Eg; e++)
-          if (!used[e - lo] && (best < 0 || p[e] >= p[best])) best = e;
+          if (!used[e - lo] && (best < 0 || p[e] > p[best])) best = e;
         used[best - lo] = 1;
         ex[g * K + k] = best;
         gt[g * K + k] = p[best];
@@ -71,8 +71,8 @@ void router_fwd(T* probs, T* lse, int32_t* expert, T* gate, const T* logits, con
 // the row inside the expert's block or -1 when dropped (capacity <= 0: no
 // limit); count[E] kept slots, demand[E] slots that chose the expert.
 // Serial: the order of claims is the definition.
-inline void moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert,
-                       int N, int S, int E, int capacity) {
+inline void moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert, int N,
+                       int S, int E, int capacity) {
   std::fill(count, count + E, 0);
   std::fill(demand, demand + E, 0);
   for (int s = 0; s < S; s++) {
@@ -80,8 +80,8 @@ inline void moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int3
       const int64_t i = static_cast<int64_t>(n) * S + s;
       const int e = expert[i];
       if (e < 0 || e >= E)
-        throw Error(fmt("moe_assign: expert ", e, " of token ", n, " slot ", s,
-                        " is outside [0, ", E, ")"));
+        throw Error(fmt("moe_assign: expert ", e, " of token ", n, " slot ", s, " is outside [0, ",
+                        E, ")"));
       demand[e]++;
       pos[i] = (capacity <= 0 || count[e] < capacity) ? count[e]++ : -1;
     }
@@ -180,7 +180,8 @@ Backend::AuxLosses router_aux_fwd(const T* probs, const T* lse, const int32_t* d
     aux += (static_cast<double>(demand[e]) / (static_cast<double>(a.n) * a.top_k)) * (pe[e] / a.n);
   aux *= static_cast<double>(Eg) / G;
   double z = 0.0;
-  for (int64_t i = 0; i < static_cast<int64_t>(a.n) * G; i++) z += static_cast<double>(lse[i]) * lse[i];
+  for (int64_t i = 0; i < static_cast<int64_t>(a.n) * G; i++)
+    z += static_cast<double>(lse[i]) * lse[i];
   z /= static_cast<double>(a.n) * G;
   return {aux, z};
 }
@@ -204,8 +205,8 @@ void router_bwd(T* dlogits, const T* dgate, const T* probs, const T* lse, const 
   std::vector<double> daux(E, 0.0);
   if (aux_coef != T(0))
     for (int e = 0; e < E; e++)
-      daux[e] = static_cast<double>(aux_coef) * (static_cast<double>(Eg) / G) *
-                (demand[e] / (N * K)) / N;
+      daux[e] =
+          static_cast<double>(aux_coef) * (static_cast<double>(Eg) / G) * (demand[e] / (N * K)) / N;
   const double zc = 2.0 * static_cast<double>(z_coef) / (N * G);
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < a.n; n++) {
@@ -232,8 +233,7 @@ void router_bwd(T* dlogits, const T* dgate, const T* probs, const T* lse, const 
       double dot = 0.0;
       for (int e = lo; e < lo + Eg; e++) dot += p[e] * dp[e];
       const double zl = zc * lse[static_cast<int64_t>(n) * G + g];
-      for (int e = lo; e < lo + Eg; e++)
-        dl[e] = static_cast<T>(p[e] * (dp[e] - dot) + zl * p[e]);
+      for (int e = lo; e < lo + Eg; e++) dl[e] = static_cast<T>(p[e] * (dp[e] - dot) + zl * p[e]);
     }
   }
 }

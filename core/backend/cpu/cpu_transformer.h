@@ -154,7 +154,8 @@ void gelu_bwd(T* dx, const T* x, const T* dy, size_t n) {
 // att[B,H,T,T] = softmax probabilities, zero above the diagonal.
 template <class T>
 void attention_fwd(T* out, T* att, const T* qkv, int B, int T_, int H, int d) {
-  if (H <= 0 || d % H != 0) throw Error(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
+  if (H <= 0 || d % H != 0)
+    throw Error(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
   const int dh = d / H;
   const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
   const int64_t row = 3 * static_cast<int64_t>(d);
@@ -168,6 +169,7 @@ void attention_fwd(T* out, T* att, const T* qkv, int B, int T_, int H, int d) {
         for (int t2 = 0; t2 <= t; t2++) {
           const T* k = qkv + (static_cast<int64_t>(b) * T_ + t2) * row + d + h * dh;
           double s = 0.0;
+#pragma omp simd reduction(+ : s)
           for (int i = 0; i < dh; i++) s += static_cast<double>(q[i]) * k[i];
           p[t2] = s * scale;
           mx = std::max(mx, p[t2]);
@@ -199,7 +201,8 @@ void attention_fwd(T* out, T* att, const T* qkv, int B, int T_, int H, int d) {
 template <class T>
 void attention_bwd(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, int B, int T_,
                    int H, int d) {
-  if (H <= 0 || d % H != 0) throw Error(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
+  if (H <= 0 || d % H != 0)
+    throw Error(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
   const int dh = d / H;
   const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
   const int64_t row = 3 * static_cast<int64_t>(d);
@@ -208,15 +211,19 @@ void attention_bwd(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, 
     for (int h = 0; h < H; h++) {
       const int64_t bt0 = static_cast<int64_t>(b) * T_;
       const int64_t a0 = (static_cast<int64_t>(b) * H + h) * T_ * T_;
-      std::vector<double> ds(T_), acc(dh), acc2(dh);
-      // Pass 1, per query t: dscore = att * (datt - sum att*datt); dq.
+      std::vector<double> ds(T_), acc(dh);
+      // dk, dv of every key/value position, summed over the queries t >= t2 in order
+      std::vector<double> dk_acc(static_cast<size_t>(T_) * dh, 0.0), dv_acc(dk_acc.size(), 0.0);
       for (int t = 0; t < T_; t++) {
+        const T* q = qkv + (bt0 + t) * row + h * dh;
         const T* go = dout + (bt0 + t) * d + h * dh;
         const T* a = att + a0 + static_cast<int64_t>(t) * T_;
+        // datt[t2] = dout[t].v[t2]; dscore = att * (datt - sum_t2 att*datt)
         double dot_sum = 0.0;
         for (int t2 = 0; t2 <= t; t2++) {
           const T* v = qkv + (bt0 + t2) * row + 2 * d + h * dh;
           double s = 0.0;
+#pragma omp simd reduction(+ : s)
           for (int i = 0; i < dh; i++) s += static_cast<double>(go[i]) * v[i];
           ds[t2] = s;
           dot_sum += a[t2] * s;
@@ -224,34 +231,27 @@ void attention_bwd(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, 
         T* da = datt + a0 + static_cast<int64_t>(t) * T_;
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int t2 = 0; t2 <= t; t2++) {
-          const double g = a[t2] * (ds[t2] - dot_sum);
+          const double g = a[t2] * (ds[t2] - dot_sum), p = a[t2];
           da[t2] = static_cast<T>(g);
           const T* k = qkv + (bt0 + t2) * row + d + h * dh;
-          for (int i = 0; i < dh; i++) acc[i] += g * k[i];
+          double* dk = dk_acc.data() + static_cast<size_t>(t2) * dh;
+          double* dv = dv_acc.data() + static_cast<size_t>(t2) * dh;
+          for (int i = 0; i < dh; i++) {
+            acc[i] += g * k[i];
+            dk[i] += g * q[i];
+            dv[i] += p * go[i];
+          }
         }
         for (int t2 = t + 1; t2 < T_; t2++) da[t2] = T(0);
         T* dq = dqkv + (bt0 + t) * row + h * dh;
         for (int i = 0; i < dh; i++) dq[i] = static_cast<T>(acc[i] * scale);
       }
-      // Pass 2, per key/value t2: sums over the queries t >= t2.
       for (int t2 = 0; t2 < T_; t2++) {
-        std::fill(acc.begin(), acc.end(), 0.0);   // dk
-        std::fill(acc2.begin(), acc2.end(), 0.0);  // dv
-        for (int t = t2; t < T_; t++) {
-          const double g = datt[a0 + static_cast<int64_t>(t) * T_ + t2];
-          const double p = att[a0 + static_cast<int64_t>(t) * T_ + t2];
-          const T* q = qkv + (bt0 + t) * row + h * dh;
-          const T* go = dout + (bt0 + t) * d + h * dh;
-          for (int i = 0; i < dh; i++) {
-            acc[i] += g * q[i];
-            acc2[i] += p * go[i];
-          }
-        }
         T* dk = dqkv + (bt0 + t2) * row + d + h * dh;
         T* dv = dqkv + (bt0 + t2) * row + 2 * d + h * dh;
         for (int i = 0; i < dh; i++) {
-          dk[i] = static_cast<T>(acc[i] * scale);
-          dv[i] = static_cast<T>(acc2[i]);
+          dk[i] = static_cast<T>(dk_acc[static_cast<size_t>(t2) * dh + i] * scale);
+          dv[i] = static_cast<T>(dv_acc[static_cast<size_t>(t2) * dh + i]);
         }
       }
     }
@@ -262,7 +262,8 @@ namespace detail {
 inline void check_targets(const int32_t* targets, int N, int V) {
   for (int r = 0; r < N; r++)
     if (targets[r] >= V)
-      throw Error(fmt("crossentropy: target ", targets[r], " at row ", r, " is >= vocab (", V, ")"));
+      throw Error(
+          fmt("crossentropy: target ", targets[r], " at row ", r, " is >= vocab (", V, ")"));
 }
 }  // namespace detail
 

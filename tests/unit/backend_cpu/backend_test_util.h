@@ -2,9 +2,8 @@
 // random generator (seed derived from the test name), normalised errors that
 // never let NaN pass, and central finite differences in double precision.
 #pragma once
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -76,11 +75,11 @@ double max_norm_err(const std::vector<A>& got, const std::vector<B>& want) {
 }
 
 // Fails the test unless err <= tol (written so that NaN fails).
-#define M6_CHECK_ERR(err, tol)                          \
-  do {                                                  \
-    const double m6_err_ = (err);                       \
+#define M6_CHECK_ERR(err, tol)                                              \
+  do {                                                                      \
+    const double m6_err_ = (err);                                           \
     INFO("normalised error " << m6_err_ << " (tolerance " << (tol) << ")"); \
-    CHECK_FALSE(!(m6_err_ <= (tol)));                   \
+    CHECK_FALSE(!(m6_err_ <= (tol)));                                       \
   } while (0)
 
 inline double dot(const std::vector<double>& a, const std::vector<double>& b) {

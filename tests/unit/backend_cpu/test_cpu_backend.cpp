@@ -82,15 +82,35 @@ TEST_CASE("CpuBackend float gemm agrees with the double template", "[backend_cpu
       const std::vector<double> c0 = rounded(rng.vec(M * N));
       DevBuf da(*be, a), db(*be, b), dc(*be, c0);
       GemmArgs g;
-      g.trans_a = ta; g.trans_b = tb; g.m = M; g.n = N; g.k = K; g.alpha = 0.5f; g.beta = 0.25f;
-      g.a = da.get(); g.lda = ta == Trans::No ? K : M;
-      g.b = db.get(); g.ldb = tb == Trans::No ? N : K;
-      g.c = dc.get(); g.ldc = N;
+      g.trans_a = ta;
+      g.trans_b = tb;
+      g.m = M;
+      g.n = N;
+      g.k = K;
+      g.alpha = 0.5f;
+      g.beta = 0.25f;
+      g.a = da.get();
+      g.lda = ta == Trans::No ? K : M;
+      g.b = db.get();
+      g.ldb = tb == Trans::No ? N : K;
+      g.c = dc.get();
+      g.ldc = N;
       be->gemm(g);
       std::vector<double> want = c0;
       cpu::GemmArgsT<double> gd;
-      gd.trans_a = ta; gd.trans_b = tb; gd.m = M; gd.n = N; gd.k = K; gd.alpha = 0.5; gd.beta = 0.25;
-      gd.a = a.data(); gd.lda = g.lda; gd.b = b.data(); gd.ldb = g.ldb; gd.c = want.data(); gd.ldc = N;
+      gd.trans_a = ta;
+      gd.trans_b = tb;
+      gd.m = M;
+      gd.n = N;
+      gd.k = K;
+      gd.alpha = 0.5;
+      gd.beta = 0.25;
+      gd.a = a.data();
+      gd.lda = g.lda;
+      gd.b = b.data();
+      gd.ldb = g.ldb;
+      gd.c = want.data();
+      gd.ldc = N;
       cpu::gemm(gd);
       M6_CHECK_ERR(max_norm_err(dc.host(), want), Tol::float_vs_double);
     }
@@ -134,7 +154,7 @@ TEST_CASE("CpuBackend float layernorm, gelu and crossentropy agree with double",
   auto* ft = static_cast<int32_t*>(be->alloc(R * sizeof(int32_t)));
   be->to_device(ft, targets.data(), R * sizeof(int32_t));
   be->crossentropy_fwd(floss.get(), fl.get(), fl.get(), ft, R, V);  // in place
-  be->crossentropy_bwd(fl.get(), fl.get(), ft, 0.5f, R, V);        // in place
+  be->crossentropy_bwd(fl.get(), fl.get(), ft, 0.5f, R, V);         // in place
   be->release(ft);
   std::vector<double> loss(R), probs(R * V), dl(R * V);
   cpu::crossentropy_fwd(loss.data(), probs.data(), logits.data(), targets.data(), R, V);
@@ -165,7 +185,11 @@ TEST_CASE("CpuBackend float router, aux losses and adamw agree with double",
   Rng rng = Rng::for_test();
   auto be = make_cpu_backend(2);
   RouterArgs a;
-  a.n = 9; a.e = 8; a.groups = 2; a.top_k = 2; a.normalize = true;
+  a.n = 9;
+  a.e = 8;
+  a.groups = 2;
+  a.top_k = 2;
+  a.normalize = true;
   const int S = a.groups * a.top_k;
   const auto logits = rounded(rng.vec(a.n * a.e, -3, 3)), dgate = rounded(rng.vec(a.n * S));
   DevBuf fl(*be, logits), fdg(*be, dgate), fp(*be, a.n * a.e), flse(*be, a.n * a.groups);
@@ -181,13 +205,14 @@ TEST_CASE("CpuBackend float router, aux losses and adamw agree with double",
   std::vector<int32_t> ex(a.n * S);
   cpu::router_fwd(p.data(), lse.data(), ex.data(), g.data(), logits.data(), a);
   const auto aux = cpu::router_aux_fwd(p.data(), lse.data(), demand.data(), a);
-  cpu::router_bwd(dl.data(), dgate.data(), p.data(), lse.data(), ex.data(), g.data(),
-                  demand.data(), 0.25, 0.125, a);
+  cpu::router_bwd(dl.data(), dgate.data(), p.data(), lse.data(), ex.data(), g.data(), demand.data(),
+                  0.25, 0.125, a);
   CHECK(fex == ex);
   M6_CHECK_ERR(max_norm_err(fp.host(), p), Tol::float_vs_double);
   M6_CHECK_ERR(max_norm_err(fg.host(), g), Tol::float_vs_double);
-  M6_CHECK_ERR(max_norm_err(std::vector<double>{faux.aux, faux.z}, std::vector<double>{aux.aux, aux.z}),
-               Tol::float_vs_double);
+  M6_CHECK_ERR(
+      max_norm_err(std::vector<double>{faux.aux, faux.z}, std::vector<double>{aux.aux, aux.z}),
+      Tol::float_vs_double);
   M6_CHECK_ERR(max_norm_err(fdl.host(), dl), Tol::float_vs_double);
 
   const size_t n = 257;

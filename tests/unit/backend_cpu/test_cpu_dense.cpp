@@ -34,8 +34,10 @@ void naive_gemm(const cpu::GemmArgsT<double>& g, const double* a, const double* 
 struct GemmCase {
   Trans ta, tb;
 };
-const GemmCase kAllTrans[] = {
-    {Trans::No, Trans::No}, {Trans::No, Trans::Yes}, {Trans::Yes, Trans::No}, {Trans::Yes, Trans::Yes}};
+const GemmCase kAllTrans[] = {{Trans::No, Trans::No},
+                              {Trans::No, Trans::Yes},
+                              {Trans::Yes, Trans::No},
+                              {Trans::Yes, Trans::Yes}};
 
 }  // namespace
 
@@ -45,15 +47,27 @@ TEST_CASE("gemm matches a naive triple loop (transposes, padded ld, batch, alpha
   const int M = 7, N = 13, K = 5, batch = 3;
   for (const GemmCase& tc : kAllTrans) {
     cpu::GemmArgsT<double> g;
-    g.trans_a = tc.ta; g.trans_b = tc.tb;
-    g.m = M; g.n = N; g.k = K; g.alpha = 0.7; g.beta = 0.3; g.batch = batch;
+    g.trans_a = tc.ta;
+    g.trans_b = tc.tb;
+    g.m = M;
+    g.n = N;
+    g.k = K;
+    g.alpha = 0.7;
+    g.beta = 0.3;
+    g.batch = batch;
     const int rows_a = tc.ta == Trans::No ? M : K, width_a = tc.ta == Trans::No ? K : M;
     const int rows_b = tc.tb == Trans::No ? K : N, width_b = tc.tb == Trans::No ? N : K;
-    g.lda = width_a + 3; g.ldb = width_b + 2; g.ldc = N + 4;
-    g.stride_a = rows_a * g.lda + 1; g.stride_b = rows_b * g.ldb + 5; g.stride_c = M * g.ldc + 2;
+    g.lda = width_a + 3;
+    g.ldb = width_b + 2;
+    g.ldc = N + 4;
+    g.stride_a = rows_a * g.lda + 1;
+    g.stride_b = rows_b * g.ldb + 5;
+    g.stride_c = M * g.ldc + 2;
     std::vector<double> a = rng.vec(g.stride_a * batch), b = rng.vec(g.stride_b * batch);
     std::vector<double> c = rng.vec(g.stride_c * batch), want = c;  // padding must survive
-    g.a = a.data(); g.b = b.data(); g.c = c.data();
+    g.a = a.data();
+    g.b = b.data();
+    g.c = c.data();
     cpu::gemm(g);
     for (int i = 0; i < batch; i++)
       naive_gemm(g, a.data() + i * g.stride_a, b.data() + i * g.stride_b,
@@ -69,10 +83,17 @@ TEST_CASE("gemm: ld 0 means contiguous, a too small ld throws, k = 0 scales C",
   const int M = 3, N = 4, K = 2;
   std::vector<double> a = rng.vec(M * K), b = rng.vec(K * N), c(M * N, 0.0), want(M * N, 0.0);
   cpu::GemmArgsT<double> g;
-  g.m = M; g.n = N; g.k = K; g.a = a.data(); g.b = b.data(); g.c = c.data();
+  g.m = M;
+  g.n = N;
+  g.k = K;
+  g.a = a.data();
+  g.b = b.data();
+  g.c = c.data();
   cpu::gemm(g);
   cpu::GemmArgsT<double> ref = g;
-  ref.lda = K; ref.ldb = N; ref.ldc = N;
+  ref.lda = K;
+  ref.ldb = N;
+  ref.ldc = N;
   naive_gemm(ref, a.data(), b.data(), want.data());
   M6_CHECK_ERR(max_norm_err(c, want), Tol::fwd_double);
 
@@ -81,7 +102,13 @@ TEST_CASE("gemm: ld 0 means contiguous, a too small ld throws, k = 0 scales C",
 
   std::vector<double> c2 = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
   cpu::GemmArgsT<double> e;
-  e.m = M; e.n = N; e.k = 0; e.beta = 0.5; e.a = a.data(); e.b = b.data(); e.c = c2.data();
+  e.m = M;
+  e.n = N;
+  e.k = 0;
+  e.beta = 0.5;
+  e.a = a.data();
+  e.b = b.data();
+  e.c = c2.data();
   cpu::gemm(e);
   for (int i = 0; i < M * N; i++) CHECK(c2[i] == 0.5 * (i + 1));
 }
@@ -106,8 +133,18 @@ TEST_CASE("gemm backward formulation matches finite differences for all transpos
     auto loss = [&] {
       std::vector<double> c(M * ldc, 0.0);
       cpu::GemmArgsT<double> g;
-      g.trans_a = tc.ta; g.trans_b = tc.tb; g.m = M; g.n = N; g.k = K; g.alpha = alpha;
-      g.a = a.data(); g.lda = lda; g.b = b.data(); g.ldb = ldb; g.c = c.data(); g.ldc = ldc;
+      g.trans_a = tc.ta;
+      g.trans_b = tc.tb;
+      g.m = M;
+      g.n = N;
+      g.k = K;
+      g.alpha = alpha;
+      g.a = a.data();
+      g.lda = lda;
+      g.b = b.data();
+      g.ldb = ldb;
+      g.c = c.data();
+      g.ldc = ldc;
       cpu::gemm(g);
       return dot(r, c);
     };
@@ -115,22 +152,52 @@ TEST_CASE("gemm backward formulation matches finite differences for all transpos
     cpu::GemmArgsT<double> g;
     g.alpha = alpha;
     if (tc.ta == Trans::No) {  // dA[M,K] = R op(B)^T
-      g.trans_a = Trans::No; g.trans_b = flip(tc.tb); g.m = M; g.n = K; g.k = N;
-      g.a = r.data(); g.lda = ldc; g.b = b.data(); g.ldb = ldb;
+      g.trans_a = Trans::No;
+      g.trans_b = flip(tc.tb);
+      g.m = M;
+      g.n = K;
+      g.k = N;
+      g.a = r.data();
+      g.lda = ldc;
+      g.b = b.data();
+      g.ldb = ldb;
     } else {  // dA[K,M] = op(B) R^T
-      g.trans_a = tc.tb; g.trans_b = Trans::Yes; g.m = K; g.n = M; g.k = N;
-      g.a = b.data(); g.lda = ldb; g.b = r.data(); g.ldb = ldc;
+      g.trans_a = tc.tb;
+      g.trans_b = Trans::Yes;
+      g.m = K;
+      g.n = M;
+      g.k = N;
+      g.a = b.data();
+      g.lda = ldb;
+      g.b = r.data();
+      g.ldb = ldc;
     }
-    g.c = da.data(); g.ldc = lda;
+    g.c = da.data();
+    g.ldc = lda;
     cpu::gemm(g);
     if (tc.tb == Trans::No) {  // dB[K,N] = op(A)^T R
-      g.trans_a = flip(tc.ta); g.trans_b = Trans::No; g.m = K; g.n = N; g.k = M;
-      g.a = a.data(); g.lda = lda; g.b = r.data(); g.ldb = ldc;
+      g.trans_a = flip(tc.ta);
+      g.trans_b = Trans::No;
+      g.m = K;
+      g.n = N;
+      g.k = M;
+      g.a = a.data();
+      g.lda = lda;
+      g.b = r.data();
+      g.ldb = ldc;
     } else {  // dB[N,K] = R^T op(A)
-      g.trans_a = Trans::Yes; g.trans_b = tc.ta; g.m = N; g.n = K; g.k = M;
-      g.a = r.data(); g.lda = ldc; g.b = a.data(); g.ldb = lda;
+      g.trans_a = Trans::Yes;
+      g.trans_b = tc.ta;
+      g.m = N;
+      g.n = K;
+      g.k = M;
+      g.a = r.data();
+      g.lda = ldc;
+      g.b = a.data();
+      g.ldb = lda;
     }
-    g.c = db.data(); g.ldc = ldb;
+    g.c = db.data();
+    g.ldc = ldb;
     cpu::gemm(g);
     M6_CHECK_ERR(max_norm_err(da, fd_grad(a, loss)), Tol::fd_grad);
     M6_CHECK_ERR(max_norm_err(db, fd_grad(b, loss)), Tol::fd_grad);
@@ -191,9 +258,9 @@ TEST_CASE("all_finite detects NaN and Inf anywhere", "[backend_cpu][reduce]") {
   CHECK(cpu::all_finite(x.data(), x.size()));
   CHECK(cpu::all_finite(x.data(), 0));
   for (int at : {0, 4500, n - 1}) {
-    for (double bad : {std::numeric_limits<double>::quiet_NaN(),
-                       std::numeric_limits<double>::infinity(),
-                       -std::numeric_limits<double>::infinity()}) {
+    for (double bad :
+         {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(),
+          -std::numeric_limits<double>::infinity()}) {
       std::vector<double> y = x;
       y[at] = bad;
       INFO("bad value " << bad << " at " << at);

@@ -30,7 +30,11 @@ Routed route(const std::vector<double>& logits, const RouterArgs& a) {
 
 RouterArgs router_args(int n, int e, int groups, int top_k, bool normalize) {
   RouterArgs a;
-  a.n = n; a.e = e; a.groups = groups; a.top_k = top_k; a.normalize = normalize;
+  a.n = n;
+  a.e = e;
+  a.groups = groups;
+  a.top_k = top_k;
+  a.normalize = normalize;
   return a;
 }
 
@@ -57,9 +61,8 @@ TEST_CASE("router_fwd: group softmax, lse and top-k by probability", "[backend_c
         // expected choice: indices of the group sorted by (prob desc, index asc)
         std::vector<int> idx(Eg);
         std::iota(idx.begin(), idx.end(), g * Eg);
-        std::stable_sort(idx.begin(), idx.end(), [&](int i, int j) {
-          return r.probs[n * a.e + i] > r.probs[n * a.e + j];
-        });
+        std::stable_sort(idx.begin(), idx.end(),
+                         [&](int i, int j) { return r.probs[n * a.e + i] > r.probs[n * a.e + j]; });
         for (int k = 0; k < a.top_k; k++) {
           CHECK(r.expert[n * S + g * a.top_k + k] == idx[k]);
           gate_sum += r.gate[n * S + g * a.top_k + k];
@@ -67,7 +70,8 @@ TEST_CASE("router_fwd: group softmax, lse and top-k by probability", "[backend_c
       }
       if (a.normalize) CHECK(std::abs(gate_sum - 1.0) <= 1e-12);
       if (!a.normalize)
-        for (int s = 0; s < S; s++) CHECK(r.gate[n * S + s] == r.probs[n * a.e + r.expert[n * S + s]]);
+        for (int s = 0; s < S; s++)
+          CHECK(r.gate[n * S + s] == r.probs[n * a.e + r.expert[n * S + s]]);
     }
   }
 }
@@ -91,11 +95,13 @@ TEST_CASE("router_fwd: ties go to the lower index, prototypes pick one expert pe
   std::vector<double> logits(6), probs(6), lse(2), gate(4);
   std::vector<int32_t> expert(4);
   RouterArgs bad = router_args(1, 6, 4, 1, false);  // 6 experts, 4 groups
-  CHECK_THROWS_AS(cpu::router_fwd(probs.data(), lse.data(), expert.data(), gate.data(),
-                                  logits.data(), bad), Error);
+  CHECK_THROWS_AS(
+      cpu::router_fwd(probs.data(), lse.data(), expert.data(), gate.data(), logits.data(), bad),
+      Error);
   bad = router_args(1, 6, 2, 4, false);  // top_k 4 > 3 experts per group
-  CHECK_THROWS_AS(cpu::router_fwd(probs.data(), lse.data(), expert.data(), gate.data(),
-                                  logits.data(), bad), Error);
+  CHECK_THROWS_AS(
+      cpu::router_fwd(probs.data(), lse.data(), expert.data(), gate.data(), logits.data(), bad),
+      Error);
 }
 
 TEST_CASE("moe_assign: slot-major capacity on a hand-worked example", "[backend_cpu][moe]") {
@@ -120,8 +126,9 @@ TEST_CASE("moe_assign: slot-major capacity on a hand-worked example", "[backend_
     CHECK(demand == std::vector<int32_t>{4, 3, 1, 0});
   }
   const std::vector<int32_t> out_of_range = {0, 4};
-  CHECK_THROWS_AS(cpu::moe_assign(pos.data(), count.data(), demand.data(), out_of_range.data(),
-                                  1, 2, 4, 0), Error);
+  CHECK_THROWS_AS(
+      cpu::moe_assign(pos.data(), count.data(), demand.data(), out_of_range.data(), 1, 2, 4, 0),
+      Error);
 }
 
 TEST_CASE("router_aux_fwd matches a hand computation", "[backend_cpu][router]") {
@@ -129,7 +136,8 @@ TEST_CASE("router_aux_fwd matches a hand computation", "[backend_cpu][router]") 
   // z = (1^2 + 2^2)/2 = 2.5
   const std::vector<double> probs = {0.7, 0.3, 0.4, 0.6}, lse = {1.0, 2.0};
   const std::vector<int32_t> demand = {2, 0};
-  auto l = cpu::router_aux_fwd(probs.data(), lse.data(), demand.data(), router_args(2, 2, 1, 1, false));
+  auto l =
+      cpu::router_aux_fwd(probs.data(), lse.data(), demand.data(), router_args(2, 2, 1, 1, false));
   CHECK(std::abs(l.aux - 1.1) <= 1e-15);
   CHECK(l.z == 2.5);
   // Prototypes, N=1, 2 groups of 2: per group 2*0.75 and 2*0.5, averaged: 1.25; z = (1+9)/2
@@ -191,13 +199,14 @@ TEST_CASE("moe_permute / moe_unpermute forward and backward", "[backend_cpu][moe
     const std::vector<double> rp = rng.vec(rows * d);
     auto loss_p = [&] {
       std::vector<double> out(rows * d, 0.0);
-      cpu::moe_permute(out.data(), x.data(), c.expert.data(), pos.data(), offset.data(), c.N, c.S, d);
+      cpu::moe_permute(out.data(), x.data(), c.expert.data(), pos.data(), offset.data(), c.N, c.S,
+                       d);
       return dot(rp, out);
     };
     const std::vector<double> prev = rng.vec(c.N * d);
     std::vector<double> dx = prev;  // accumulates
-    cpu::moe_permute_bwd(dx.data(), rp.data(), c.expert.data(), pos.data(), offset.data(), c.N,
-                         c.S, d);
+    cpu::moe_permute_bwd(dx.data(), rp.data(), c.expert.data(), pos.data(), offset.data(), c.N, c.S,
+                         d);
     for (size_t i = 0; i < dx.size(); i++) dx[i] -= prev[i];
     M6_CHECK_ERR(max_norm_err(dx, fd_grad(x, loss_p)), Tol::fd_grad);
 
@@ -232,13 +241,12 @@ TEST_CASE("router_bwd matches finite differences (gate, aux and z terms)",
           "[backend_cpu][router][grad]") {
   Rng rng = Rng::for_test();
   const RouterArgs cases[] = {
-      router_args(6, 7, 1, 2, false),  // top-k, not normalised
-      router_args(1, 7, 1, 1, false),  // one token, top-1
-      router_args(6, 7, 1, 2, true),   // top-2, normalised
-      router_args(6, 5, 1, 5, true),   // top_k = E, normalised
-      router_args(1, 5, 1, 5, true),
-      router_args(6, 8, 2, 1, false),  // prototypes, 2 groups
-      router_args(5, 12, 3, 2, true),  // 3 groups of top-2
+      router_args(6, 7, 1, 2, false),                                  // top-k, not normalised
+      router_args(1, 7, 1, 1, false),                                  // one token, top-1
+      router_args(6, 7, 1, 2, true),                                   // top-2, normalised
+      router_args(6, 5, 1, 5, true),                                   // top_k = E, normalised
+      router_args(1, 5, 1, 5, true),  router_args(6, 8, 2, 1, false),  // prototypes, 2 groups
+      router_args(5, 12, 3, 2, true),                                  // 3 groups of top-2
   };
   enum Term { kGate, kAux, kZ, kAll };
   for (const RouterArgs& a : cases) {

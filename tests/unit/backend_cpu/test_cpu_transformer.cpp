@@ -21,7 +21,8 @@ TEST_CASE("embedding forward and backward (repeated tokens accumulate)",
   std::vector<double> x(B * T * d);
   cpu::embedding_fwd(x.data(), tokens.data(), wte.data(), wpe.data(), B, T, d);
   for (int i = 0; i < B * T; i++)
-    for (int j = 0; j < d; j++) CHECK(x[i * d + j] == wte[tokens[i] * d + j] + wpe[(i % T) * d + j]);
+    for (int j = 0; j < d; j++)
+      CHECK(x[i * d + j] == wte[tokens[i] * d + j] + wpe[(i % T) * d + j]);
 
   auto loss = [&] {
     std::vector<double> y(B * T * d);
@@ -95,7 +96,8 @@ TEST_CASE("gelu forward is the tanh formula and backward matches finite differen
   cpu::gelu_fwd(y.data(), x.data(), n);
   const double pi = std::acos(-1.0);
   for (int i = 0; i < n; i++)
-    want[i] = 0.5 * x[i] * (1 + std::tanh(std::sqrt(2 / pi) * (x[i] + 0.044715 * std::pow(x[i], 3))));
+    want[i] =
+        0.5 * x[i] * (1 + std::tanh(std::sqrt(2 / pi) * (x[i] + 0.044715 * std::pow(x[i], 3))));
   M6_CHECK_ERR(max_norm_err(y, want), Tol::fwd_double);
 
   auto loss = [&] {
@@ -132,7 +134,8 @@ void naive_attention(std::vector<double>& out, std::vector<double>& att,
         for (int u = 0; u <= t; u++) {
           double sc = 0.0;
           for (int i = 0; i < dh; i++)
-            sc += qkv[(b * s.T + t) * row + h * dh + i] * qkv[(b * s.T + u) * row + s.d + h * dh + i];
+            sc +=
+                qkv[(b * s.T + t) * row + h * dh + i] * qkv[(b * s.T + u) * row + s.d + h * dh + i];
           e[u] = std::exp(sc / std::sqrt(double(dh)));
           z += e[u];
         }
@@ -140,7 +143,8 @@ void naive_attention(std::vector<double>& out, std::vector<double>& att,
           const double p = e[u] / z;
           att[((b * s.H + h) * s.T + t) * s.T + u] = p;
           for (int i = 0; i < dh; i++)
-            out[(b * s.T + t) * s.d + h * dh + i] += p * qkv[(b * s.T + u) * row + 2 * s.d + h * dh + i];
+            out[(b * s.T + t) * s.d + h * dh + i] +=
+                p * qkv[(b * s.T + u) * row + 2 * s.d + h * dh + i];
         }
       }
 }
@@ -183,7 +187,8 @@ TEST_CASE("attention is causal: a future token changes no earlier output",
     for (int b = 0; b < B; b++)
       for (int t = 0; t < T; t++) {
         bool same = true;
-        for (int j = 0; j < d; j++) same = same && out2[(b * T + t) * d + j] == out[(b * T + t) * d + j];
+        for (int j = 0; j < d; j++)
+          same = same && out2[(b * T + t) * d + j] == out[(b * T + t) * d + j];
         INFO("changed token " << changed << ", output b " << b << " t " << t);
         CHECK(same == (b == 0 || t < changed));
       }
@@ -210,7 +215,7 @@ TEST_CASE("attention backward matches finite differences", "[backend_cpu][attent
   }
 }
 
-TEST_CASE("crossentropy forward is -log softmax; ignored targets give 0",
+TEST_CASE("crossentropy forward is -log softmax, ignored targets give 0",
           "[backend_cpu][crossentropy]") {
   Rng rng = Rng::for_test();
   const int N = 4, V = 257;
@@ -244,10 +249,11 @@ TEST_CASE("crossentropy forward is -log softmax; ignored targets give 0",
   CHECK(std::abs(lbig[0] - std::log1p(std::exp(-1.0))) <= 1e-12);
 
   const int32_t bad = V;
-  CHECK_THROWS_AS(cpu::crossentropy_fwd(lbig.data(), probs.data(), logits.data(), &bad, 1, V), Error);
+  CHECK_THROWS_AS(cpu::crossentropy_fwd(lbig.data(), probs.data(), logits.data(), &bad, 1, V),
+                  Error);
 }
 
-TEST_CASE("crossentropy backward matches finite differences; ignored rows get 0",
+TEST_CASE("crossentropy backward matches finite differences, ignored rows get 0",
           "[backend_cpu][crossentropy][grad]") {
   Rng rng = Rng::for_test();
   const double dscale = 0.37;

@@ -105,6 +105,7 @@ const BadCase kCases[] = {
     {"checkpoint:\n  keep: 0\n", "checkpoint.keep", 8, "(got 0)"},
     {"log:\n  every: 0\n", "log.every", 8, "(got 0)"},
     {"data:\n  val: x\n", "data", 7, "duplicate key (first given at line 1)"},
+    {"model.d_model: 64\n", "model.d_model", 7, "a key must not contain '.'"},
     // A default that conflicts with a given key: the message points at the given one.
     {"model:\n  n_layers: 2\n  moe:\n    every: 3\n", "model.moe.every", 10, "allowed: 0..2"},
 };
