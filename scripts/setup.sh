@@ -32,7 +32,7 @@ done
 runtime_packages=(
   build-essential cmake ninja-build pkg-config git
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev catch2
-  libopenblas-dev libopenmpi-dev openmpi-bin
+  libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin
   fortunes fortunes-zh
 )
 test_packages=(python3 python3-numpy python3-torch)
