@@ -12,7 +12,11 @@
 
 #include "core/config/config.h"
 #include "core/data/dataset.h"
+#include "core/parallel/mpi_session.h"
+#include "core/train/delink_cmd.h"
+#include "core/train/dry_run.h"
 #include "core/train/export.h"
+#include "core/train/preempt.h"
 #include "core/train/trainer.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
@@ -23,7 +27,7 @@ std::string default_run_dir(const std::string& config_path) {
   return "runs/" + std::filesystem::path(config_path).stem().string();
 }
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, m6::MpiSession& mpi) {
   CLI::App app{"m6train: pretrain Mixture-of-Experts transformers (DP+EP, expert prototyping, "
                "Pseudo-to-Real) from a YAML experiment file"};
   app.set_version_flag("--version", std::string("m6train ") + M6_VERSION);
@@ -37,7 +41,24 @@ int run(int argc, char** argv) {
   app.add_option("--run-dir", run_dir, "where config.json, metrics.jsonl and checkpoints go "
                                        "(default: runs/<config name>)");
   app.add_option("--max-steps", max_steps, "stop after N steps of this invocation")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            return !s.empty() && s[0] != '-' ? std::string()
+                                             : "must be a whole number >= 0 (got " + s + ")";
+          },
+          "N >= 0"));
+  std::string resume;
+  app.add_option("--resume", resume,
+                 "auto: continue from the newest committed checkpoint of --run-dir (a fresh "
+                 "start if there is none); PATH: from that checkpoint directory");
+  bool dry_run = false;
+  int dry_world = 1;
+  auto* world_opt = app.add_option("--world", dry_world,
+                                   "with --dry-run: the world size (ranks) to validate for")
+                        ->check(CLI::PositiveNumber);
+  app.add_flag("--dry-run", dry_run,
+               "validate --config for --world ranks and print parameter counts, the expert "
+               "split and bytes per rank, without opening data or allocating the model");
 
   auto* data = app.add_subcommand("data", "token data tools");
   data->require_subcommand(1);
@@ -60,6 +81,20 @@ int run(int argc, char** argv) {
   dbg->add_option("--config", dbg_config, "experiment YAML file")->required();
   dbg->add_option("--set", dbg_overrides, "override a config key (repeatable)");
   dbg->add_option("--out", dbg_out, "output directory")->required();
+
+  auto* dl = app.add_subcommand("delink", "Pseudo-to-Real: turn a checkpoint of a layer-sharing "
+                                          "model into one of the real model");
+  std::string dl_from, dl_config, dl_out;
+  std::vector<std::string> dl_overrides;
+  int dl_world = 1;
+  dl->add_option("--from", dl_from, "pseudo checkpoint directory, or a run directory (its latest)")
+      ->required();
+  dl->add_option("--config", dl_config, "the real model's YAML (model.sharing.groups: 0)")->required();
+  dl->add_option("--set", dl_overrides, "override a key of the real config (repeatable)");
+  dl->add_option("--out", dl_out, "run directory for the real checkpoint (resume it with "
+                                  "--run-dir DIR --resume auto)")->required();
+  dl->add_option("--world", dl_world, "world size the real config is validated for (default 1)")
+      ->check(CLI::PositiveNumber);
 
   try {
     app.parse(argc, argv);
@@ -88,15 +123,53 @@ int run(int argc, char** argv) {
     std::printf("debug-step: wrote %s\n", dbg_out.c_str());
     return 0;
   }
+  if (*dl) {
+    const m6::Config real = m6::load_config(dl_config, dl_overrides, dl_world);
+    const auto r = m6::delink_checkpoint(dl_from, real, dl_out);
+    std::printf("delink: %s (step %lld, %d shared set(s), %lld parameters) -> %s (%lld parameters, "
+                "Adam moments %s)\n",
+                r.from_dir.c_str(), static_cast<long long>(r.step), r.pseudo_groups,
+                static_cast<long long>(r.pseudo.unique), r.out_dir.c_str(),
+                static_cast<long long>(r.real.unique), m6::delink_optimizer_name(r.optimizer));
+    return 0;
+  }
+  if (*world_opt && !dry_run) {
+    std::fprintf(stderr, "m6train: --world is for --dry-run (a training run's world size comes "
+                         "from the launcher: mpirun -n W)\n");
+    return static_cast<int>(m6::ExitCode::Usage);
+  }
   if (config_path.empty()) {
     std::fprintf(stderr, "m6train: --config FILE is required to train (see m6train --help)\n");
     return static_cast<int>(m6::ExitCode::Usage);
   }
-  const m6::Config cfg = m6::load_config(config_path, overrides, 1);
+  if (dry_run) {  // before MPI, data and the model: a laptop checks a 512-GPU config
+    const m6::Config cfg = m6::load_config(config_path, overrides, dry_world);
+    std::printf("%s\n", m6::format_dry_run(cfg, m6::dry_run(cfg, dry_world)).c_str());
+    return 0;
+  }
+  // Training is the one multi-process command: under mpirun or srun every rank
+  // joins MPI here (a plain single-rank run needs no launcher), tags its
+  // messages with its rank, and validates the config for the real world size
+  // before anything is allocated.
+  mpi.start(&argc, &argv);
+  // From here to the exit code a stop signal asks for a checkpoint instead of
+  // killing the process (one arriving before training starts stops it at step 0).
+  const m6::StopSignals stop_signals;
+  m6::log_set_rank(mpi.rank(), mpi.size());
+  const std::unique_ptr<m6::Comm> world = mpi.world();
+  const m6::Config cfg = m6::load_config(config_path, overrides, world->size());
   m6::RunOptions opt;
+  opt.comm = world.get();
   opt.run_dir = run_dir.empty() ? default_run_dir(config_path) : run_dir;
   opt.max_steps = max_steps;
+  opt.resume = resume;
   const auto sum = m6::train(cfg, opt);
+  if (mpi.rank() != 0) return sum.stop_signal ? static_cast<int>(m6::ExitCode::Preempted) : 0;
+  if (sum.stop_signal) {
+    std::printf("stopped: step %lld saved in %s; resume with --resume auto\n",
+                static_cast<long long>(sum.steps), sum.checkpoint.c_str());
+    return static_cast<int>(m6::ExitCode::Preempted);
+  }
   std::printf("done: %lld steps, eval loss %.4f -> %.4f, run directory %s\n",
               static_cast<long long>(sum.steps), sum.first_eval_loss, sum.final_eval_loss,
               sum.run_dir.c_str());
@@ -106,19 +179,26 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Outlives run(): its communicators are gone before MPI is finalised. In a
+  // multi-process job a failing rank ends the whole job (MpiSession::fail),
+  // at once when a collective timed out, so that no process is left waiting.
+  m6::MpiSession mpi;
   try {
-    return run(argc, argv);
+    return run(argc, argv, mpi);
+  } catch (const m6::CommTimeout& e) {
+    m6::log_error(e.what());
+    return mpi.fail(static_cast<int>(e.code()), true);
   } catch (const m6::Error& e) {
     m6::log_error(e.what());
-    return static_cast<int>(e.code());
+    return mpi.fail(static_cast<int>(e.code()), false);
   } catch (const std::bad_alloc&) {
     m6::log_error("out of memory; reduce train.micro_batch, train.seq_len or the model size");
-    return static_cast<int>(m6::ExitCode::Internal);
+    return mpi.fail(static_cast<int>(m6::ExitCode::Internal), false);
   } catch (const std::exception& e) {
     m6::log_error(std::string("internal error: ") + e.what());
-    return static_cast<int>(m6::ExitCode::Internal);
+    return mpi.fail(static_cast<int>(m6::ExitCode::Internal), false);
   } catch (...) {
     m6::log_error("internal error: unknown exception");
-    return static_cast<int>(m6::ExitCode::Internal);
+    return mpi.fail(static_cast<int>(m6::ExitCode::Internal), false);
   }
 }

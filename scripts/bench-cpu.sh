@@ -10,6 +10,8 @@
 #   --config FILE  experiment file (default configs/tiny.yaml)
 # env: THREADS=n   thread count for both (default: train.threads, 0 = nproc)
 #      TORCH_STEPS timed PyTorch steps (default 10, after 3 warm-up steps)
+#      LOG_EVERY   m6train log.every for the run (default 5: enough records to
+#                  drop the first)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,7 +21,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
     --config) config=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "bench-cpu: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +50,8 @@ fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/m6_bench_cpu.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-sets=(--set "data.train=data/fortunes/train_*.bin" --set "data.val=data/fortunes/val_*.bin")
+sets=(--set "data.train=data/fortunes/train_*.bin" --set "data.val=data/fortunes/val_*.bin"
+      --set "log.every=${LOG_EVERY:-5}")
 [[ -n ${THREADS:-} ]] && sets+=(--set "train.threads=$THREADS")
 
 echo "bench-cpu: m6train, $steps steps of $config"
@@ -69,6 +72,7 @@ if len(tps) == 1:
     print("bench-cpu: warning: one train record only, warm-up included", file=sys.stderr)
 else:
     tps = tps[1:]
+print(f"bench-cpu: m6train: mean of {len(tps)} train record(s): {sum(tps) / len(tps):.1f} tokens/s", file=sys.stderr)
 print(sum(tps) / len(tps))
 EOF
 )

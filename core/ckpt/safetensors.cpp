@@ -101,6 +101,7 @@ void write_safetensors(const std::string& path, const std::vector<StTensorView>&
     header["__metadata__"] = std::move(md);
   }
   std::set<std::string> seen;
+  std::vector<uint64_t> sizes;  // bytes of each tensor, in order
   uint64_t offset = 0;
   for (const auto& t : tensors) {
     if (t.name.empty()) fail("tensor with an empty name");
@@ -116,11 +117,17 @@ void write_safetensors(const std::string& path, const std::vector<StTensorView>&
     entry["shape"] = t.shape;
     entry["data_offsets"] = {offset, offset + nbytes};
     header[t.name] = std::move(entry);
+    sizes.push_back(nbytes);
     offset += nbytes;
   }
 
   // Pad with spaces (valid JSON whitespace) so the data starts 8-byte aligned.
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const ojson::exception& e) {  // a name or metadata string that is not UTF-8
+    fail(fmt("cannot encode the header: ", e.what()));
+  }
   text.append((8 - text.size() % 8) % 8, ' ');
   char len[8];
   put_u64_le(len, text.size());
@@ -129,11 +136,8 @@ void write_safetensors(const std::string& path, const std::vector<StTensorView>&
     AtomicFileWriter out(path);
     out.write(len, sizeof len);
     out.write(text.data(), text.size());
-    for (const auto& t : tensors) {
-      const size_t n = static_cast<size_t>(
-          tensor_bytes(t.shape, st_dtype_size(t.dtype), [](const std::string&) {}));
-      if (n > 0) out.write(t.data, n);
-    }
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (sizes[i] > 0) out.write(tensors[i].data, static_cast<size_t>(sizes[i]));
     out.commit();
   } catch (const CheckpointError&) {
     throw;
@@ -256,10 +260,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     found.push_back(std::move(view));
   }
 
-  // The tensors must tile the data area exactly: sorted by begin offset
-  // (header order breaks ties between empty tensors), each starts where the
-  // previous one ended, and the last ends at the end of the file.
-  std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  // The tensors must tile the data area exactly: sorted by (begin, end), so an
+  // empty tensor comes before a non-empty one at its offset (header order
+  // breaks the remaining ties), each starts where the previous one ended, and
+  // the last ends at the end of the file.
+  std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
   uint64_t covered = 0;
   const std::string* prev = nullptr;
   for (const auto& s : spans) {

@@ -33,6 +33,10 @@ void write_safetensors(const std::string& path, const std::vector<StTensorView>&
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::string& path);
+  // The views point into bytes_: a copy (or a move of a short string) would
+  // leave them dangling.
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
   const std::string& path() const { return path_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::vector<std::string> names() const;  // in file order

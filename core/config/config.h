@@ -31,9 +31,11 @@ struct MoeConfig {
   double z_loss_coef = 0.001;
 
   int slots() const { return router == RouterKind::TopK ? top_k : prototypes; }
+  // Renormalise the gates over a token's chosen experts (top-k only; a
+  // prototype gate is its group's probability, DESIGN.md section 3).
   bool normalize() const {
-    return normalize_gates == GateNorm::Auto ? (router == RouterKind::TopK && top_k > 1)
-                                             : normalize_gates == GateNorm::On;
+    if (router != RouterKind::TopK) return false;
+    return normalize_gates == GateNorm::Auto ? top_k > 1 : normalize_gates == GateNorm::On;
   }
 };
 
@@ -61,6 +63,14 @@ struct DataConfig {
   std::string val;    // glob of val shards
 };
 
+// Loss-spike guard (core/train/spike_guard.h): skip the update of a step
+// whose loss is more than z_threshold standard deviations above the mean of
+// the last `window` applied steps.
+struct SpikeGuardConfig {
+  int window = 0;  // 0 = off; else >= 2
+  double z_threshold = 6.0;
+};
+
 struct TrainConfig {
   uint64_t seed = 1234;
   int64_t steps = 1000;
@@ -69,7 +79,8 @@ struct TrainConfig {
   int global_batch = 8;     // micro_batch * world * accumulation
   DeviceKind device = DeviceKind::Auto;
   int threads = 0;          // CPU threads; 0 = all cores
-  int64_t max_skipped_steps = 10;
+  int64_t max_skipped_steps = 10;  // consecutive skipped steps before the run aborts
+  SpikeGuardConfig spike_guard;
 };
 
 struct OptimConfig {

@@ -94,6 +94,8 @@ std::vector<Field> fields_of(Config& c) {
       {"train.device", EnumRef<DeviceKind>{&c.train.device, kDeviceNames}},
       {"train.threads", &c.train.threads},
       {"train.max_skipped_steps", &c.train.max_skipped_steps},
+      {"train.spike_guard.window", &c.train.spike_guard.window},
+      {"train.spike_guard.z_threshold", &c.train.spike_guard.z_threshold},
       {"optim.lr", &c.optim.lr},
       {"optim.min_lr", &c.optim.min_lr},
       {"optim.warmup_steps", &c.optim.warmup_steps},

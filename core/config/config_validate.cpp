@@ -136,6 +136,13 @@ void check_moe(const Checker& k, const ModelConfig& m) {
                  "group (model.moe.prototypes = ",
                  e.prototypes, "); allowed: 1"),
              {"model.moe.router"});
+    // M6-T's gate is the chosen expert's probability within its group; the k
+    // group gates are not renormalised against each other.
+    if (e.normalize_gates == GateNorm::On)
+      k.fail("model.moe.normalize_gates",
+             "true is for router topk; with router prototypes each gate is its group's "
+             "probability; allowed: auto or false",
+             {"model.moe.router"});
   }
 }
 
@@ -212,6 +219,10 @@ void check_train(const Checker& k, const Config& c, int world) {
            {"train.micro_batch"});
   k.at_least("train.threads", t.threads, 0, " (0 = all cores)");
   k.at_least<int64_t>("train.max_skipped_steps", t.max_skipped_steps, 1);
+  if (t.spike_guard.window < 0 || t.spike_guard.window == 1)
+    k.fail("train.spike_guard.window",
+           fmt("out of range (got ", t.spike_guard.window, "); allowed: 0 (off) or >= 2"));
+  k.above("train.spike_guard.z_threshold", t.spike_guard.z_threshold, 0.0);
 }
 
 void check_optim(const Checker& k, const OptimConfig& o) {

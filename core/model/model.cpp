@@ -32,7 +32,7 @@ struct Model::LayerActs {
   float *fc1_pre, *fc1_act;              // [N,F] (dense layers only)
 };
 
-Model::Model(const Config& cfg, Backend& be, ExpertRange experts)
+Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex)
     : cfg_(cfg), be_(be), experts_(experts), arena_(be) {
   const ModelConfig& m = cfg_.model;
   const int L = m.n_layers, d = m.d_model, F = m.d_ff, V = m.vocab_size, H = m.n_heads;
@@ -42,12 +42,7 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts)
   const size_t N = static_cast<size_t>(max_tokens_);
 
   chunks_ = plan_chunks(m, experts);
-  for (auto& c : chunks_) {
-    c.param = arena_.floats(c.numel);
-    c.grad = arena_.floats(c.numel);
-    c.adam_m = arena_.floats(c.numel);
-    c.adam_v = arena_.floats(c.numel);
-  }
+  chunk_store_ = std::make_unique<ChunkStorage>(be_, chunks_);
 
   tokens_ = arena_.ints(N);
   targets_ = arena_.ints(N);
@@ -66,7 +61,7 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts)
     a->ln2_rstd = arena_.floats(N);
     if (m.is_moe_layer(l)) {
       a->fc1_pre = a->fc1_act = nullptr;
-      moe_.push_back(std::make_unique<MoeLayer>(be_, m, max_tokens_));
+      moe_.push_back(std::make_unique<MoeLayer>(be_, m, max_tokens_, l, ex));
     } else {
       a->fc1_pre = arena_.floats(N * F);
       a->fc1_act = arena_.floats(N * F);
@@ -116,6 +111,18 @@ void Model::init_params(uint64_t seed) {
 
 void Model::zero_grads() {
   for (auto& c : chunks_) be_.zero(c.grad, c.numel * sizeof(float));
+}
+
+void Model::delink(DelinkOptimizer opt) {
+  if (cfg_.model.sharing.groups == 0)
+    throw Error("delink: this model shares no layers (model.sharing.groups is 0)");
+  const ModelConfig real = delinked_model(cfg_.model);
+  std::vector<Chunk> chunks = plan_chunks(real, experts_);
+  auto store = std::make_unique<ChunkStorage>(be_, chunks);
+  delink_chunks(be_, cfg_.model, chunks_, chunks, opt);
+  chunks_ = std::move(chunks);
+  chunk_store_ = std::move(store);  // releases the pseudo model's buffers
+  cfg_.model.sharing = real.sharing;
 }
 
 MicroStats Model::forward(const Batch& batch, Phase phase) {

@@ -14,6 +14,7 @@
 #include "core/model/device_arena.h"
 #include "core/model/moe.h"
 #include "core/model/params.h"
+#include "core/model/sharing.h"
 
 namespace m6 {
 
@@ -32,7 +33,9 @@ struct MicroStats {
 
 class Model {
  public:
-  Model(const Config& cfg, Backend& be, ExpertRange experts);
+  // experts: the experts this rank holds; ex: how MoE layers reach the
+  // others (the EP group, DESIGN.md section 4; default: all are local).
+  Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex = {});
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -45,6 +48,12 @@ class Model {
 
   void init_params(uint64_t seed);  // name-keyed, layout-independent
   void zero_grads();
+
+  // Pseudo-to-Real: gives every logical layer its own copy of its set's
+  // weights (Adam moments copied or zeroed, see core/model/sharing.h) and
+  // turns sharing off in this model's config. The model computes exactly the
+  // same function afterwards. Invalidates pointers into chunks().
+  void delink(DelinkOptimizer opt);
 
   // Forward of one micro-batch (B sequences of T tokens, B*T <= max tokens).
   MicroStats forward(const Batch& batch, Phase phase);
@@ -69,6 +78,7 @@ class Model {
   Backend& be_;
   ExpertRange experts_;
   std::vector<Chunk> chunks_;
+  std::unique_ptr<ChunkStorage> chunk_store_;  // chunks_' buffers; replaced by delink
   DeviceArena arena_;
   int max_tokens_ = 0;
   int B_ = 0, T_ = 0;

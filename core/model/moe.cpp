@@ -1,5 +1,6 @@
 #include "core/model/moe.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/model/linear.h"
@@ -14,14 +15,20 @@ int moe_capacity(const MoeConfig& moe, int n_tokens, Phase phase) {
   return std::max(moe.min_capacity, static_cast<int>(want));
 }
 
-MoeLayer::MoeLayer(Backend& be, const ModelConfig& m, int max_tokens)
-    : be_(be), m_(m), S_(m.moe.slots()), arena_(be) {
+MoeLayer::MoeLayer(Backend& be, const ModelConfig& m, int max_tokens, int layer, MoeExchange ex)
+    : be_(be), m_(m), S_(m.moe.slots()), layer_(layer), ex_(ex), arena_(be) {
   const int E = m.moe.experts, d = m.d_model, F = m.d_ff;
   const bool protos = m.moe.router == RouterKind::Prototypes;
   ra_.e = E;
   ra_.groups = protos ? m.moe.prototypes : 1;
   ra_.top_k = protos ? 1 : m.moe.top_k;
   ra_.normalize = !protos && m.moe.normalize();
+  P_ = ex_.ep ? ex_.ep->size() : 1;
+  if (E % P_ != 0)
+    throw ConfigError(fmt("model.moe.experts (", E, ") must be divisible by ep (", P_, ")"));
+  El_ = E / P_;
+  first_ = (ex_.ep ? ex_.ep->rank() : 0) * El_;
+
   const size_t N = static_cast<size_t>(max_tokens), NS = N * S_;
   logits_ = arena_.floats(N * E);
   probs_ = arena_.floats(N * E);
@@ -38,16 +45,141 @@ MoeLayer::MoeLayer(Backend& be, const ModelConfig& m, int max_tokens)
   yp_ = arena_.floats(NS * d);
   dxp_ = arena_.floats(NS * d);
   dyp_ = arena_.floats(NS * d);
-  h_pre_ = arena_.floats(NS * F);
-  h_act_ = arena_.floats(NS * F);
-  dh_ = arena_.floats(NS * F);
+  if (P_ == 1) {
+    // The source layout is the expert layout: no exchange, no second copy.
+    max_rows_ = static_cast<int64_t>(NS);
+    xe_ = xp_, ye_ = yp_, dxe_ = dxp_, dye_ = dyp_;
+  } else {
+    // Worst case: every source sends all its slots here, unless capacity
+    // (each source fills at most C rows per expert) bounds it lower.
+    max_rows_ = static_cast<int64_t>(P_) * static_cast<int64_t>(NS);
+    const int c = std::max(moe_capacity(m.moe, max_tokens, Phase::Train),
+                           moe_capacity(m.moe, max_tokens, Phase::Eval));
+    const bool bounded = m.moe.capacity_factor > 0 && m.moe.eval_capacity_factor > 0;
+    if (bounded) max_rows_ = std::min(max_rows_, static_cast<int64_t>(P_) * El_ * c);
+    const size_t R = static_cast<size_t>(max_rows_);
+    xr_ = arena_.floats(R * d);
+    xe_ = arena_.floats(R * d);
+    ye_ = arena_.floats(R * d);
+    dxe_ = arena_.floats(R * d);
+    dye_ = ye_;  // the outputs have left for their sources when backward needs the buffer
+  }
+  const size_t R = static_cast<size_t>(max_rows_);
+  he_pre_ = arena_.floats(R * F);
+  he_act_ = arena_.floats(R * F);
+  dhe_ = arena_.floats(R * F);
   count_h_.assign(E, 0);
   offset_h_.assign(E, 0);
+  recv_cnt_.assign(static_cast<size_t>(P_) * El_, 0);
+  erows_.assign(El_, 0);
+  eoff_.assign(El_, 0);
+  sc_.assign(P_, 0), sd_.assign(P_, 0), rc_.assign(P_, 0), rd_.assign(P_, 0);
+}
+
+void MoeLayer::check_experts(const std::vector<const Chunk*>& experts) const {
+  M6_CHECK(static_cast<int>(experts.size()) == El_, "layer ", layer_, ": ", experts.size(),
+           " expert chunks given, this rank holds ", El_);
+  for (size_t i = 0; i < experts.size(); ++i)
+    M6_CHECK(experts[i]->expert == first_ + static_cast<int>(i), "layer ", layer_,
+             ": expert chunk ", i, " is expert ", experts[i]->expert, ", expected ",
+             first_ + static_cast<int>(i));
+}
+
+void MoeLayer::plan_exchange() {
+  Comm& ep = *ex_.ep;
+  const int d = m_.d_model;
+  {
+    // count_h_ is [P, El] rank-major already: block q holds the counts for q's experts.
+    CommLabel label(ep.activity(), fmt("layer ", layer_, " dispatch counts"));
+    ep.all_to_all(count_h_.data(), recv_cnt_.data(), El_, CommDType::I32);
+  }
+  int64_t recv_rows = 0;
+  for (int q = 0; q < P_; ++q) {
+    int64_t to_q = 0, from_q = 0;
+    for (int le = 0; le < El_; ++le) {
+      to_q += count_h_[q * El_ + le];
+      from_q += recv_cnt_[q * El_ + le];
+    }
+    sc_[q] = to_q * d;
+    sd_[q] = static_cast<int64_t>(offset_h_[q * El_]) * d;
+    rc_[q] = from_q * d;
+    rd_[q] = recv_rows * d;
+    recv_rows += from_q;
+  }
+  M6_CHECK(recv_rows <= max_rows_, "layer ", layer_, ": ", recv_rows,
+           " rows received for the local experts, buffers hold ", max_rows_);
+  // Expert-major blocks: local expert le gets the rows of source 0, then 1, ...
+  int64_t row = 0;
+  for (int le = 0; le < El_; ++le) {
+    eoff_[le] = static_cast<int32_t>(row);
+    for (int p = 0; p < P_; ++p) row += recv_cnt_[p * El_ + le];
+    erows_[le] = static_cast<int32_t>(row - eoff_[le]);
+  }
+  segs_.clear();
+  for (int p = 0; p < P_; ++p) {
+    int64_t src = rd_[p] / d;
+    for (int le = 0; le < El_; ++le) {
+      const int64_t rows = recv_cnt_[p * El_ + le];
+      int64_t dst = eoff_[le];
+      for (int pp = 0; pp < p; ++pp) dst += recv_cnt_[pp * El_ + le];
+      if (rows > 0) segs_.push_back({src, dst, rows});
+      src += rows;
+    }
+  }
+}
+
+void MoeLayer::exchange_to_experts(float* dst, const float* src, float scale, const char* what) {
+  const size_t d = static_cast<size_t>(m_.d_model);
+  CommLabel label(ex_.ep->activity(), fmt("layer ", layer_, " ", what));
+  ex_.ep->all_to_all_v_f32(src, sc_.data(), sd_.data(), xr_, rc_.data(), rd_.data(), ex_.wire,
+                           scale);
+  for (const Segment& s : segs_)
+    be_.copy(dst + s.dst_row * d, xr_ + s.src_row * d, s.rows * d * sizeof(float));
+}
+
+void MoeLayer::exchange_from_experts(float* dst, const float* src, float scale, const char* what) {
+  const size_t d = static_cast<size_t>(m_.d_model);
+  for (const Segment& s : segs_)
+    be_.copy(xr_ + s.src_row * d, src + s.dst_row * d, s.rows * d * sizeof(float));
+  CommLabel label(ex_.ep->activity(), fmt("layer ", layer_, " ", what));
+  ex_.ep->all_to_all_v_f32(xr_, rc_.data(), rd_.data(), dst, sc_.data(), sd_.data(), ex_.wire,
+                           scale);
+}
+
+void MoeLayer::experts_fwd(const std::vector<const Chunk*>& experts) {
+  const int d = m_.d_model, F = m_.d_ff;
+  for (const Chunk* c : experts) {
+    const int le = c->expert - first_, r = erows_[le];
+    if (r == 0) continue;
+    const size_t o = eoff_[le];
+    linear_fwd(be_, he_pre_ + o * F, xe_ + o * d, c->param_of("fc1.weight"),
+               c->param_of("fc1.bias"), r, d, F);
+    be_.gelu_fwd(he_act_ + o * F, he_pre_ + o * F, static_cast<size_t>(r) * F);
+    linear_fwd(be_, ye_ + o * d, he_act_ + o * F, c->param_of("fc2.weight"),
+               c->param_of("fc2.bias"), r, F, d);
+  }
+}
+
+void MoeLayer::experts_bwd(const std::vector<const Chunk*>& experts) {
+  const int d = m_.d_model, F = m_.d_ff;
+  for (const Chunk* c : experts) {
+    const int le = c->expert - first_, r = erows_[le];
+    if (r == 0) continue;
+    const size_t o = eoff_[le];
+    linear_bwd(be_, dhe_ + o * F, GradMode::Overwrite, c->grad_of("fc2.weight"),
+               c->grad_of("fc2.bias"), dye_ + o * d, he_act_ + o * F, c->param_of("fc2.weight"), r,
+               F, d);
+    be_.gelu_bwd(dhe_ + o * F, he_pre_ + o * F, dhe_ + o * F, static_cast<size_t>(r) * F);
+    linear_bwd(be_, dxe_ + o * d, GradMode::Overwrite, c->grad_of("fc1.weight"),
+               c->grad_of("fc1.bias"), dhe_ + o * F, xe_ + o * d, c->param_of("fc1.weight"), r, d,
+               F);
+  }
 }
 
 MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
                            const std::vector<const Chunk*>& experts, Phase phase) {
-  const int E = m_.moe.experts, d = m_.d_model, F = m_.d_ff;
+  const int E = m_.moe.experts, d = m_.d_model;
+  check_experts(experts);
   x_ = x;
   n_ = n;
   ra_.n = n;
@@ -72,15 +204,15 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   st.dropped = st.slots - rows;
 
   be_.moe_permute(xp_, x, expert_, pos_, offset_, n, S_, d);
-  for (const Chunk* c : experts) {
-    const int e = c->expert, r = count_h_[e];
-    if (r == 0) continue;
-    const size_t o = offset_h_[e];
-    linear_fwd(be_, h_pre_ + o * F, xp_ + o * d, c->param_of("fc1.weight"), c->param_of("fc1.bias"),
-               r, d, F);
-    be_.gelu_fwd(h_act_ + o * F, h_pre_ + o * F, static_cast<size_t>(r) * F);
-    linear_fwd(be_, yp_ + o * d, h_act_ + o * F, c->param_of("fc2.weight"),
-               c->param_of("fc2.bias"), r, F, d);
+  if (P_ == 1) {
+    std::copy(count_h_.begin(), count_h_.end(), erows_.begin());
+    std::copy(offset_h_.begin(), offset_h_.end(), eoff_.begin());
+    experts_fwd(experts);
+  } else {
+    plan_exchange();
+    exchange_to_experts(xe_, xp_, 1.0f, "dispatch");
+    experts_fwd(experts);
+    exchange_from_experts(yp_, ye_, 1.0f, "combine");
   }
   be_.zero(y, static_cast<size_t>(n) * d * sizeof(float));
   be_.moe_unpermute(y, yp_, gate_, expert_, pos_, offset_, n, S_, d);
@@ -92,19 +224,17 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
 
 void MoeLayer::backward(float* dx, const float* dy, const Chunk& router,
                         const std::vector<const Chunk*>& experts, float grad_scale) {
-  const int E = m_.moe.experts, d = m_.d_model, F = m_.d_ff, n = n_;
+  const int E = m_.moe.experts, d = m_.d_model, n = n_;
+  check_experts(experts);
   be_.moe_unpermute_bwd(dyp_, dgate_, dy, yp_, gate_, expert_, pos_, offset_, n, S_, d);
-  for (const Chunk* c : experts) {
-    const int e = c->expert, r = count_h_[e];
-    if (r == 0) continue;
-    const size_t o = offset_h_[e];
-    linear_bwd(be_, dh_ + o * F, GradMode::Overwrite, c->grad_of("fc2.weight"),
-               c->grad_of("fc2.bias"), dyp_ + o * d, h_act_ + o * F, c->param_of("fc2.weight"), r,
-               F, d);
-    be_.gelu_bwd(dh_ + o * F, h_pre_ + o * F, dh_ + o * F, static_cast<size_t>(r) * F);
-    linear_bwd(be_, dxp_ + o * d, GradMode::Overwrite, c->grad_of("fc1.weight"),
-               c->grad_of("fc1.bias"), dh_ + o * F, xp_ + o * d, c->param_of("fc1.weight"), r, d,
-               F);
+  if (P_ == 1) {
+    experts_bwd(experts);
+  } else {
+    // Gradient traffic: fp16 on the wire gets the fixed gradient scale.
+    const float gs = grad_comm_scale(ex_.wire);
+    exchange_to_experts(dye_, dyp_, gs, "combine (backward)");
+    experts_bwd(experts);
+    exchange_from_experts(dxp_, dxe_, gs, "dispatch (backward)");
   }
   be_.moe_permute_bwd(dx, dxp_, expert_, pos_, offset_, n, S_, d);
   be_.router_bwd(dlogits_, dgate_, probs_, lse_, expert_, gate_, demand_,

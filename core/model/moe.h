@@ -3,6 +3,15 @@
 // dispatch into per-expert blocks, expert FFNs, gate-weighted combine, and
 // the Switch load-balancing and router z losses. Forward saves what backward
 // needs; backward accumulates parameter gradients (+=).
+//
+// Expert parallelism (DESIGN.md section 4): with an EP group of P ranks, EP
+// rank j holds experts [j*E/P, (j+1)*E/P). Routing and capacity stay local
+// (capacity counts this rank's N tokens, exactly as a 1-rank run with
+// gradient accumulation does), the packed rows -- ordered by global expert id,
+// so the rows for rank q's experts are contiguous -- travel to their owners
+// by all-to-all-v, are regrouped per local expert, run, and travel back the
+// same way; backward mirrors it. Every rank of the group joins every exchange,
+// with zero rows if need be.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -11,6 +20,7 @@
 #include "core/config/config.h"
 #include "core/model/device_arena.h"
 #include "core/model/params.h"
+#include "core/parallel/comm.h"
 
 namespace m6 {
 
@@ -18,7 +28,7 @@ enum class Phase { Train, Eval };
 
 struct MoeStats {
   double aux = 0, z = 0;
-  std::vector<int64_t> load;    // kept slots per expert (global expert ids)
+  std::vector<int64_t> load;  // kept slots per expert (global expert ids), from this rank's tokens
   std::vector<int64_t> demand;  // slots that chose each expert, before dropping
   int64_t slots = 0, dropped = 0;
 };
@@ -27,13 +37,21 @@ struct MoeStats {
 // or 0 (no limit) when the capacity factor is 0.
 int moe_capacity(const MoeConfig& moe, int n_tokens, Phase phase);
 
+// How an MoE layer reaches the experts held by other ranks.
+struct MoeExchange {
+  Comm* ep = nullptr;               // the EP group; null (or 1 rank): every expert is local
+  CommDType wire = CommDType::F32;  // precision.comm of the token payloads
+};
+
 class MoeLayer {
  public:
-  // router: the layer chunk holding moe.router.weight; experts: this rank's
-  // expert chunks of the layer, in expert order. max_tokens bounds N.
-  MoeLayer(Backend& be, const ModelConfig& m, int max_tokens);
+  // max_tokens bounds N; layer (the logical layer) names the exchanges in
+  // timeout messages ("layer 3 dispatch").
+  MoeLayer(Backend& be, const ModelConfig& m, int max_tokens, int layer = -1, MoeExchange ex = {});
 
   // y[N,d] = MoE(x[N,d]). Pointers to x must stay valid until backward.
+  // router: the layer chunk holding moe.router.weight; experts: this rank's
+  // expert chunks of the layer, in expert order.
   MoeStats forward(float* y, const float* x, int n, const Chunk& router,
                    const std::vector<const Chunk*>& experts, Phase phase);
   // dx[N,d] += d loss/d x given dy[N,d]; grad_scale multiplies the aux and z
@@ -42,20 +60,44 @@ class MoeLayer {
                 const std::vector<const Chunk*>& experts, float grad_scale);
 
  private:
+  // Row counts of one forward's exchange, in elements of d floats.
+  void plan_exchange();
+  // rows[src layout] -> owners (source-major), regrouped expert-major into dst.
+  void exchange_to_experts(float* dst, const float* src, float scale, const char* what);
+  // expert-major src -> back to the source ranks, into dst (source layout).
+  void exchange_from_experts(float* dst, const float* src, float scale, const char* what);
+  void experts_fwd(const std::vector<const Chunk*>& experts);
+  void experts_bwd(const std::vector<const Chunk*>& experts);
+  void check_experts(const std::vector<const Chunk*>& experts) const;
+
   Backend& be_;
   const ModelConfig& m_;
   RouterArgs ra_;
   int S_;
+  int layer_;
+  MoeExchange ex_;
+  int P_ = 1, first_ = 0, El_ = 0;  // EP group size, first local expert, local experts
+  int64_t max_rows_ = 0;            // rows the local experts can receive
   DeviceArena arena_;
   // saved by forward
   const float* x_ = nullptr;
   int n_ = 0;
-  std::vector<int32_t> count_h_, offset_h_;
+  std::vector<int32_t> count_h_, offset_h_;  // [E] kept rows per expert from this rank's tokens
+  std::vector<int32_t> recv_cnt_;            // [P, El] rows source p sends to local expert le
+  std::vector<int32_t> erows_, eoff_;        // [El] rows and first row of each local expert's block
+  std::vector<int64_t> sc_, sd_, rc_, rd_;   // [P] element counts/displacements of the exchange
+  struct Segment {
+    int64_t src_row, dst_row, rows;  // source-major row -> expert-major row
+  };
+  std::vector<Segment> segs_;
   // device buffers (sized for max_tokens)
   float *logits_, *probs_, *lse_, *gate_, *dgate_, *dlogits_;
   int32_t *expert_, *pos_, *count_, *demand_, *offset_;
-  float *xp_, *h_pre_, *h_act_, *yp_;     // [N*S, d], [N*S, F], [N*S, F], [N*S, d]
-  float *dxp_, *dh_, *dyp_;               // [N*S, d], [N*S, F], [N*S, d]
+  float *xp_, *yp_, *dxp_, *dyp_;  // [N*S, d] packed rows in this rank's (source) layout
+  // Expert side, [max_rows, *]: the local experts' inputs, activations and
+  // outputs, expert-major. With P = 1 xe_ aliases xp_ (and ye_ yp_, ...).
+  float *xe_, *he_pre_, *he_act_, *ye_, *dxe_, *dhe_, *dye_;
+  float* xr_ = nullptr;  // [max_rows, d] received rows, source-major (P > 1)
 };
 
 }  // namespace m6

@@ -1,27 +1,18 @@
+// The single-process communicator: a world of one rank. Every collective is a
+// copy or a no-op, and nothing travels, so the half-precision wire never
+// rounds anything (a 1-rank run computes in full precision whatever
+// precision.comm says).
 #include <cstring>
 
 #include "core/parallel/comm.h"
-#include "core/util/error.h"
 
 namespace m6 {
-
-size_t comm_dtype_size(CommDType t) {
-  switch (t) {
-    case CommDType::F32: return 4;
-    case CommDType::BF16: return 2;
-    case CommDType::F16: return 2;
-    case CommDType::I32: return 4;
-    case CommDType::I64: return 8;
-    case CommDType::U8: return 1;
-    case CommDType::F64: return 8;
-  }
-  return 0;
-}
 
 namespace {
 
 class SelfComm final : public Comm {
  public:
+  explicit SelfComm(std::shared_ptr<CommActivity> a) : Comm(std::move(a)) {}
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string name() const override { return "self"; }
@@ -41,11 +32,21 @@ class SelfComm final : public Comm {
   }
   void broadcast(void*, size_t, CommDType, int) override {}
   void barrier() override {}
-  std::unique_ptr<Comm> split(int, int) override { return std::make_unique<SelfComm>(); }
+  std::unique_ptr<Comm> split(int, int) override {
+    return std::make_unique<SelfComm>(activity_ptr());
+  }
+  void all_reduce_f32(float*, size_t, ReduceOp, CommDType, float) override {}
+  void all_to_all_v_f32(const float* send, const int64_t* send_counts, const int64_t* send_displs,
+                        float* recv, const int64_t* recv_counts, const int64_t* recv_displs,
+                        CommDType, float) override {
+    all_to_all_v(send, send_counts, send_displs, recv, recv_counts, recv_displs, CommDType::F32);
+  }
 };
 
 }  // namespace
 
-std::unique_ptr<Comm> make_self_comm() { return std::make_unique<SelfComm>(); }
+std::unique_ptr<Comm> make_self_comm(std::shared_ptr<CommActivity> activity) {
+  return std::make_unique<SelfComm>(std::move(activity));
+}
 
 }  // namespace m6

@@ -31,21 +31,18 @@ std::string export_run(const std::string& run_dir, const std::string& out_path) 
   const nlohmann::json man = read_manifest(dir);
   Config cfg = config_from_json(man.at("config"));
   const ModelConfig& m = cfg.model;
-  const SafetensorsFile weights(dir + "/weights.safetensors");
 
   const int E = m.moe.every > 0 ? m.moe.experts : 0;
   const std::vector<Chunk> chunks = plan_chunks(m, ExpertRange{0, E});
+  // By global name from whichever file holds each tensor (checks dtype and shape).
+  const CheckpointTensors weights(dir, man, CkptPart::Weights, chunks);
   std::vector<Model::NamedTensor> out;
   auto emit = [&](const Chunk& c, const std::string& from, const std::string& to) {
     for (const auto& t : c.tensors) {
-      const StTensorView& v = weights.get(t.name);
-      if (v.dtype != StDType::F32 || v.shape != t.shape)
-        throw CheckpointError(fmt(weights.path(), ": tensor ", t.name,
-                                  " does not have the shape the checkpoint's config gives"));
       Model::NamedTensor nt;
       nt.name = from.empty() ? t.name : to + t.name.substr(from.size());
       nt.shape = t.shape;
-      const float* p = static_cast<const float*>(v.data);
+      const float* p = weights.get(t);
       nt.values.assign(p, p + t.numel);
       out.push_back(std::move(nt));
     }

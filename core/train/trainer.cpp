@@ -2,15 +2,25 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
 #include "core/data/dataset.h"
 #include "core/metrics/metrics.h"
 #include "core/model/model.h"
+#include "core/parallel/comm.h"
+#include "core/parallel/grid.h"
 #include "core/train/checkpoint.h"
+#include "core/train/data_parallel.h"
+#include "core/train/delink_cmd.h"
+#include "core/train/failpoint.h"
 #include "core/train/optimizer.h"
+#include "core/train/preempt.h"
+#include "core/train/resume.h"
+#include "core/train/spike_guard.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
 #include "core/util/log.h"
@@ -31,23 +41,31 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-double evaluate(Model& model, const TokenDataset& val, const Config& cfg) {
-  double ce = 0;
-  int64_t n = 0;
+// Evaluation batch i goes to rank i % W; the losses are summed over the world.
+// With ep > 1 a rank past the last batch still runs a forward (counted
+// nowhere) so that its EP group's exchanges match.
+double evaluate(Model& model, const TokenDataset& val, const Config& cfg, ProcessGrid& grid) {
+  const int W = grid.layout().world, rank = grid.layout().rank, n_batches = cfg.eval.batches;
+  double acc[2] = {0, 0};  // sum of CE, valid positions
   Batch b;
-  for (int i = 0; i < cfg.eval.batches; ++i) {
-    sample_eval_batch(val, i, cfg.eval.batches, cfg.train.micro_batch, cfg.train.seq_len, b);
+  for (int round = 0; round < (n_batches + W - 1) / W; ++round) {
+    const int i = round * W + rank;
+    if (i >= n_batches && grid.layout().ep == 1) break;
+    sample_eval_batch(val, i % n_batches, n_batches, cfg.train.micro_batch, cfg.train.seq_len, b);
     const MicroStats st = model.forward(b, Phase::Eval);
-    ce += st.ce_sum;
-    n += st.n_valid;
+    if (i >= n_batches) continue;
+    acc[0] += st.ce_sum;
+    acc[1] += static_cast<double>(st.n_valid);
   }
-  return n ? ce / static_cast<double>(n) : 0.0;
+  CommLabel label(grid.activity(), "eval loss");
+  grid.world().all_reduce(acc, 2, CommDType::F64, ReduceOp::Sum);
+  return acc[1] > 0 ? acc[0] / acc[1] : 0.0;
 }
 
 // Sums of one logging interval.
 struct Interval {
   double loss = 0, aux = 0, z = 0, grad_norm = 0;
-  int64_t micro = 0, steps = 0, slots = 0, dropped = 0, tokens = 0;
+  int64_t micro = 0, steps = 0, skipped = 0, slots = 0, dropped = 0, tokens = 0;
   double seconds = 0;
   std::vector<std::vector<int64_t>> load;
 
@@ -65,12 +83,39 @@ struct Interval {
       dropped += m.dropped;
     }
   }
+
+  // Sums the counts of every rank into this rank's (collective over world):
+  // loss sums and micro-batch counts, drops, and the expert load.
+  void sum_over(Comm& world) {
+    if (world.size() == 1) return;
+    std::vector<double> v = {loss, aux, z, static_cast<double>(micro), static_cast<double>(slots),
+                             static_cast<double>(dropped)};
+    for (const auto& l : load)
+      for (int64_t x : l) v.push_back(static_cast<double>(x));
+    CommLabel label(world.activity(), "metrics");
+    world.all_reduce(v.data(), v.size(), CommDType::F64, ReduceOp::Sum);
+    loss = v[0], aux = v[1], z = v[2];
+    micro = static_cast<int64_t>(v[3]), slots = static_cast<int64_t>(v[4]);
+    dropped = static_cast<int64_t>(v[5]);
+    size_t k = 6;
+    for (auto& l : load)
+      for (int64_t& x : l) x = static_cast<int64_t>(v[k++]);
+  }
 };
 
 }  // namespace
 
 TrainSummary train(const Config& cfg, const RunOptions& opt) {
-  const int world = 1, rank = 0;
+  const StopSignals stop_signals;  // first: a SIGTERM during start-up stops at step 0
+  // The process grid (DESIGN.md section 4): world from the launcher (app/
+  // passes the MPI world communicator), EP and expert-DP groups split off it.
+  std::unique_ptr<Comm> self_comm = opt.comm ? nullptr : make_self_comm();
+  Comm& comm = opt.comm ? *opt.comm : *self_comm;
+  const int world = comm.size(), rank = comm.rank();
+  validate_config(cfg, world);  // again, in case the caller validated for another world size
+  comm.activity().timeout_s = cfg.parallel.timeout_s;
+  ProcessGrid grid(comm, cfg.parallel.ep);
+  const CommDType wire = comm_wire(cfg.precision.comm);
   const ModelConfig& m = cfg.model;
   const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
   const int accum = cfg.accum_steps(world);
@@ -80,14 +125,27 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   TokenDataset val_ds = TokenDataset::open(cfg.data.val, m.vocab_size, T);
 
   make_dirs(opt.run_dir);
-  atomic_write_file(opt.run_dir + "/config.json", config_to_json(cfg).dump(2) + "\n");
+  if (rank == 0) atomic_write_file(opt.run_dir + "/config.json", config_to_json(cfg).dump(2) + "\n");
 
   auto be = make_backend(cfg);
   const int E = m.moe.every > 0 ? m.moe.experts : 0;
-  Model model(cfg, *be, ExpertRange{0, E});
+  // Pseudo-to-Real: the layout of the model trained now -- shared layers
+  // until model.sharing.delink_at_step, the real model after (also when
+  // resuming a checkpoint written after the delink). Checkpoints record it.
+  Config run_cfg = resume_layout(cfg, opt.run_dir, parse_resume_flag(opt.resume));
+  Model model(run_cfg, *be, grid_experts(grid.layout(), E),
+              MoeExchange{grid.layout().ep > 1 ? &grid.ep() : nullptr, wire});
   model.init_params(cfg.train.seed);
+  GradSync grad_sync(grid, *be, wire);
+  CommMeter comm_meter(grid.activity());
+  TrainState state;
+  const ResumeResult resumed =
+      resume_training(opt.run_dir, parse_resume_flag(opt.resume), run_cfg, *be, model.chunks(), comm);
+  if (resumed.resumed) state = resumed.state;
+  SpikeGuard spike_guard(cfg.train.spike_guard.window, cfg.train.spike_guard.z_threshold);
+  spike_guard.restore(state.spike_window);
 
-  const ParamCounts pc = count_params(m);
+  const ParamCounts pc = count_params(run_cfg.model);
   int moe_layers = 0;
   for (int l = 0; l < m.n_layers; ++l) moe_layers += m.is_moe_layer(l);
   log_info(fmt("m6train: run directory ", opt.run_dir));
@@ -99,16 +157,18 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
                " shard(s), ", val_ds.size(), " val tokens; batch ", cfg.train.global_batch, " x ",
                T, " = ", static_cast<int64_t>(cfg.train.global_batch) * T,
                " tokens/step (micro-batch ", B, ", accumulation ", accum, "); backend ", be->name()));
+  if (world > 1)
+    log_info(fmt("parallel: ", describe_grid(grid.layout(), E), "; communication ", comm.name(),
+                 " in ", comm_dtype_name(wire), ", timeout ", cfg.parallel.timeout_s, " s"));
 
   MetricsWriter metrics(opt.run_dir, rank == 0);
   TrainSummary sum;
   sum.run_dir = opt.run_dir;
-  TrainState state;
   const auto t_start = Clock::now();
   double train_seconds = 0;
 
   auto run_eval = [&](int64_t step) {
-    const double loss = evaluate(model, val_ds, cfg);
+    const double loss = evaluate(model, val_ds, cfg, grid);
     EvalRecord r;
     r.step = step;
     r.eval_loss = loss;
@@ -118,36 +178,92 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     return loss;
   };
 
-  sum.first_eval_loss = sum.final_eval_loss = run_eval(0);
+  const double kNaN = std::numeric_limits<double>::quiet_NaN();
+  sum.first_eval_loss = sum.final_eval_loss = kNaN;
+  if (resumed.resumed) {
+    sum.resumed_from = state.step;
+    sum.checkpoint = resumed.dir;
+    metrics.write_event("resume", {{"step", state.step}, {"checkpoint", resumed.dir}});
+  } else {
+    sum.first_eval_loss = sum.final_eval_loss = run_eval(0);
+  }
+  const int64_t start_step = state.step;
   const int64_t end = opt.max_steps >= 0 ? std::min(cfg.train.steps, state.step + opt.max_steps)
                                          : cfg.train.steps;
-  int64_t consecutive_skips = 0;
+  // The step of the newest checkpoint this run has (so none is written twice).
+  int64_t saved_step = resumed.resumed ? state.step : -1;
+  auto save = [&] {
+    state.spike_window = spike_guard.history();
+    sum.checkpoint = save_checkpoint(opt.run_dir, run_cfg, state, *be, model.chunks(), comm);
+    saved_step = state.step;
+    log_info(fmt("checkpoint: ", sum.checkpoint));
+    metrics.write_event("checkpoint", {{"step", state.step}, {"checkpoint", sum.checkpoint}});
+  };
   Interval iv;
   Batch batch;
   const float grad_scale = 1.0f / static_cast<float>(micro_per_step);
   bool evaluated_last = false;
   for (int64_t step = state.step; step < end; ++step) {
+    // Step boundary: a stop signal on any rank stops every rank here.
+    if (failpoint_hit(Failpoint::Signal, step, rank)) std::raise(SIGTERM);
+    failpoint_kill(Failpoint::KillStep, step, rank);
+    sum.stop_signal = static_cast<int>(
+        comm.all_reduce_scalar(static_cast<int64_t>(stop_signals.pending()), ReduceOp::Max));
+    if (sum.stop_signal) break;
+    const SharingConfig& sharing = run_cfg.model.sharing;
+    if (sharing.groups > 0 && sharing.delink_at_step > 0 && step >= sharing.delink_at_step)
+      metrics.write_event("delink", delink_in_run(model, run_cfg, step, [&] {
+                            return evaluate(model, val_ds, cfg, grid);
+                          }));
+
+    grid.activity().step = step + 1;  // named in timeout messages
     const auto t0 = Clock::now();
     model.zero_grads();
+    double step_loss = 0;  // sum over this rank's micro-batches of the mean CE
     for (int a = 0; a < accum; ++a) {
       sample_train_batch(train_ds, cfg.train.seed, step, a * world + rank, micro_per_step, B, T,
                          batch);
       const MicroStats st = model.forward(batch, Phase::Train);
       model.backward(grad_scale);
       iv.add_micro(st);
+      step_loss += st.ce();
     }
-    const double norm = std::sqrt(grad_sum_squares(*be, model.chunks()));
-    if (!std::isfinite(norm)) {
+    if (failpoint_hit(Failpoint::NanGrad, step, rank)) {
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      be->to_device(model.chunks().front().grad, &nan, sizeof nan);
+    }
+    if (failpoint_hit(Failpoint::NanLoss, step, rank)) step_loss = kNaN;
+    if (failpoint_hit(Failpoint::SpikeLoss, step, rank)) step_loss *= 100.0;
+    // Dense gradients summed over the world, experts over their expert-DP
+    // group; the norm counts every tensor once.
+    grad_sync.all_reduce(model.chunks());
+    const double loss = comm.all_reduce_scalar(step_loss, ReduceOp::Sum) / micro_per_step;
+    const double norm = grad_sync.global_norm(model.chunks());
+    // Skip decisions are agreed (max over ranks): a fault on one rank skips
+    // the step everywhere, so weights and moments stay identical.
+    int32_t skip[2] = {!std::isfinite(norm) || !std::isfinite(loss),
+                       std::isfinite(loss) && spike_guard.is_spike(loss)};
+    comm.all_reduce(skip, 2, CommDType::I32, ReduceOp::Max);
+    if (skip[0] || skip[1]) {
       ++state.skipped_steps;
-      if (++consecutive_skips >= cfg.train.max_skipped_steps)
-        throw Error(fmt("step ", step, ": ", consecutive_skips,
-                        " consecutive steps had a non-finite gradient (train.max_skipped_steps = ",
-                        cfg.train.max_skipped_steps, "); lower optim.lr or check the data"));
-      log_warn(fmt("step ", step, ": non-finite gradient norm, update skipped"));
+      ++iv.skipped;
+      const char* why = skip[0] ? "non-finite loss or gradient" : "loss spike";
+      if (++state.consecutive_skips >= cfg.train.max_skipped_steps)
+        throw Error(fmt("step ", step + 1, ": ", state.consecutive_skips,
+                        " consecutive steps skipped (the last for a ", why,
+                        "; train.max_skipped_steps = ", cfg.train.max_skipped_steps,
+                        "); lower optim.lr, check the data, or raise train.spike_guard.z_threshold"));
+      if (rank == 0)
+        log_warn(fmt("step ", step + 1, ": ", why, " (loss ", loss, ", grad norm ", norm,
+                     skip[1] ? fmt(", z ", spike_guard.z_score(loss)) : std::string(),
+                     "), update skipped"));
+      metrics.write_event("skip", {{"step", step + 1}, {"reason", skip[0] ? "nonfinite" : "spike"},
+                                   {"loss", loss}});
     } else {
-      consecutive_skips = 0;
+      state.consecutive_skips = 0;
       const double lr = lr_at(cfg.optim, cfg.train.steps, step);
       adamw_step(*be, model.chunks(), cfg.optim, lr, clip_factor(cfg.optim, norm), ++state.adam_t);
+      spike_guard.accept(loss);
       iv.grad_norm += norm;
     }
     be->sync();
@@ -161,6 +277,8 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
 
     const bool last = state.step == end;
     if (state.step % cfg.log.every == 0 || last) {
+      iv.sum_over(comm);
+      const CommMeter::Report cr = comm_meter.report(comm, iv.steps);
       TrainRecord r;
       r.step = state.step;
       r.steps_total = cfg.train.steps;
@@ -168,16 +286,20 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
       r.aux_loss = iv.aux / static_cast<double>(iv.micro);
       r.z_loss = iv.z / static_cast<double>(iv.micro);
       r.lr = lr_at(cfg.optim, cfg.train.steps, step);
-      r.grad_norm = iv.grad_norm / static_cast<double>(iv.steps);
+      r.grad_norm = iv.grad_norm / static_cast<double>(std::max<int64_t>(1, iv.steps - iv.skipped));
       r.tokens_per_s = static_cast<double>(iv.tokens) / iv.seconds;
       r.elapsed_s = seconds_since(t_start);
-      r.eta_s = train_seconds / static_cast<double>(state.step) *
+      r.eta_s = train_seconds / static_cast<double>(state.step - start_step) *
                 static_cast<double>(cfg.train.steps - state.step);
       r.dropped_frac = iv.slots ? static_cast<double>(iv.dropped) / static_cast<double>(iv.slots) : 0.0;
       r.skipped_steps = state.skipped_steps;
       r.expert_load = iv.load;
-      log_info(format_train_line(r));
+      log_info(world == 1 ? format_train_line(r)
+                          : fmt(format_train_line(r), " | comm ",
+                                static_cast<int>(std::lround(100.0 * cr.seconds_mean / cr.wall_s)),
+                                "%"));
       metrics.write_train(r);
+      if (world > 1) metrics.write_event("comm", CommMeter::to_json(cr, r.step));
       iv = Interval{};
     }
     evaluated_last = false;
@@ -185,11 +307,16 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
       sum.final_eval_loss = run_eval(state.step);
       evaluated_last = true;
     }
+    if (cfg.checkpoint.every > 0 && state.step % cfg.checkpoint.every == 0 && !last) save();
   }
   if (!evaluated_last && end > 0 && state.step == 0) sum.final_eval_loss = sum.first_eval_loss;
   sum.steps = state.step;
-  sum.checkpoint = save_checkpoint(opt.run_dir, cfg, state, *be, model.chunks());
-  log_info(fmt("checkpoint: ", sum.checkpoint));
+  if (saved_step != state.step) save();
+  if (sum.stop_signal) {
+    log_info(fmt("stopped by ", stop_signal_name(sum.stop_signal), " at step ", state.step,
+                 " after saving ", sum.checkpoint, "; resume with --resume auto"));
+    metrics.write_event("preempted", {{"step", state.step}, {"signal", sum.stop_signal}});
+  }
   return sum;
 }
 

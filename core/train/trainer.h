@@ -10,16 +10,24 @@
 
 namespace m6 {
 
+class Comm;
+
 struct RunOptions {
   std::string run_dir;
   int64_t max_steps = -1;  // stop after this many steps of this invocation (< 0: train.steps)
+  std::string resume;      // --resume: "" (fresh start), "auto" or a checkpoint directory
+  // The world communicator of a multi-process job (app/ creates it from the
+  // MPI session); null: a single process.
+  Comm* comm = nullptr;
 };
 
 struct TrainSummary {
   std::string run_dir;
   std::string checkpoint;  // the final checkpoint directory
   int64_t steps = 0;
-  double first_eval_loss = 0, final_eval_loss = 0;
+  double first_eval_loss = 0, final_eval_loss = 0;  // NaN when not evaluated in this invocation
+  int64_t resumed_from = -1;  // the step resumed from; -1 for a fresh start
+  int stop_signal = 0;        // != 0: stopped by this signal after saving (exit 75)
 };
 
 // The backend train.device asks for (auto: CUDA when built in and a GPU is

@@ -21,6 +21,15 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/m6_torch_ref.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
+# The reference must pass its own checks (gradcheck, torch.nn equivalence,
+# hand-worked routing examples, check_step on perturbed data) before it judges
+# m6train.
+if ! "$PY" "$REF/self_test.py" >"$TMP/self_test.log" 2>&1; then
+  echo "torch_reference: FAIL: the reference's own self-test fails:" >&2
+  cat "$TMP/self_test.log" >&2
+  exit 1
+fi
+
 # Any two text files that exist on Debian (base-files ships the licences).
 inputs=()
 for f in "$M6_SOURCE_DIR/README.md" /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0; do

@@ -186,10 +186,12 @@ TEST_CASE("safetensors reads a file laid out by Python struct/json", "[ckpt][saf
   TempDir tmp("python");
   // As `struct.pack('<Q', len(h)) + h + data` with h = json.dumps(...): ", "
   // and ": " separators, no padding (the header length is odd), metadata in
-  // the middle and the header order unlike the data order.
+  // the middle, the header order unlike the data order, and an empty tensor
+  // listed after the tensor that starts at the same offset.
   const std::string header =
       R"({"ids": {"dtype": "I64", "shape": [3], "data_offsets": [16, 40]}, )"
-      R"("__metadata__": {"format": "pt", "config": "{\"a\": 1}"}, )"
+      R"("none": {"dtype": "U8", "shape": [0, 3], "data_offsets": [16, 16]}, )"
+      R"("__metadata__": {"format": "pt", "config": "{\"a\": 12}"}, )"
       R"("w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}})";
   REQUIRE(header.size() % 8 != 0);
   const std::string data = raw(std::vector<float>{0.5f, -1.0f, 2.0f, 8.0f}) +
@@ -198,9 +200,10 @@ TEST_CASE("safetensors reads a file laid out by Python struct/json", "[ckpt][saf
   write_bytes(path, st_bytes(header, data));
 
   SafetensorsFile f(path);
-  CHECK(f.names() == std::vector<std::string>{"w", "ids"});  // file (data) order
+  // File (data) order; the empty tensor at offset 16 sorts before "ids" there.
+  CHECK(f.names() == std::vector<std::string>{"w", "none", "ids"});
   CHECK(f.metadata().at("format") == "pt");
-  CHECK(f.metadata().at("config") == R"({"a": 1})");
+  CHECK(f.metadata().at("config") == R"({"a": 12})");
   const auto& w = f.get("w");
   CHECK(w.dtype == StDType::F32);
   CHECK(w.shape == std::vector<int64_t>{2, 2});
@@ -211,6 +214,7 @@ TEST_CASE("safetensors reads a file laid out by Python struct/json", "[ckpt][saf
   CHECK(wf[1] == -1.0f);
   CHECK(wf[3] == 8.0f);
   const auto& ids = f.get("ids");
+  CHECK(f.get("none").shape == std::vector<int64_t>{0, 3});
   CHECK(ids.dtype == StDType::I64);
   int64_t id[3];
   std::memcpy(id, ids.data, sizeof id);
@@ -369,6 +373,7 @@ TEST_CASE("safetensors writer refuses bad input and writes atomically", "[ckpt][
   expect_write_error({{"neg", StDType::F32, {2, -1}, w.data()}}, "negative dimension -1");
   expect_write_error({{"null", StDType::F32, {2}, nullptr}}, "no data");
   expect_write_error({{"", StDType::F32, {2}, w.data()}}, "empty name");
+  expect_write_error({{"bad\xff", StDType::F32, {2}, w.data()}}, "cannot encode the header");
 
   // A successful write replaces the file as a whole.
   m6::write_safetensors(path, {{"new", StDType::F32, {2}, w.data()}}, {{"k", "v"}});

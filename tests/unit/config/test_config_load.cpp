@@ -201,14 +201,14 @@ TEST_CASE("config: --set overrides apply on top of the file", "[config]") {
       f,
       {"optim.lr=3e-4", "model.moe.every=2", "model.moe.experts=4", "model.moe.router=prototypes",
        "model.moe.prototypes=2", "train.seq_len=64", "train.seq_len=32", "data.val=b/*.bin",
-       "model.moe.normalize_gates=true", "train.seed=7"},
+       "model.moe.normalize_gates=false", "train.seed=7"},
       1);
   CHECK(c.optim.lr == 3e-4);
   CHECK(c.model.moe.every == 2);
   CHECK(c.model.moe.experts == 4);
   CHECK(c.model.moe.router == m6::RouterKind::Prototypes);
   CHECK(c.model.moe.prototypes == 2);
-  CHECK(c.model.moe.normalize_gates == m6::GateNorm::On);
+  CHECK(c.model.moe.normalize_gates == m6::GateNorm::Off);
   CHECK(c.train.seq_len == 32);  // the later --set wins
   CHECK(c.data.val == "b/*.bin");
   CHECK(c.data.train == "a/train_*.bin");
@@ -276,7 +276,8 @@ TEST_CASE("config: JSON has exactly the YAML keys and round-trips", "[config]") 
   CHECK(j["model"].size() == 8);  // 6 keys + moe + sharing
   CHECK(j["model"]["moe"].size() == 11);
   CHECK(j["model"]["sharing"].size() == 3);
-  CHECK(j["train"].size() == 8);
+  CHECK(j["train"].size() == 9);  // 8 keys + spike_guard
+  CHECK(j["train"]["spike_guard"].size() == 2);
   CHECK(j["optim"].size() == 9);
   CHECK(j["model"]["moe"]["router"] == "prototypes");
   CHECK(j["model"]["moe"]["normalize_gates"] == "false");

@@ -1,0 +1,56 @@
+// MPI for the whole process: initialised only when the process is one rank of
+// a job started by a parallel launcher (mpirun, srun), so a single-rank run
+// needs no launcher and no MPI at all. Owns MPI_Init/MPI_Finalize and the
+// job-wide failure path that app/ takes when a rank fails.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "core/parallel/comm.h"
+
+namespace m6 {
+
+// The launcher that started this process as one of several ranks, judged from
+// the environment: "mpirun" (OMPI_COMM_WORLD_SIZE), "pmix" (PMIX_RANK: srun
+// --mpi=pmix, Open MPI's launcher), "pmi" (PMI_RANK: MPICH's hydra, srun
+// --mpi=pmi2), "srun" (SLURM_PROCID with SLURM_NTASKS > 1), or "" when none.
+// `getenv` is a parameter for the unit test.
+std::string detect_parallel_launcher(
+    const std::function<const char*(const char*)>& getenv_fn = nullptr);
+
+class MpiSession {
+ public:
+  MpiSession();
+  ~MpiSession();  // MPI_Finalize when initialised (communicators must be gone by then)
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+  // Initialises MPI (MPI_THREAD_FUNNELED: only the main thread communicates)
+  // when detect_parallel_launcher() names one; otherwise the session stays a
+  // world of one. Call once, before any thread starts.
+  void start(int* argc, char*** argv);
+  bool active() const { return state_ != nullptr; }
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  // The world communicator: MPI over a private duplicate of MPI_COMM_WORLD,
+  // or the single-process one when MPI is not active.
+  std::unique_ptr<Comm> world(std::shared_ptr<CommActivity> activity = nullptr);
+
+  // For app/ only: ends a run that failed on this rank with exit code `code`
+  // and returns the code to exit with. When every rank fails (a config error
+  // is found identically everywhere) they meet within a short grace period,
+  // finalise MPI and each exit with the code; otherwise -- a peer is busy in
+  // a collective or gone, or `immediate` (a collective timed out) -- the rank
+  // calls MPI_Abort, which ends every process of the job with `code`.
+  int fail(int code, bool immediate);
+
+ private:
+  void finish();  // frees the session's communicators and finalises MPI
+  struct State;
+  std::unique_ptr<State> state_;
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace m6

@@ -1,0 +1,130 @@
+// Collective benchmark of the Comm layer (run by scripts/bench-comm.sh under
+// mpirun), in the manner of nccl-tests: for message sizes from 1 KiB to
+// 64 MiB per rank it times all-reduce (fp32 sum) and all-to-all (equal
+// blocks), checks the result (count of wrong elements), and prints the time
+// per call, the algorithm bandwidth (bytes / time) and the bus bandwidth --
+// algbw * 2(n-1)/n for all-reduce, algbw * (n-1)/n for all-to-all -- which
+// is comparable across rank counts. Rank 0 prints; the time is the slowest
+// rank's mean.
+//
+//   mpirun -np N bench_comm [--min-bytes B] [--max-bytes B] [--wire f32|bf16|fp16]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/parallel/comm.h"
+#include "core/parallel/mpi_session.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Mean seconds per call of fn over enough calls to fill ~0.2 s (at least 2,
+// at most 200), the slowest rank's.
+template <class Fn>
+double time_calls(m6::Comm& c, Fn&& fn) {
+  fn();  // warm-up
+  c.barrier();
+  auto t0 = Clock::now();
+  fn();
+  double once = std::chrono::duration<double>(Clock::now() - t0).count();
+  once = c.all_reduce_scalar(once, m6::ReduceOp::Max);
+  const int iters = std::max(2, std::min(200, static_cast<int>(0.2 / std::max(once, 1e-7))));
+  c.barrier();
+  t0 = Clock::now();
+  for (int i = 0; i < iters; ++i) fn();
+  const double t = std::chrono::duration<double>(Clock::now() - t0).count() / iters;
+  return c.all_reduce_scalar(t, m6::ReduceOp::Max);
+}
+
+std::string human(size_t b) {
+  char s[32];
+  if (b >= (1u << 20))
+    std::snprintf(s, sizeof s, "%zu MiB", b >> 20);
+  else
+    std::snprintf(s, sizeof s, "%zu KiB", b >> 10);
+  return s;
+}
+
+int run(int argc, char** argv) {
+  m6::MpiSession mpi;
+  mpi.start(&argc, &argv);
+  size_t min_b = 1 << 10, max_b = 64 << 20;
+  m6::CommDType wire = m6::CommDType::F32;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--min-bytes")
+      min_b = std::strtoull(v.c_str(), nullptr, 10);
+    else if (k == "--max-bytes")
+      max_b = std::strtoull(v.c_str(), nullptr, 10);
+    else if (k == "--wire")
+      wire = v == "bf16"   ? m6::CommDType::BF16
+             : v == "fp16" ? m6::CommDType::F16
+                           : m6::CommDType::F32;
+  }
+  auto world = mpi.world();
+  m6::Comm& c = *world;
+  c.activity().timeout_s = 600;
+  const int P = c.size(), r = c.rank();
+  if (r == 0) {
+    std::printf("# m6train Comm benchmark: %d ranks, %s, payload %s; sizes per rank\n", P,
+                c.name().c_str(), m6::comm_dtype_name(wire));
+    std::printf("# %10s | %10s %9s %9s %6s | %10s %9s %9s %6s\n", "size", "allreduce", "algbw",
+                "busbw", "wrong", "alltoall", "algbw", "busbw", "wrong");
+    std::printf("# %10s | %10s %9s %9s %6s | %10s %9s %9s %6s\n", "", "us", "GB/s", "GB/s", "",
+                "us", "GB/s", "GB/s", "");
+  }
+  for (size_t bytes = min_b; bytes <= max_b; bytes *= 2) {
+    const size_t n = bytes / sizeof(float);
+    const size_t blk = n / P;
+    std::vector<float> buf(n), send(blk * P), recv(blk * P);
+    // all-reduce: rank r holds r+1 everywhere, so the sum is P(P+1)/2 (after
+    // the timed repetitions the buffer is refilled and reduced once more).
+    auto fill = [&] { std::fill(buf.begin(), buf.end(), static_cast<float>(r + 1)); };
+    fill();
+    const double t_ar =
+        time_calls(c, [&] { c.all_reduce_f32(buf.data(), n, m6::ReduceOp::Sum, wire); });
+    fill();
+    c.all_reduce_f32(buf.data(), n, m6::ReduceOp::Sum, wire);
+    int64_t wrong_ar = 0;
+    for (float v : buf) wrong_ar += v != static_cast<float>(P * (P + 1) / 2);
+    // all-to-all: block q of rank r holds r*P + q; received block s must hold s*P + r.
+    for (int q = 0; q < P; ++q)
+      for (size_t k = 0; k < blk; ++k) send[q * blk + k] = static_cast<float>(r * P + q);
+    std::vector<int64_t> cnt(P, static_cast<int64_t>(blk)), dsp(P);
+    for (int q = 0; q < P; ++q) dsp[q] = static_cast<int64_t>(q * blk);
+    const double t_a2a = time_calls(c, [&] {
+      c.all_to_all_v_f32(send.data(), cnt.data(), dsp.data(), recv.data(), cnt.data(), dsp.data(),
+                         wire);
+    });
+    int64_t wrong_a2a = 0;
+    for (int s = 0; s < P; ++s)
+      for (size_t k = 0; k < blk; ++k)
+        wrong_a2a += recv[s * blk + k] != static_cast<float>(s * P + r);
+    wrong_ar = c.all_reduce_scalar(wrong_ar, m6::ReduceOp::Sum);
+    wrong_a2a = c.all_reduce_scalar(wrong_a2a, m6::ReduceOp::Sum);
+    if (r == 0) {
+      const double ar_alg = bytes / t_ar / 1e9, a2a_alg = bytes / t_a2a / 1e9;
+      std::printf("  %10s | %10.1f %9.3f %9.3f %6lld | %10.1f %9.3f %9.3f %6lld\n",
+                  human(bytes).c_str(), t_ar * 1e6, ar_alg, ar_alg * 2.0 * (P - 1) / P,
+                  static_cast<long long>(wrong_ar), t_a2a * 1e6, a2a_alg, a2a_alg * (P - 1) / P,
+                  static_cast<long long>(wrong_a2a));
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_comm: %s\n", e.what());
+    return 1;
+  }
+}
