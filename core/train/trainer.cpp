@@ -24,13 +24,25 @@
 #include "core/util/error.h"
 #include "core/util/fs.h"
 #include "core/util/log.h"
+#ifdef M6_HAVE_CUDA
+#include "cuda/cuda_backend.h"  // plain C++: no CUDA header reaches core/
+#endif
 
 namespace m6 {
 
 std::unique_ptr<Backend> make_backend(const Config& cfg) {
+#ifdef M6_HAVE_CUDA
+  // auto: the CUDA backend on device 0 when a device is visible, else the CPU.
+  const int devices = cuda_device_count();
+  if (cfg.train.device == DeviceKind::Cuda && devices == 0)
+    throw ConfigError(fmt(cfg.source, ": train.device: cuda was asked for, but no CUDA device is "
+                          "visible (cuda_device_count() = 0); use train.device: cpu or auto"));
+  if (cfg.train.device != DeviceKind::Cpu && devices > 0) return make_cuda_backend(0);
+#else
   if (cfg.train.device == DeviceKind::Cuda)
     throw ConfigError(fmt(cfg.source, ": train.device: cuda was asked for, but this m6train has no "
                           "CUDA backend built in; use train.device: cpu or auto"));
+#endif
   return make_cpu_backend(cfg.train.threads);
 }
 
@@ -127,7 +139,15 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   make_dirs(opt.run_dir);
   if (rank == 0) atomic_write_file(opt.run_dir + "/config.json", config_to_json(cfg).dump(2) + "\n");
 
-  auto be = make_backend(cfg);
+  // The collectives (Comm over MPI) move host memory; device pointers would
+  // need NCCL (cuda/comm_nccl.cu), which is not built yet: with several ranks
+  // `auto` stays on the CPU and an explicit `cuda` is refused.
+  auto be = world > 1 && cfg.train.device == DeviceKind::Auto ? make_cpu_backend(cfg.train.threads)
+                                                              : make_backend(cfg);
+  if (world > 1 && be->name().rfind("cuda", 0) == 0)
+    throw ConfigError(fmt(cfg.source, ": the CUDA backend runs single-rank only for now (world = ",
+                          world, "): multi-rank CUDA needs NCCL, which is not built yet; use "
+                          "train.device: cpu for multi-rank runs"));
   const int E = m.moe.every > 0 ? m.moe.experts : 0;
   // Pseudo-to-Real: the layout of the model trained now -- shared layers
   // until model.sharing.delink_at_step, the real model after (also when
@@ -207,8 +227,11 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     // Step boundary: a stop signal on any rank stops every rank here.
     if (failpoint_hit(Failpoint::Signal, step, rank)) std::raise(SIGTERM);
     failpoint_kill(Failpoint::KillStep, step, rank);
-    sum.stop_signal = static_cast<int>(
-        comm.all_reduce_scalar(static_cast<int64_t>(stop_signals.pending()), ReduceOp::Max));
+    {
+      CommLabel label(comm.activity(), "stop signal");
+      sum.stop_signal = static_cast<int>(
+          comm.all_reduce_scalar(static_cast<int64_t>(stop_signals.pending()), ReduceOp::Max));
+    }
     if (sum.stop_signal) break;
     const SharingConfig& sharing = run_cfg.model.sharing;
     if (sharing.groups > 0 && sharing.delink_at_step > 0 && step >= sharing.delink_at_step)
@@ -237,13 +260,20 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     // Dense gradients summed over the world, experts over their expert-DP
     // group; the norm counts every tensor once.
     grad_sync.all_reduce(model.chunks());
-    const double loss = comm.all_reduce_scalar(step_loss, ReduceOp::Sum) / micro_per_step;
+    double loss = 0;
+    {
+      CommLabel label(comm.activity(), "step loss");
+      loss = comm.all_reduce_scalar(step_loss, ReduceOp::Sum) / micro_per_step;
+    }
     const double norm = grad_sync.global_norm(model.chunks());
     // Skip decisions are agreed (max over ranks): a fault on one rank skips
     // the step everywhere, so weights and moments stay identical.
     int32_t skip[2] = {!std::isfinite(norm) || !std::isfinite(loss),
                        std::isfinite(loss) && spike_guard.is_spike(loss)};
-    comm.all_reduce(skip, 2, CommDType::I32, ReduceOp::Max);
+    {
+      CommLabel label(comm.activity(), "skip decision");
+      comm.all_reduce(skip, 2, CommDType::I32, ReduceOp::Max);
+    }
     if (skip[0] || skip[1]) {
       ++state.skipped_steps;
       ++iv.skipped;

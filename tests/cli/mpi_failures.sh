@@ -93,7 +93,7 @@ elapsed=$(($(date +%s) - t0))
 all_gone "$ranks" 15 || fail "processes left behind after the timeout: $ranks"
 grep -Eq "\[rank [0-9]/4\] error: step [0-9]+: timed out after [0-9.]+ s waiting in (all_to_all_v|all_reduce)" \
   "$tmp/stop.err" || fail "no timeout message naming the step and the collective"
-grep -Eq "waiting in [a-z_]+ \((layer [0-9]+ |dense grads|grad norm|metrics)" "$tmp/stop.err" ||
+grep -Eq "waiting in [a-z_]+ \((layer [0-9]+ |dense grads|grad norm|metrics|eval loss|stop signal|step loss|skip decision)" "$tmp/stop.err" ||
   fail "the timeout message does not say what the collective was for"
 echo "ok: stopped rank, job ended after ${elapsed}s with exit $rc: $(grep -m1 'timed out' "$tmp/stop.err")"
 

@@ -1,0 +1,378 @@
+// CudaBackend: the Backend interface (core/backend/backend.h) on one CUDA
+// device, one stream and one cuBLAS handle, fp32 throughout. Each method is
+// the entry point of its op: it checks the shapes (messages carry the values),
+// then calls the launcher in kernels/ on raw pointers. Semantics are those of
+// the CPU reference (core/backend/cpu), op for op: accumulate vs overwrite,
+// aliasing, tie-breaking, slot-major capacity. Ops that return a value to the
+// host synchronise; the ops that the CPU reference lets throw on a bad index
+// (crossentropy targets, moe_assign experts) read a device flag back and throw.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/backend/backend.h"
+#include "core/util/error.h"
+#include "cuda/check.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/kernels/kernels.h"
+
+namespace m6 {
+namespace {
+
+using cuda::BadIndex;
+
+constexpr size_t kAllocAlign = 256;
+
+// Leading dimension of a stored row-major matrix: 0 -> its width (as cpu_dense.h).
+int resolve_ld(int ld, int width, const char* what) {
+  if (ld == 0) return std::max(width, 1);
+  if (ld < width)
+    throw Error(
+        fmt("gemm: ", what, " (", ld, ") is smaller than the stored row width (", width, ")"));
+  return ld;
+}
+
+cublasOperation_t cublas_op(Trans t) { return t == Trans::Yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+void check_router_args(const RouterArgs& a) {
+  if (a.n < 0) throw Error(fmt("router: tokens (", a.n, ") must be >= 0"));
+  if (a.e <= 0 || a.groups <= 0 || a.e % a.groups != 0)
+    throw Error(
+        fmt("router: experts (", a.e, ") must be a positive multiple of groups (", a.groups, ")"));
+  if (a.top_k < 1 || a.top_k > a.e / a.groups)
+    throw Error(fmt("router: top_k (", a.top_k, ") must be in [1, experts per group (",
+                    a.e / a.groups, ")]"));
+}
+
+void check_attention(int B, int T, int H, int d) {
+  if (H <= 0 || d % H != 0)
+    throw Error(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
+  if (B < 0 || T < 0) throw Error(fmt("attention: negative shape B=", B, " T=", T));
+  if (T > cuda::kAttentionMaxT)
+    throw Error(fmt("attention (cuda): sequence length T (", T, ") is above the supported ",
+                    cuda::kAttentionMaxT, " (one query row of scores is kept in shared memory)"));
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    M6_CUDA_CHECK(cudaSetDevice(device));
+    M6_CUDA_CHECK(cudaStreamCreate(&stream_));
+    M6_CUBLAS_CHECK(cublasCreate(&blas_));
+    M6_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
+    // Plain fp32 GEMMs (no TF32): the CUDA ops are compared with the CPU
+    // reference at fp32 tolerances.
+    M6_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH));
+    M6_CUDA_CHECK(cudaMalloc(&bad_, sizeof(BadIndex)));
+    M6_CUDA_CHECK(cudaMalloc(&scalars_, 2 * sizeof(double)));
+    M6_CUDA_CHECK(cudaMalloc(&flag_, sizeof(int)));
+    cudaDeviceProp prop{};
+    M6_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    name_ = fmt("cuda(", device, ": ", prop.name, ")");
+  }
+  ~CudaBackend() override {
+    // Destructors must not throw: errors here are ignored.
+    cudaFree(partial_);
+    cudaFree(flag_);
+    cudaFree(scalars_);
+    cudaFree(bad_);
+    cublasDestroy(blas_);
+    cudaStreamDestroy(stream_);
+  }
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override { return name_; }
+
+  // ---- memory ---------------------------------------------------------------
+  void* alloc(size_t bytes) override {
+    const size_t rounded = (std::max<size_t>(bytes, 1) + kAllocAlign - 1) / kAllocAlign * kAllocAlign;
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, rounded);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      throw Error(fmt("cuda backend: cannot allocate ", bytes, " bytes on device ", device_, ": ",
+                      cudaGetErrorString(e)));
+    }
+    M6_CUDA_CHECK(cudaMemsetAsync(p, 0, rounded, stream_));
+    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return p;
+  }
+  void release(void* p) override {
+    if (p == nullptr) return;
+    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    M6_CUDA_CHECK(cudaFree(p));
+  }
+  // Synchronous transfers: the host buffer may be reused as soon as they return.
+  void to_device(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void to_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  // Device to device with memmove semantics (the CPU reference allows overlap).
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0 || dst == src) return;
+    const char *d = static_cast<const char*>(dst), *s = static_cast<const char*>(src);
+    if (d < s + bytes && s < d + bytes) {  // overlap: go through a scratch buffer
+      void* tmp = alloc(bytes);
+      M6_CUDA_CHECK(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+      M6_CUDA_CHECK(cudaMemcpyAsync(dst, tmp, bytes, cudaMemcpyDeviceToDevice, stream_));
+      release(tmp);
+      return;
+    }
+    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void zero(void* p, size_t bytes) override {
+    if (bytes > 0) M6_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+  }
+  void sync() override { M6_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // ---- dense algebra ----------------------------------------------------------
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS gets
+  // B first, then A, with m and n swapped; the leading dimensions are the
+  // row-major ones unchanged.
+  void gemm(const GemmArgs& g) override {
+    if (g.m < 0 || g.n < 0 || g.k < 0 || g.batch < 0)
+      throw Error(fmt("gemm: negative size m=", g.m, " n=", g.n, " k=", g.k, " batch=", g.batch));
+    if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+    const int lda = resolve_ld(g.lda, g.trans_a == Trans::No ? g.k : g.m, "lda");
+    const int ldb = resolve_ld(g.ldb, g.trans_b == Trans::No ? g.n : g.k, "ldb");
+    const int ldc = resolve_ld(g.ldc, g.n, "ldc");
+    if (g.k == 0) {  // empty product: C = beta C (beta 0 writes 0), as the CPU
+      cuda::launch_gemm_scale_c(g.c, ldc, g.stride_c, g.m, g.n, g.batch, g.beta, stream_);
+      return;
+    }
+    const float alpha = g.alpha, beta = g.beta;
+    M6_CUBLAS_CHECK(cublasSgemmStridedBatched(
+        blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b, ldb,
+        g.stride_b, g.a, lda, g.stride_a, &beta, g.c, ldc, g.stride_c, g.batch));
+  }
+  void add_bias(float* y, const float* b, int n, int c) override {
+    check_nonneg("add_bias", n, c);
+    cuda::launch_add_bias(y, b, n, c, stream_);
+  }
+  void bias_grad(float* db, const float* dy, int n, int c) override {
+    check_nonneg("bias_grad", n, c);
+    cuda::launch_bias_grad(db, dy, n, c, stream_);
+  }
+  void add(float* y, const float* a, const float* b, size_t n) override {
+    cuda::launch_add(y, a, b, n, stream_);
+  }
+  void axpy(float* y, float alpha, const float* x, size_t n) override {
+    cuda::launch_axpy(y, alpha, x, n, stream_);
+  }
+  void scale(float* x, float s, size_t n) override { cuda::launch_scale(x, s, n, stream_); }
+  double sum(const float* x, size_t n) override { return reduce(x, n, false); }
+  double sum_squares(const float* x, size_t n) override { return reduce(x, n, true); }
+  bool all_finite(const float* x, size_t n) override {
+    if (n == 0) return true;
+    M6_CUDA_CHECK(cudaMemsetAsync(flag_, 0, sizeof(int), stream_));
+    cuda::launch_all_finite(flag_, x, n, stream_);
+    int bad = 0;
+    to_host(&bad, flag_, sizeof(int));
+    return bad == 0;
+  }
+
+  // ---- transformer ops --------------------------------------------------------
+  void embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                     int T, int d) override {
+    check_nonneg("embedding_fwd", B, T, d);
+    cuda::launch_embedding_fwd(x, tokens, wte, wpe, B, T, d, stream_);
+  }
+  void embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32_t* tokens, int B, int T,
+                     int d) override {
+    check_nonneg("embedding_bwd", B, T, d);
+    cuda::launch_embedding_bwd(dwte, dwpe, dx, tokens, B, T, d, stream_);
+  }
+  void layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
+                     const float* b, int N, int d) override {
+    check_nonneg("layernorm_fwd", N, d);
+    if (d == 0 && N > 0) throw Error(fmt("layernorm_fwd: width d (", d, ") must be > 0"));
+    cuda::launch_layernorm_fwd(y, mean, rstd, x, w, b, N, d, stream_);
+  }
+  void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
+                     const float* mean, const float* rstd, const float* w, int N, int d) override {
+    check_nonneg("layernorm_bwd", N, d);
+    cuda::launch_layernorm_bwd(dx, dw, db, dy, x, mean, rstd, w, N, d, stream_);
+  }
+  void gelu_fwd(float* y, const float* x, size_t n) override {
+    cuda::launch_gelu_fwd(y, x, n, stream_);
+  }
+  void gelu_bwd(float* dx, const float* x, const float* dy, size_t n) override {
+    cuda::launch_gelu_bwd(dx, x, dy, n, stream_);
+  }
+  void attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H,
+                     int d) override {
+    check_attention(B, T, H, d);
+    cuda::launch_attention_fwd(out, att, qkv, B, T, H, d, stream_);
+  }
+  void attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
+                     const float* att, int B, int T, int H, int d) override {
+    check_attention(B, T, H, d);
+    cuda::launch_attention_bwd(dqkv, datt, dout, qkv, att, B, T, H, d, stream_);
+  }
+  void crossentropy_fwd(float* loss, float* probs, const float* logits, const int32_t* targets,
+                        int N, int V) override {
+    check_nonneg("crossentropy_fwd", N, V);
+    clear_bad();
+    cuda::launch_crossentropy_fwd(loss, probs, logits, targets, N, V, bad_, stream_);
+    throw_if_bad([&](const BadIndex& b) {
+      return fmt("crossentropy: target ", b.value, " at row ", b.row, " is >= vocab (", V, ")");
+    });
+  }
+  void crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets, float dscale,
+                        int N, int V) override {
+    check_nonneg("crossentropy_bwd", N, V);
+    clear_bad();
+    cuda::launch_crossentropy_bwd(dlogits, probs, targets, dscale, N, V, bad_, stream_);
+    throw_if_bad([&](const BadIndex& b) {
+      return fmt("crossentropy: target ", b.value, " at row ", b.row, " is >= vocab (", V, ")");
+    });
+  }
+
+  // ---- mixture of experts ----------------------------------------------------
+  void router_fwd(float* probs, float* lse, int32_t* expert, float* gate, const float* logits,
+                  const RouterArgs& a) override {
+    check_router_args(a);
+    cuda::launch_router_fwd(probs, lse, expert, gate, logits, a.n, a.e, a.groups, a.top_k,
+                            a.normalize, stream_);
+  }
+  void moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert, int N,
+                  int S, int E, int capacity) override {
+    check_nonneg("moe_assign", N, S, E);
+    clear_bad();
+    cuda::launch_moe_assign(pos, count, demand, expert, N, S, E, capacity, bad_, stream_);
+    throw_if_bad([&](const BadIndex& b) {
+      return fmt("moe_assign: expert ", b.value, " of token ", b.row / std::max(S, 1), " slot ",
+                 b.row % std::max(S, 1), " is outside [0, ", E, ")");
+    });
+  }
+  void moe_permute(float* xp, const float* x, const int32_t* expert, const int32_t* pos,
+                   const int32_t* offset, int N, int S, int d) override {
+    check_nonneg("moe_permute", N, S, d);
+    cuda::launch_moe_permute(xp, x, expert, pos, offset, N, S, d, stream_);
+  }
+  void moe_permute_bwd(float* dx, const float* dxp, const int32_t* expert, const int32_t* pos,
+                       const int32_t* offset, int N, int S, int d) override {
+    check_nonneg("moe_permute_bwd", N, S, d);
+    cuda::launch_moe_permute_bwd(dx, dxp, expert, pos, offset, N, S, d, stream_);
+  }
+  void moe_unpermute(float* y, const float* yp, const float* gate, const int32_t* expert,
+                     const int32_t* pos, const int32_t* offset, int N, int S, int d) override {
+    check_nonneg("moe_unpermute", N, S, d);
+    cuda::launch_moe_unpermute(y, yp, gate, expert, pos, offset, N, S, d, stream_);
+  }
+  void moe_unpermute_bwd(float* dyp, float* dgate, const float* dy, const float* yp,
+                         const float* gate, const int32_t* expert, const int32_t* pos,
+                         const int32_t* offset, int N, int S, int d) override {
+    check_nonneg("moe_unpermute_bwd", N, S, d);
+    cuda::launch_moe_unpermute_bwd(dyp, dgate, dy, yp, gate, expert, pos, offset, N, S, d,
+                                   stream_);
+  }
+  // The two sums run on the device; the final combination (E terms) runs on
+  // the host in the CPU reference's order.
+  AuxLosses router_aux_fwd(const float* probs, const float* lse, const int32_t* demand,
+                           const RouterArgs& a) override {
+    check_router_args(a);
+    if (a.n == 0) return {0.0, 0.0};
+    const int E = a.e, G = a.groups, Eg = E / G;
+    double* sums = static_cast<double*>(alloc((static_cast<size_t>(E) + 1) * sizeof(double)));
+    cuda::launch_router_aux_sums(sums, sums + E, probs, lse, a.n, E, G, stream_);
+    std::vector<double> pe(static_cast<size_t>(E) + 1);
+    std::vector<int32_t> dem(static_cast<size_t>(E));
+    to_host(pe.data(), sums, pe.size() * sizeof(double));
+    to_host(dem.data(), demand, dem.size() * sizeof(int32_t));
+    release(sums);
+    double aux = 0.0;
+    for (int e = 0; e < E; e++)
+      aux += (static_cast<double>(dem[e]) / (static_cast<double>(a.n) * a.top_k)) * (pe[e] / a.n);
+    aux *= static_cast<double>(Eg) / G;
+    const double z = pe[static_cast<size_t>(E)] / (static_cast<double>(a.n) * G);
+    return {aux, z};
+  }
+  void router_bwd(float* dlogits, const float* dgate, const float* probs, const float* lse,
+                  const int32_t* expert, const float* gate, const int32_t* demand, float aux_coef,
+                  float z_coef, const RouterArgs& a) override {
+    check_router_args(a);
+    if (a.n == 0) return;
+    cuda::launch_router_bwd(dlogits, dgate, probs, lse, expert, gate, demand, aux_coef, z_coef,
+                            a.n, a.e, a.groups, a.top_k, a.normalize, stream_);
+  }
+
+  // ---- optimizer -------------------------------------------------------------
+  void adamw(float* p, const float* g, float* m, float* v, size_t n, const AdamArgs& a) override {
+    if (a.t < 1) throw Error(fmt("adamw: step t (", a.t, ") must be >= 1"));
+    const double bc1 = 1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.t));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.t));
+    cuda::launch_adamw(p, g, m, v, n, a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.grad_scale,
+                       bc1, bc2, stream_);
+  }
+
+ private:
+  template <class... Ints>
+  static void check_nonneg(const char* op, Ints... sizes) {
+    if (((sizes < 0) || ...)) {
+      std::string list;
+      ((list += (list.empty() ? "" : ", ") + std::to_string(sizes)), ...);
+      throw Error(fmt(op, ": negative size among (", list, "); sizes must be >= 0"));
+    }
+  }
+
+  double reduce(const float* x, size_t n, bool squares) {
+    const size_t parts = cuda::reduce_partials(n);
+    if (parts > partial_cap_) {
+      if (partial_ != nullptr) release(partial_);
+      partial_ = static_cast<double*>(alloc(parts * sizeof(double)));
+      partial_cap_ = parts;
+    }
+    cuda::launch_sum(scalars_, partial_, x, n, squares, stream_);
+    double out = 0.0;
+    to_host(&out, scalars_, sizeof(double));
+    return out;
+  }
+
+  void clear_bad() { M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, sizeof(BadIndex), stream_)); }
+  template <class F>
+  void throw_if_bad(F message) {
+    BadIndex b{};
+    to_host(&b, bad_, sizeof(BadIndex));
+    if (b.flag != 0) throw Error(message(b));
+  }
+
+  int device_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  BadIndex* bad_ = nullptr;
+  double* scalars_ = nullptr;
+  int* flag_ = nullptr;
+  double* partial_ = nullptr;
+  size_t partial_cap_ = 0;
+};
+
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const int n = cuda_device_count();
+  if (device < 0 || device >= n)
+    throw Error(fmt("cuda backend: device ", device, " is not visible (", n,
+                    " CUDA device(s) found; check CUDA_VISIBLE_DEVICES and the driver)"));
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace m6

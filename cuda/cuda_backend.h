@@ -1,0 +1,18 @@
+// The CUDA backend as seen from core/: plain C++, no CUDA type, so that the
+// trainer can select it without including a CUDA header (cuda/README.md).
+#pragma once
+#include <memory>
+
+#include "core/backend/backend.h"
+
+namespace m6 {
+
+// Number of visible CUDA devices; 0 when there is no driver or no device
+// (never throws).
+int cuda_device_count();
+
+// The CUDA backend on `device` (0-based): one cuBLAS handle, one stream,
+// fp32 everywhere. Throws Error when the device cannot be used.
+std::unique_ptr<Backend> make_cuda_backend(int device);
+
+}  // namespace m6

@@ -1,0 +1,143 @@
+// Dense-algebra kernels of the CUDA backend (twins of core/backend/cpu/cpu_dense.h):
+// bias add/grad, elementwise add/axpy/scale, deterministic reductions, and the
+// beta-scaling of C for the k == 0 GEMM. Grid-stride loops; column sums run one
+// thread per column over the rows in order, in double, as the CPU does.
+#include <cmath>
+
+#include "cuda/check.h"
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/reduce.cuh"
+
+namespace m6::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kReduceBlock = 4096;  // elements per partial (as cpu_dense.h)
+
+#define M6_GRID_STRIDE(i, n)                                                         \
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+
+__global__ void gemm_scale_c_kernel(float* c, int ldc, int64_t stride_c, int m, int n, int batch,
+                                    float beta) {
+  const size_t total = static_cast<size_t>(m) * n * batch;
+  M6_GRID_STRIDE(i, total) {
+    const int col = static_cast<int>(i % n);
+    const int row = static_cast<int>((i / n) % m);
+    const int b = static_cast<int>(i / (static_cast<size_t>(m) * n));
+    float& y = c[b * stride_c + static_cast<int64_t>(row) * ldc + col];
+    y = beta == 0.0f ? 0.0f : beta * y;
+  }
+}
+
+// y[n,c] += b[c]
+__global__ void add_bias_kernel(float* y, const float* b, int n, int c) {
+  const size_t total = static_cast<size_t>(n) * c;
+  M6_GRID_STRIDE(i, total) y[i] += b[i % c];
+}
+
+// db[c] += sum_rows dy[n,c]: thread per column, rows in order, double
+__global__ void bias_grad_kernel(float* db, const float* dy, int n, int c) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= c) return;
+  double acc = 0.0;
+  for (int r = 0; r < n; r++) acc += dy[static_cast<int64_t>(r) * c + j];
+  db[j] += static_cast<float>(acc);
+}
+
+__global__ void add_kernel(float* y, const float* a, const float* b, size_t n) {
+  M6_GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+}
+__global__ void axpy_kernel(float* y, float alpha, const float* x, size_t n) {
+  M6_GRID_STRIDE(i, n) y[i] += alpha * x[i];
+}
+__global__ void scale_kernel(float* x, float s, size_t n) { M6_GRID_STRIDE(i, n) x[i] *= s; }
+
+// partial[blk] = sum of block blk's kReduceBlock elements (one CUDA block each)
+__global__ void sum_partial_kernel(double* partial, const float* x, size_t n, bool squares) {
+  const size_t lo = static_cast<size_t>(blockIdx.x) * kReduceBlock;
+  const size_t hi = lo + kReduceBlock < n ? lo + kReduceBlock : n;
+  double acc = 0.0;
+  for (size_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    const double v = x[i];
+    acc += squares ? v * v : v;
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// out[0] = sum of partial[0..blocks) in order (one thread: blocks is small)
+__global__ void sum_final_kernel(double* out, const double* partial, size_t blocks) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  double total = 0.0;
+  for (size_t b = 0; b < blocks; b++) total += partial[b];
+  out[0] = total;
+}
+
+__global__ void all_finite_kernel(int* bad, const float* x, size_t n) {
+  M6_GRID_STRIDE(i, n) if (!isfinite(x[i])) *bad = 1;
+}
+
+}  // namespace
+
+void launch_gemm_scale_c(float* c, int ldc, int64_t stride_c, int m, int n, int batch, float beta,
+                         cudaStream_t st) {
+  const size_t total = static_cast<size_t>(m) * n * batch;
+  if (total == 0) return;
+  gemm_scale_c_kernel<<<grid_1d(total, kThreads), kThreads, 0, st>>>(c, ldc, stride_c, m, n,
+                                                                      batch, beta);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_add_bias(float* y, const float* b, int n, int c, cudaStream_t st) {
+  const size_t total = static_cast<size_t>(n) * c;
+  if (total == 0) return;
+  add_bias_kernel<<<grid_1d(total, kThreads), kThreads, 0, st>>>(y, b, n, c);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_bias_grad(float* db, const float* dy, int n, int c, cudaStream_t st) {
+  if (c <= 0) return;
+  bias_grad_kernel<<<(c + kThreads - 1) / kThreads, kThreads, 0, st>>>(db, dy, n, c);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_add(float* y, const float* a, const float* b, size_t n, cudaStream_t st) {
+  if (n == 0) return;
+  add_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(y, a, b, n);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_axpy(float* y, float alpha, const float* x, size_t n, cudaStream_t st) {
+  if (n == 0) return;
+  axpy_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(y, alpha, x, n);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_scale(float* x, float s, size_t n, cudaStream_t st) {
+  if (n == 0) return;
+  scale_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(x, s, n);
+  M6_LAUNCH_CHECK();
+}
+
+size_t reduce_partials(size_t n) { return n == 0 ? 1 : (n + kReduceBlock - 1) / kReduceBlock; }
+
+void launch_sum(double* out, double* partial, const float* x, size_t n, bool squares,
+                cudaStream_t st) {
+  const size_t blocks = n == 0 ? 0 : reduce_partials(n);
+  if (blocks > 0) {
+    sum_partial_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(partial, x, n,
+                                                                            squares);
+    M6_LAUNCH_CHECK();
+  }
+  sum_final_kernel<<<1, 1, 0, st>>>(out, partial, blocks);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_all_finite(int* bad, const float* x, size_t n, cudaStream_t st) {
+  if (n == 0) return;
+  all_finite_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(bad, x, n);
+  M6_LAUNCH_CHECK();
+}
+
+}  // namespace m6::cuda

@@ -1,0 +1,92 @@
+// Launchers of the CUDA kernels of the backend: raw device pointers + stream,
+// no shape checks (the entry points in backend_cuda.cu check shapes and throw
+// with the values). Each launcher is named after its CPU twin in
+// core/backend/cpu/ and has the same semantics; shapes as in backend.h.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace m6::cuda {
+
+// Device-side record of the first bad index an op met (a token id >= vocab,
+// an expert id outside [0,E)): flag, value, row. The entry point reads it back
+// and throws, as the CPU reference does.
+struct BadIndex {
+  int flag, value, row;
+};
+
+// ---- dense (dense.cu) ---------------------------------------------------------
+// C[m,n] (row-major, ldc, stride_c, batch) = beta * C, with beta == 0 writing 0:
+// the k == 0 case of gemm, which cuBLAS is not asked to handle.
+void launch_gemm_scale_c(float* c, int ldc, int64_t stride_c, int m, int n, int batch, float beta,
+                         cudaStream_t st);
+void launch_add_bias(float* y, const float* b, int n, int c, cudaStream_t st);
+void launch_bias_grad(float* db, const float* dy, int n, int c, cudaStream_t st);
+void launch_add(float* y, const float* a, const float* b, size_t n, cudaStream_t st);
+void launch_axpy(float* y, float alpha, const float* x, size_t n, cudaStream_t st);
+void launch_scale(float* x, float s, size_t n, cudaStream_t st);
+// out[0] = sum x (squares: sum x^2) in double; partial[] holds
+// reduce_partials(n) doubles of scratch. Deterministic (fixed block order).
+size_t reduce_partials(size_t n);
+void launch_sum(double* out, double* partial, const float* x, size_t n, bool squares,
+                cudaStream_t st);
+// *bad = 1 if some element is NaN or +-Inf (bad must be zeroed before)
+void launch_all_finite(int* bad, const float* x, size_t n, cudaStream_t st);
+
+// ---- optimizer (adamw.cu) -------------------------------------------------------
+void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, double lr, double b1,
+                  double b2, double eps, double wd, double grad_scale, double bc1, double bc2,
+                  cudaStream_t st);
+
+// ---- transformer (transformer.cu) ----------------------------------------------
+void launch_embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe,
+                          int B, int T, int d, cudaStream_t st);
+void launch_embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32_t* tokens, int B,
+                          int T, int d, cudaStream_t st);
+void launch_layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
+                          const float* b, int N, int d, cudaStream_t st);
+void launch_layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
+                          const float* mean, const float* rstd, const float* w, int N, int d,
+                          cudaStream_t st);
+void launch_gelu_fwd(float* y, const float* x, size_t n, cudaStream_t st);
+void launch_gelu_bwd(float* dx, const float* x, const float* dy, size_t n, cudaStream_t st);
+// T <= kAttentionMaxT (scores of one query row live in shared memory, in double)
+constexpr int kAttentionMaxT = 4096;
+void launch_attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H, int d,
+                          cudaStream_t st);
+void launch_attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
+                          const float* att, int B, int T, int H, int d, cudaStream_t st);
+void launch_crossentropy_fwd(float* loss, float* probs, const float* logits,
+                             const int32_t* targets, int N, int V, BadIndex* bad,
+                             cudaStream_t st);
+void launch_crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets,
+                             float dscale, int N, int V, BadIndex* bad, cudaStream_t st);
+
+// ---- mixture of experts (moe.cu) ------------------------------------------------
+void launch_router_fwd(float* probs, float* lse, int32_t* expert, float* gate,
+                       const float* logits, int N, int E, int G, int K, bool normalize,
+                       cudaStream_t st);
+void launch_moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert,
+                       int N, int S, int E, int capacity, BadIndex* bad, cudaStream_t st);
+void launch_moe_permute(float* xp, const float* x, const int32_t* expert, const int32_t* pos,
+                        const int32_t* offset, int N, int S, int d, cudaStream_t st);
+void launch_moe_permute_bwd(float* dx, const float* dxp, const int32_t* expert,
+                            const int32_t* pos, const int32_t* offset, int N, int S, int d,
+                            cudaStream_t st);
+void launch_moe_unpermute(float* y, const float* yp, const float* gate, const int32_t* expert,
+                          const int32_t* pos, const int32_t* offset, int N, int S, int d,
+                          cudaStream_t st);
+void launch_moe_unpermute_bwd(float* dyp, float* dgate, const float* dy, const float* yp,
+                              const float* gate, const int32_t* expert, const int32_t* pos,
+                              const int32_t* offset, int N, int S, int d, cudaStream_t st);
+// pe[E] = sum_n probs[n,e] and zsum[0] = sum lse^2, both in double
+void launch_router_aux_sums(double* pe, double* zsum, const float* probs, const float* lse, int N,
+                            int E, int G, cudaStream_t st);
+void launch_router_bwd(float* dlogits, const float* dgate, const float* probs, const float* lse,
+                       const int32_t* expert, const float* gate, const int32_t* demand,
+                       float aux_coef, float z_coef, int N, int E, int G, int K, bool normalize,
+                       cudaStream_t st);
+
+}  // namespace m6::cuda

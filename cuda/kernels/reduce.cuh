@@ -1,0 +1,66 @@
+// Block-wide reductions in double used by the row kernels (one block per row):
+// every thread passes its partial, every thread gets the block's total. The
+// combination order is fixed (warp shuffles, then warp 0), so results are
+// deterministic run to run.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cfloat>
+
+namespace m6::cuda {
+
+constexpr int kRowThreads = 256;  // block size of the one-block-per-row kernels
+
+__device__ inline double warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ inline double warp_max(double v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_down_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// blockDim.x must be a multiple of 32 and <= 1024. Contains __syncthreads():
+// every thread of the block must call it.
+__device__ inline double block_sum(double v) {
+  __shared__ double warp_part[32];
+  __shared__ double total;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) warp_part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    double w = lane < warps ? warp_part[lane] : 0.0;
+    w = warp_sum(w);
+    if (lane == 0) total = w;
+  }
+  __syncthreads();
+  const double r = total;
+  __syncthreads();  // warp_part/total may be reused by the next call
+  return r;
+}
+
+__device__ inline double block_max(double v) {
+  __shared__ double warp_part[32];
+  __shared__ double total;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_max(v);
+  if (lane == 0) warp_part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    double w = lane < warps ? warp_part[lane] : -DBL_MAX;
+    w = warp_max(w);
+    if (lane == 0) total = w;
+  }
+  __syncthreads();
+  const double r = total;
+  __syncthreads();
+  return r;
+}
+
+inline unsigned grid_1d(size_t n, int threads) {
+  const size_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535u * 32u ? 65535u * 32u : blocks));
+}
+
+}  // namespace m6::cuda

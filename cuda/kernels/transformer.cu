@@ -1,0 +1,384 @@
+// Transformer kernels of the CUDA backend (twins of core/backend/cpu/cpu_transformer.h):
+// embedding, LayerNorm, GELU (tanh), causal attention, cross-entropy. Plain
+// first cut, correctness before speed: one block per row for the row ops with
+// double reductions (reduce.cuh), one thread per column for the column sums
+// (rows in order, as the CPU), naive attention with the probabilities kept in
+// att[B,H,T,T] as the interface requires.
+#include <cmath>
+
+#include "cuda/check.h"
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/reduce.cuh"
+
+namespace m6::cuda {
+namespace {
+
+constexpr double kLayerNormEps = 1e-5;
+constexpr double kGeluC = 0.7978845608028654;  // sqrt(2/pi)
+constexpr double kGeluA = 0.044715;
+constexpr int kThreads = 256;
+
+// ---- embedding ------------------------------------------------------------------
+// x[r, j] = wte[tokens[r], j] + wpe[r % T, j]; block per row r
+__global__ void embedding_fwd_kernel(float* x, const int32_t* tokens, const float* wte,
+                                     const float* wpe, int T, int d) {
+  const int r = blockIdx.x;
+  const float* we = wte + static_cast<int64_t>(tokens[r]) * d;
+  const float* pe = wpe + static_cast<int64_t>(r % T) * d;
+  float* out = x + static_cast<int64_t>(r) * d;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) out[j] = we[j] + pe[j];
+}
+
+// dwte[tok, j] += dx[r, j] for r in order: one thread per column j, so a token
+// that occurs many times is accumulated by one thread, like the CPU (and no atomics).
+__global__ void embedding_bwd_wte_kernel(float* dwte, const float* dx, const int32_t* tokens,
+                                         int rows, int d) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  for (int r = 0; r < rows; r++)
+    dwte[static_cast<int64_t>(tokens[r]) * d + j] += dx[static_cast<int64_t>(r) * d + j];
+}
+
+// dwpe[t, j] += sum_b dx[b, t, j] (double); thread per (t, j)
+__global__ void embedding_bwd_wpe_kernel(float* dwpe, const float* dx, int B, int T, int d) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(T) * d) return;
+  const int t = static_cast<int>(i / d), j = static_cast<int>(i % d);
+  double acc = 0.0;
+  for (int b = 0; b < B; b++) acc += dx[(static_cast<int64_t>(b) * T + t) * d + j];
+  dwpe[i] += static_cast<float>(acc);
+}
+
+// ---- layernorm --------------------------------------------------------------------
+__global__ void layernorm_fwd_kernel(float* y, float* mean, float* rstd, const float* x,
+                                     const float* w, const float* b, int d) {
+  const int r = blockIdx.x;
+  const float* xr = x + static_cast<int64_t>(r) * d;
+  double s = 0.0;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) s += xr[j];
+  const double mu = block_sum(s) / d;
+  double ss = 0.0;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    const double c = xr[j] - mu;
+    ss += c * c;
+  }
+  const double rs = 1.0 / sqrt(block_sum(ss) / d + kLayerNormEps);
+  float* yr = y + static_cast<int64_t>(r) * d;
+  for (int j = threadIdx.x; j < d; j += blockDim.x)
+    yr[j] = static_cast<float>((xr[j] - mu) * rs * w[j] + b[j]);
+  if (threadIdx.x == 0) {
+    mean[r] = static_cast<float>(mu);
+    rstd[r] = static_cast<float>(rs);
+  }
+}
+
+// dx[r,:] += rstd * (g - mean(g) - xhat * mean(g*xhat)), g = dy*w; block per row
+__global__ void layernorm_bwd_dx_kernel(float* dx, const float* dy, const float* x,
+                                        const float* mean, const float* rstd, const float* w,
+                                        int d) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * d;
+  const double mu = mean[blockIdx.x], rs = rstd[blockIdx.x];
+  double sg = 0.0, sgx = 0.0;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    const double g = static_cast<double>(dy[o + j]) * w[j];
+    sg += g;
+    sgx += g * ((x[o + j] - mu) * rs);
+  }
+  sg = block_sum(sg) / d;
+  sgx = block_sum(sgx) / d;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    const double g = static_cast<double>(dy[o + j]) * w[j];
+    const double xhat = (x[o + j] - mu) * rs;
+    dx[o + j] += static_cast<float>(rs * (g - sg - xhat * sgx));
+  }
+}
+
+// dw[j] += sum_rows dy*xhat, db[j] += sum_rows dy; thread per column
+__global__ void layernorm_bwd_dwdb_kernel(float* dw, float* db, const float* dy, const float* x,
+                                          const float* mean, const float* rstd, int N, int d) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  double aw = 0.0, ab = 0.0;
+  for (int r = 0; r < N; r++) {
+    const int64_t o = static_cast<int64_t>(r) * d + j;
+    const double mu = mean[r], rs = rstd[r];
+    aw += static_cast<double>(dy[o]) * ((x[o] - mu) * rs);
+    ab += dy[o];
+  }
+  dw[j] += static_cast<float>(aw);
+  db[j] += static_cast<float>(ab);
+}
+
+// ---- gelu -------------------------------------------------------------------------
+__global__ void gelu_fwd_kernel(float* y, const float* x, size_t n) {
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const double v = x[i];
+    y[i] = static_cast<float>(0.5 * v * (1.0 + tanh(kGeluC * (v + kGeluA * v * v * v))));
+  }
+}
+
+// dx = gelu'(x) * dy (dx may alias dy: each element read then written by one thread)
+__global__ void gelu_bwd_kernel(float* dx, const float* x, const float* dy, size_t n) {
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const double v = x[i];
+    const double th = tanh(kGeluC * (v + kGeluA * v * v * v));
+    const double du = kGeluC * (1.0 + 3.0 * kGeluA * v * v);
+    const double grad = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du;
+    dx[i] = static_cast<float>(grad * dy[i]);
+  }
+}
+
+// ---- attention ----------------------------------------------------------------------
+// One block per query row (b, h, t): scores p[0..t] in shared memory (double),
+// softmax, att row written (zero above the diagonal), out[b,t,h] = sum p v.
+// grid: B*H*T blocks; dynamic shared memory: T doubles.
+__global__ void attention_fwd_kernel(float* out, float* att, const float* qkv, int T, int H,
+                                     int d, double scale) {
+  extern __shared__ double p[];
+  const int t = blockIdx.x % T, h = (blockIdx.x / T) % H, b = blockIdx.x / (T * H);
+  const int dh = d / H;
+  const int64_t row = 3 * static_cast<int64_t>(d);
+  const float* q = qkv + (static_cast<int64_t>(b) * T + t) * row + h * dh;
+  double mx = -DBL_MAX;
+  for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) {
+    const float* k = qkv + (static_cast<int64_t>(b) * T + t2) * row + d + h * dh;
+    double s = 0.0;
+    for (int i = 0; i < dh; i++) s += static_cast<double>(q[i]) * k[i];
+    p[t2] = s * scale;
+    mx = fmax(mx, p[t2]);
+  }
+  mx = block_max(mx);  // syncs: p[] complete
+  double z = 0.0;
+  for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) {
+    p[t2] = exp(p[t2] - mx);
+    z += p[t2];
+  }
+  z = block_sum(z);  // syncs: exp'd p[] complete
+  float* a = att + static_cast<int64_t>(blockIdx.x) * T;  // (b,h,t) row of att
+  for (int t2 = threadIdx.x; t2 < T; t2 += blockDim.x) {
+    if (t2 <= t) {
+      p[t2] /= z;
+      a[t2] = static_cast<float>(p[t2]);
+    } else {
+      a[t2] = 0.0f;
+    }
+  }
+  __syncthreads();
+  float* o = out + (static_cast<int64_t>(b) * T + t) * d + h * dh;
+  for (int i = threadIdx.x; i < dh; i += blockDim.x) {
+    double acc = 0.0;
+    for (int t2 = 0; t2 <= t; t2++)
+      acc += p[t2] * qkv[(static_cast<int64_t>(b) * T + t2) * row + 2 * d + h * dh + i];
+    o[i] = static_cast<float>(acc);
+  }
+}
+
+// Backward, pass 1, one block per query row (b,h,t):
+//   ds[t2] = dout[t].v[t2]; g[t2] = att[t2] * (ds[t2] - sum att*ds) -> datt row
+//   dq[t] = scale * sum_t2 g[t2] k[t2]
+// grid B*H*T, shared memory T doubles.
+__global__ void attention_bwd_q_kernel(float* dqkv, float* datt, const float* dout,
+                                       const float* qkv, const float* att, int T, int H, int d,
+                                       double scale) {
+  extern __shared__ double g[];
+  const int t = blockIdx.x % T, h = (blockIdx.x / T) % H, b = blockIdx.x / (T * H);
+  const int dh = d / H;
+  const int64_t row = 3 * static_cast<int64_t>(d);
+  const int64_t bt0 = static_cast<int64_t>(b) * T;
+  const float* go = dout + (bt0 + t) * d + h * dh;
+  const float* a = att + static_cast<int64_t>(blockIdx.x) * T;
+  double dot = 0.0;
+  for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) {
+    const float* v = qkv + (bt0 + t2) * row + 2 * d + h * dh;
+    double s = 0.0;
+    for (int i = 0; i < dh; i++) s += static_cast<double>(go[i]) * v[i];
+    g[t2] = s;
+    dot += a[t2] * s;
+  }
+  dot = block_sum(dot);  // syncs: g[] holds ds
+  float* da = datt + static_cast<int64_t>(blockIdx.x) * T;
+  for (int t2 = threadIdx.x; t2 < T; t2 += blockDim.x) {
+    if (t2 <= t) {
+      g[t2] = a[t2] * (g[t2] - dot);
+      da[t2] = static_cast<float>(g[t2]);
+    } else {
+      da[t2] = 0.0f;
+    }
+  }
+  __syncthreads();
+  float* dq = dqkv + (bt0 + t) * row + h * dh;
+  for (int i = threadIdx.x; i < dh; i += blockDim.x) {
+    double acc = 0.0;
+    for (int t2 = 0; t2 <= t; t2++) acc += g[t2] * qkv[(bt0 + t2) * row + d + h * dh + i];
+    dq[i] = static_cast<float>(acc * scale);
+  }
+}
+
+// Backward, pass 2, one block per key/value position (b,h,t2), summing over
+// the queries t >= t2 in order:
+//   dk[t2] = scale * sum_t datt[t,t2] q[t];  dv[t2] = sum_t att[t,t2] dout[t]
+__global__ void attention_bwd_kv_kernel(float* dqkv, const float* datt, const float* dout,
+                                        const float* qkv, const float* att, int T, int H, int d,
+                                        double scale) {
+  const int t2 = blockIdx.x % T, h = (blockIdx.x / T) % H, b = blockIdx.x / (T * H);
+  const int dh = d / H;
+  const int64_t row = 3 * static_cast<int64_t>(d);
+  const int64_t bt0 = static_cast<int64_t>(b) * T;
+  const int64_t a0 = (static_cast<int64_t>(b) * H + h) * T * T;
+  for (int i = threadIdx.x; i < dh; i += blockDim.x) {
+    double dk = 0.0, dv = 0.0;
+    for (int t = t2; t < T; t++) {
+      const int64_t ai = a0 + static_cast<int64_t>(t) * T + t2;
+      dk += static_cast<double>(datt[ai]) * qkv[(bt0 + t) * row + h * dh + i];
+      dv += static_cast<double>(att[ai]) * dout[(bt0 + t) * d + h * dh + i];
+    }
+    dqkv[(bt0 + t2) * row + d + h * dh + i] = static_cast<float>(dk * scale);
+    dqkv[(bt0 + t2) * row + 2 * d + h * dh + i] = static_cast<float>(dv);
+  }
+}
+
+// ---- cross-entropy -------------------------------------------------------------------
+__device__ inline void record_bad(BadIndex* bad, int value, int row) {
+  if (atomicCAS(&bad->flag, 0, 1) == 0) {
+    bad->value = value;
+    bad->row = row;
+  }
+}
+
+// block per row; probs may alias logits: every read of the row's logits
+// (max, sum, target) happens before the first write, separated by a barrier.
+__global__ void crossentropy_fwd_kernel(float* loss, float* probs, const float* logits,
+                                        const int32_t* targets, int V, BadIndex* bad) {
+  const int r = blockIdx.x;
+  const float* l = logits + static_cast<int64_t>(r) * V;
+  double mx = -DBL_MAX;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmax(mx, static_cast<double>(l[j]));
+  mx = block_max(mx);
+  double z = 0.0;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) z += exp(l[j] - mx);
+  z = block_sum(z);  // ends with a barrier
+  const int tgt = targets[r];
+  if (threadIdx.x == 0) {
+    if (tgt >= V) record_bad(bad, tgt, r);
+    loss[r] = (tgt < 0 || tgt >= V) ? 0.0f : static_cast<float>(log(z) + mx - l[tgt]);
+  }
+  __syncthreads();  // the target logit is read before probs (maybe = logits) is written
+  float* p = probs + static_cast<int64_t>(r) * V;
+  const double inv = 1.0 / z;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) p[j] = static_cast<float>(exp(l[j] - mx) * inv);
+}
+
+// dlogits = (probs - onehot) * dscale, rows with target < 0 zero; may alias probs
+__global__ void crossentropy_bwd_kernel(float* dlogits, const float* probs,
+                                        const int32_t* targets, float dscale, int V,
+                                        BadIndex* bad) {
+  __shared__ float pt;
+  const int r = blockIdx.x;
+  const float* p = probs + static_cast<int64_t>(r) * V;
+  float* gr = dlogits + static_cast<int64_t>(r) * V;
+  const int tgt = targets[r];
+  if (tgt >= V) {
+    if (threadIdx.x == 0) record_bad(bad, tgt, r);
+    return;
+  }
+  if (tgt < 0) {
+    for (int j = threadIdx.x; j < V; j += blockDim.x) gr[j] = 0.0f;
+    return;
+  }
+  if (threadIdx.x == 0) pt = p[tgt];
+  __syncthreads();  // pt read before gr (maybe = p) is written
+  for (int j = threadIdx.x; j < V; j += blockDim.x) gr[j] = p[j] * dscale;
+  __syncthreads();
+  if (threadIdx.x == 0) gr[tgt] = (pt - 1.0f) * dscale;
+}
+
+}  // namespace
+
+void launch_embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe,
+                          int B, int T, int d, cudaStream_t st) {
+  if (B * T == 0 || d == 0) return;
+  embedding_fwd_kernel<<<B * T, kThreads, 0, st>>>(x, tokens, wte, wpe, T, d);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32_t* tokens, int B,
+                          int T, int d, cudaStream_t st) {
+  if (B * T == 0 || d == 0) return;
+  embedding_bwd_wte_kernel<<<(d + kThreads - 1) / kThreads, kThreads, 0, st>>>(dwte, dx, tokens,
+                                                                             B * T, d);
+  M6_LAUNCH_CHECK();
+  const int64_t td = static_cast<int64_t>(T) * d;
+  embedding_bwd_wpe_kernel<<<static_cast<unsigned>((td + kThreads - 1) / kThreads), kThreads, 0,
+                             st>>>(dwpe, dx, B, T, d);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
+                          const float* b, int N, int d, cudaStream_t st) {
+  if (N == 0) return;
+  layernorm_fwd_kernel<<<N, kRowThreads, 0, st>>>(y, mean, rstd, x, w, b, d);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
+                          const float* mean, const float* rstd, const float* w, int N, int d,
+                          cudaStream_t st) {
+  if (N == 0 || d == 0) return;
+  layernorm_bwd_dx_kernel<<<N, kRowThreads, 0, st>>>(dx, dy, x, mean, rstd, w, d);
+  M6_LAUNCH_CHECK();
+  layernorm_bwd_dwdb_kernel<<<(d + kThreads - 1) / kThreads, kThreads, 0, st>>>(dw, db, dy, x,
+                                                                              mean, rstd, N, d);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_gelu_fwd(float* y, const float* x, size_t n, cudaStream_t st) {
+  if (n == 0) return;
+  gelu_fwd_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(y, x, n);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_gelu_bwd(float* dx, const float* x, const float* dy, size_t n, cudaStream_t st) {
+  if (n == 0) return;
+  gelu_bwd_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(dx, x, dy, n);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H, int d,
+                          cudaStream_t st) {
+  if (B * T == 0) return;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d / H));
+  const size_t shmem = static_cast<size_t>(T) * sizeof(double);
+  attention_fwd_kernel<<<B * H * T, kRowThreads, shmem, st>>>(out, att, qkv, T, H, d, scale);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
+                          const float* att, int B, int T, int H, int d, cudaStream_t st) {
+  if (B * T == 0) return;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d / H));
+  const size_t shmem = static_cast<size_t>(T) * sizeof(double);
+  attention_bwd_q_kernel<<<B * H * T, kRowThreads, shmem, st>>>(dqkv, datt, dout, qkv, att, T, H,
+                                                                d, scale);
+  M6_LAUNCH_CHECK();
+  attention_bwd_kv_kernel<<<B * H * T, 64, 0, st>>>(dqkv, datt, dout, qkv, att, T, H, d, scale);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_crossentropy_fwd(float* loss, float* probs, const float* logits,
+                             const int32_t* targets, int N, int V, BadIndex* bad,
+                             cudaStream_t st) {
+  if (N == 0) return;
+  crossentropy_fwd_kernel<<<N, kRowThreads, 0, st>>>(loss, probs, logits, targets, V, bad);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets,
+                             float dscale, int N, int V, BadIndex* bad, cudaStream_t st) {
+  if (N == 0) return;
+  crossentropy_bwd_kernel<<<N, kRowThreads, 0, st>>>(dlogits, probs, targets, dscale, V, bad);
+  M6_LAUNCH_CHECK();
+}
+
+}  // namespace m6::cuda

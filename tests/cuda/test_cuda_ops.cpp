@@ -1,0 +1,240 @@
+// Every op of backend.h on CudaBackend against CpuBackend (the reference),
+// ggml test-backend-ops style: the same random inputs (fixed seeds) go to
+// both backends, outputs are compared with the fp32 tolerances of ONE table
+// (kTol), NaN never passes; awkward shapes on purpose (1 token, widths 257 and
+// 259, an expert with no token, top_k = E, ties in the router). Then a tiny
+// model: same init on each backend, forward + backward on one batch, loss and
+// every gradient compared.
+//
+// Exit codes: 0 all passed, 1 some check failed, 77 no CUDA device (ctest
+// reports the test as skipped, never as passed: SKIP_RETURN_CODE 77).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/backend/backend.h"
+#include "cuda/cuda_backend.h"
+#include "tests/cuda/cuda_test_util.h"
+
+using namespace m6;
+
+using namespace m6::cuda_test;
+
+namespace {
+
+// ---- dense --------------------------------------------------------------------
+void test_gemm(Backend& c, Backend& g, Trans ta, Trans tb, int m, int n, int k, int pad,
+               int batch, float alpha, float beta) {
+  Twin t{c, g};
+  const int wa = ta == Trans::No ? k : m, ha = ta == Trans::No ? m : k;
+  const int wb = tb == Trans::No ? n : k, hb = tb == Trans::No ? k : n;
+  const int lda = wa + pad, ldb = wb + pad, ldc = n + pad;
+  const int64_t sa = static_cast<int64_t>(ha) * lda + 3, sb = static_cast<int64_t>(hb) * ldb + 1;
+  const int64_t sc = static_cast<int64_t>(m) * ldc + 2;
+  auto A = t.f(randn(sa * batch + 8)), B = t.f(randn(sb * batch + 8)), C = t.f(randn(sc * batch + 8));
+  GemmArgs a;
+  a.trans_a = ta;
+  a.trans_b = tb;
+  a.m = m, a.n = n, a.k = k, a.alpha = alpha, a.beta = beta;
+  a.lda = pad == 0 ? 0 : lda, a.ldb = pad == 0 ? 0 : ldb, a.ldc = pad == 0 ? 0 : ldc;
+  a.stride_a = sa, a.stride_b = sb, a.stride_c = sc, a.batch = batch;
+  a.a = A.fc(), a.b = B.fc(), a.c = C.fc();
+  c.gemm(a);
+  a.a = A.fg(), a.b = B.fg(), a.c = C.fg();
+  g.gemm(a);
+  char name[128];
+  std::snprintf(name, sizeof name, "gemm %c%c m%d n%d k%d pad%d b%d beta%g",
+                ta == Trans::Yes ? 'T' : 'N', tb == Trans::Yes ? 'T' : 'N', m, n, k, pad, batch,
+                beta);
+  t.check_f(name, C, k == 0 ? kElem : kGemm);
+}
+
+void test_dense(Backend& c, Backend& g) {
+  for (Trans ta : {Trans::No, Trans::Yes})
+    for (Trans tb : {Trans::No, Trans::Yes}) test_gemm(c, g, ta, tb, 5, 7, 3, 0, 1, 1.0f, 0.0f);
+  test_gemm(c, g, Trans::No, Trans::Yes, 257, 259, 33, 0, 1, 0.5f, 1.0f);
+  test_gemm(c, g, Trans::Yes, Trans::No, 17, 9, 259, 5, 3, 1.0f, 0.25f);
+  test_gemm(c, g, Trans::No, Trans::No, 1, 259, 257, 2, 2, 1.0f, 1.0f);
+  test_gemm(c, g, Trans::No, Trans::No, 4, 6, 0, 1, 2, 1.0f, 0.0f);   // k = 0, beta 0
+  test_gemm(c, g, Trans::No, Trans::No, 4, 6, 0, 1, 2, 1.0f, 0.5f);   // k = 0, beta 0.5
+
+  for (int n : {1, 257}) {
+    Twin t{c, g};
+    const int w = 259;
+    auto y = t.f(randn(static_cast<size_t>(n) * w)), b = t.f(randn(w));
+    auto db = t.f(randn(w));
+    c.add_bias(y.fc(), b.fc(), n, w);
+    g.add_bias(y.fg(), b.fg(), n, w);
+    t.check_f("add_bias n" + std::to_string(n), y, kElem);
+    c.bias_grad(db.fc(), y.fc(), n, w);
+    g.bias_grad(db.fg(), y.fg(), n, w);
+    t.check_f("bias_grad n" + std::to_string(n), db, kReduce);
+  }
+  {
+    Twin t{c, g};
+    const size_t n = 100003;
+    auto a = t.f(randn(n)), b = t.f(randn(n));
+    c.add(a.fc(), a.fc(), b.fc(), n);  // y aliasing a, allowed by the CPU reference
+    g.add(a.fg(), a.fg(), b.fg(), n);
+    t.check_f("add (y = a)", a, kElem);
+    c.axpy(a.fc(), -0.3f, b.fc(), n);
+    g.axpy(a.fg(), -0.3f, b.fg(), n);
+    t.check_f("axpy", a, kElem);
+    c.scale(a.fc(), 1.7f, n);
+    g.scale(a.fg(), 1.7f, n);
+    t.check_f("scale", a, kElem);
+    for (size_t len : {size_t{0}, size_t{1}, size_t{4097}, n}) {
+      const std::string s = " n" + std::to_string(len);
+      expect_close("sum" + s, {static_cast<float>(g.sum(a.fg(), len))},
+                   {static_cast<float>(c.sum(a.fc(), len))}, kReduce);
+      expect_close("sum_squares" + s, {static_cast<float>(g.sum_squares(a.fg(), len))},
+                   {static_cast<float>(c.sum_squares(a.fc(), len))}, kReduce);
+    }
+    expect_true("all_finite (finite)", g.all_finite(a.fg(), n) && c.all_finite(a.fc(), n));
+    for (float bad : {NAN, INFINITY, -INFINITY}) {
+      std::vector<float> v = randn(259);
+      v[258] = bad;
+      auto x = t.f(v);
+      expect_true("all_finite sees " + std::to_string(bad), !g.all_finite(x.fg(), 259));
+    }
+  }
+  {  // AdamW, two steps
+    Twin t{c, g};
+    const size_t n = 4099;
+    auto p = t.f(randn(n)), gr = t.f(randn(n)), m = t.zeros_f(n), v = t.zeros_f(n);
+    for (int64_t step = 1; step <= 2; ++step) {
+      const Backend::AdamArgs a{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, step};
+      c.adamw(p.fc(), gr.fc(), m.fc(), v.fc(), n, a);
+      g.adamw(p.fg(), gr.fg(), m.fg(), v.fg(), n, a);
+    }
+    t.check_f("adamw p", p, kElem);
+    t.check_f("adamw m", m, kElem);
+    t.check_f("adamw v", v, kElem);
+  }
+}
+
+// ---- transformer ----------------------------------------------------------------
+void test_transformer(Backend& c, Backend& g) {
+  for (auto [B, T, d] : {std::tuple{1, 1, 8}, std::tuple{2, 5, 259}}) {
+    Twin t{c, g};
+    const int V = 11;
+    const std::string s = " B" + std::to_string(B) + " T" + std::to_string(T) + " d" +
+                          std::to_string(d);
+    auto tok = t.i(randi(static_cast<size_t>(B) * T, V));
+    auto wte = t.f(randn(static_cast<size_t>(V) * d)), wpe = t.f(randn(static_cast<size_t>(T) * d));
+    auto x = t.zeros_f(static_cast<size_t>(B) * T * d);
+    c.embedding_fwd(x.fc(), tok.ic(), wte.fc(), wpe.fc(), B, T, d);
+    g.embedding_fwd(x.fg(), tok.ig(), wte.fg(), wpe.fg(), B, T, d);
+    t.check_f("embedding_fwd" + s, x, kElem);
+    c.embedding_bwd(wte.fc(), wpe.fc(), x.fc(), tok.ic(), B, T, d);
+    g.embedding_bwd(wte.fg(), wpe.fg(), x.fg(), tok.ig(), B, T, d);
+    t.check_f("embedding_bwd dwte" + s, wte, kReduce);
+    t.check_f("embedding_bwd dwpe" + s, wpe, kReduce);
+  }
+  for (auto [N, d] : {std::pair{1, 259}, std::pair{257, 259}, std::pair{3, 257}}) {
+    Twin t{c, g};
+    const std::string s = " N" + std::to_string(N) + " d" + std::to_string(d);
+    const size_t nd = static_cast<size_t>(N) * d;
+    auto x = t.f(randn(nd, 2.0f)), w = t.f(randn(d)), b = t.f(randn(d)), y = t.zeros_f(nd);
+    auto mean = t.zeros_f(N), rstd = t.zeros_f(N);
+    c.layernorm_fwd(y.fc(), mean.fc(), rstd.fc(), x.fc(), w.fc(), b.fc(), N, d);
+    g.layernorm_fwd(y.fg(), mean.fg(), rstd.fg(), x.fg(), w.fg(), b.fg(), N, d);
+    t.check_f("layernorm_fwd y" + s, y, kReduce);
+    t.check_f("layernorm_fwd mean" + s, mean, kReduce);
+    t.check_f("layernorm_fwd rstd" + s, rstd, kReduce);
+    auto dy = t.f(randn(nd)), dx = t.f(randn(nd)), dw = t.f(randn(d)), db = t.f(randn(d));
+    c.layernorm_bwd(dx.fc(), dw.fc(), db.fc(), dy.fc(), x.fc(), mean.fc(), rstd.fc(), w.fc(), N, d);
+    g.layernorm_bwd(dx.fg(), dw.fg(), db.fg(), dy.fg(), x.fg(), mean.fg(), rstd.fg(), w.fg(), N, d);
+    t.check_f("layernorm_bwd dx" + s, dx, kReduce);
+    t.check_f("layernorm_bwd dw" + s, dw, kReduce);
+    t.check_f("layernorm_bwd db" + s, db, kReduce);
+  }
+  {
+    Twin t{c, g};
+    const size_t n = 1031;
+    auto x = t.f(randn(n, 3.0f)), y = t.zeros_f(n), dy = t.f(randn(n));
+    c.gelu_fwd(y.fc(), x.fc(), n);
+    g.gelu_fwd(y.fg(), x.fg(), n);
+    t.check_f("gelu_fwd", y, kElem);
+    c.gelu_bwd(dy.fc(), x.fc(), dy.fc(), n);  // dx aliasing dy
+    g.gelu_bwd(dy.fg(), x.fg(), dy.fg(), n);
+    t.check_f("gelu_bwd (dx = dy)", dy, kElem);
+  }
+  for (auto [B, T, H, d] : {std::tuple{1, 1, 1, 8}, std::tuple{2, 17, 3, 24},
+                            std::tuple{1, 259, 2, 16}}) {
+    Twin t{c, g};
+    const std::string s = " B" + std::to_string(B) + " T" + std::to_string(T) + " H" +
+                          std::to_string(H) + " d" + std::to_string(d);
+    const size_t bt = static_cast<size_t>(B) * T, att_n = bt * H * T;
+    auto qkv = t.f(randn(bt * 3 * d)), out = t.f(randn(bt * d)), att = t.f(randn(att_n));
+    c.attention_fwd(out.fc(), att.fc(), qkv.fc(), B, T, H, d);
+    g.attention_fwd(out.fg(), att.fg(), qkv.fg(), B, T, H, d);
+    t.check_f("attention_fwd out" + s, out, kReduce);
+    t.check_f("attention_fwd att" + s, att, kReduce);
+    auto dout = t.f(randn(bt * d)), dqkv = t.f(randn(bt * 3 * d)), datt = t.f(randn(att_n));
+    c.attention_bwd(dqkv.fc(), datt.fc(), dout.fc(), qkv.fc(), att.fc(), B, T, H, d);
+    g.attention_bwd(dqkv.fg(), datt.fg(), dout.fg(), qkv.fg(), att.fg(), B, T, H, d);
+    t.check_f("attention_bwd dqkv" + s, dqkv, kReduce);
+    t.check_f("attention_bwd datt" + s, datt, kReduce);
+  }
+  for (auto [N, V] : {std::pair{1, 259}, std::pair{7, 257}}) {
+    Twin t{c, g};
+    const std::string s = " N" + std::to_string(N) + " V" + std::to_string(V);
+    std::vector<int32_t> tg = randi(N, V);
+    tg[0] = N > 1 ? -1 : tg[0];  // an ignored position
+    auto targets = t.i(tg), logits = t.f(randn(static_cast<size_t>(N) * V, 3.0f));
+    auto loss = t.f(randn(N));
+    c.crossentropy_fwd(loss.fc(), logits.fc(), logits.fc(), targets.ic(), N, V);  // probs = logits
+    g.crossentropy_fwd(loss.fg(), logits.fg(), logits.fg(), targets.ig(), N, V);
+    t.check_f("crossentropy_fwd loss" + s, loss, kReduce);
+    t.check_f("crossentropy_fwd probs (= logits)" + s, logits, kReduce);
+    c.crossentropy_bwd(logits.fc(), logits.fc(), targets.ic(), 0.25f, N, V);  // dlogits = probs
+    g.crossentropy_bwd(logits.fg(), logits.fg(), targets.ig(), 0.25f, N, V);
+    t.check_f("crossentropy_bwd (= probs)" + s, logits, kReduce);
+  }
+  {  // a target >= V throws, as on the CPU
+    Twin t{c, g};
+    auto targets = t.i({0, 5}), logits = t.f(randn(2 * 4)), loss = t.zeros_f(2);
+    bool threw = false;
+    try {
+      g.crossentropy_fwd(loss.fg(), logits.fg(), logits.fg(), targets.ig(), 2, 4);
+    } catch (const Error&) {
+      threw = true;
+    }
+    expect_true("crossentropy_fwd throws on target >= vocab", threw);
+  }
+}
+
+}  // namespace
+
+void test_moe(Backend& c, Backend& g);         // test_cuda_moe.cpp
+void test_model_step(Backend& c, Backend& g);  // test_cuda_moe.cpp
+
+// --cpu-vs-cpu: a second CpuBackend stands in for CUDA, which checks this
+// harness (buffer sizes, the flow of the MoE checks) on a machine without a GPU.
+int main(int argc, char** argv) {
+  const bool cpu_vs_cpu = argc > 1 && std::strcmp(argv[1], "--cpu-vs-cpu") == 0;
+  if (!cpu_vs_cpu && cuda_device_count() == 0) {
+    std::printf("no CUDA device: skipping [cuda] tests\n");
+    return 77;
+  }
+  try {
+    auto cpu = make_cpu_backend(2);
+    auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0);
+    std::printf("comparing %s against %s\n", gpu->name().c_str(), cpu->name().c_str());
+    test_dense(*cpu, *gpu);
+    test_transformer(*cpu, *gpu);
+    test_moe(*cpu, *gpu);
+    test_model_step(*cpu, *gpu);
+  } catch (const std::exception& e) {
+    std::printf("FAIL exception: %s\n", e.what());
+    return 1;
+  }
+  std::printf("%d of %d checks failed\n", g_failures, g_checks);
+  return g_failures == 0 ? 0 : 1;
+}
