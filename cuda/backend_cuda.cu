@@ -13,7 +13,7 @@
 #include "core/backend/backend.h"
 #include "core/util/error.h"
 #include "cuda/check.h"
-#include "cuda/cuda_backend.h"
+#include "core/backend/cuda_factory.h"
 #include "cuda/kernels/kernels.h"
 
 namespace m6 {

@@ -25,7 +25,7 @@
 #include "core/util/fs.h"
 #include "core/util/log.h"
 #ifdef M6_HAVE_CUDA
-#include "cuda/cuda_backend.h"  // plain C++: no CUDA header reaches core/
+#include "core/backend/cuda_factory.h"  // plain C++: no CUDA header reaches core/
 #endif
 
 namespace m6 {

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "core/backend/backend.h"
-#include "cuda/cuda_backend.h"
+#include "core/backend/cuda_factory.h"
 #include "tests/cuda/cuda_test_util.h"
 
 using namespace m6;

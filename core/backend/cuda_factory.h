@@ -1,5 +1,6 @@
-// The CUDA backend as seen from core/: plain C++, no CUDA type, so that the
-// trainer can select it without including a CUDA header (cuda/README.md).
+// The CUDA backend as seen from core/ (defined in cuda/backend_cuda.cu): plain
+// C++, no CUDA type, so that the trainer can select it without including a
+// CUDA header (cuda/README.md).
 #pragma once
 #include <memory>
 
