@@ -31,11 +31,15 @@ write_config() {
     topk_drop) moe="{every: 1, experts: 4, router: topk, top_k: 2, capacity_factor: 0.5, min_capacity: 1}" ;;
     proto_dropless) moe="{every: 2, experts: 4, router: prototypes, prototypes: 2, capacity_factor: 0, eval_capacity_factor: 0}" ;;
   esac
+  # optim.eps 1e-6 (not 1e-8): Adam divides by sqrt(v)+eps, which turns the
+  # fp32 rounding noise of gradients near zero (summed in another order by W
+  # ranks) into full-size updates; a larger eps keeps the comparison about the
+  # parallel layout rather than about noise amplification.
   cat > "$tmp/$1.yaml" <<YAML
 model: {vocab_size: 256, max_seq_len: 16, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 64, moe: $moe}
 data: {train: $tmp/data/train_*.bin, val: $tmp/data/val_*.bin}
 train: {steps: 30, seq_len: 16, micro_batch: 2, global_batch: 4, threads: 1, device: cpu}
-optim: {lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 5}
+optim: {lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 5, eps: 1.0e-6}
 eval: {every: 0, batches: 3}
 log: {every: 1}
 YAML
