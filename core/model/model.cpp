@@ -1,6 +1,7 @@
 #include "core/model/model.h"
 
 #include <cmath>
+#include <map>
 
 #include "core/model/linear.h"
 #include "core/util/error.h"
@@ -219,27 +220,19 @@ void Model::backward(float grad_scale) {
 }
 
 std::vector<Model::NamedTensor> Model::logical_tensors(bool grads) const {
-  const ModelConfig& m = cfg_.model;
-  std::vector<NamedTensor> out;
-  auto emit = [&](const Chunk& c, const std::string& from, const std::string& to) {
-    std::vector<float> host(c.numel);
-    be_.to_host(host.data(), grads ? c.grad : c.param, c.numel * sizeof(float));
-    for (const auto& t : c.tensors) {
-      NamedTensor nt;
-      nt.name = from.empty() ? t.name : to + t.name.substr(from.size());
-      nt.shape = t.shape;
-      nt.values.assign(host.begin() + t.offset, host.begin() + t.offset + t.numel);
-      out.push_back(std::move(nt));
-    }
-  };
-  emit(chunks_.front(), "", "");
-  for (int l = 0; l < m.n_layers; ++l) {
-    const std::string from = "layers." + std::to_string(first_layer_of_set(m, layer_set(m, l)));
-    const std::string to = "layers." + std::to_string(l);
-    emit(layer_chunk(l), from, to);
-    for (const Chunk* e : expert_chunks(l)) emit(*e, from, to);
+  // One host copy per chunk, however many logical layers share it.
+  std::map<const Chunk*, std::vector<float>> host;
+  for (const auto& c : chunks_) {
+    auto& h = host[&c];
+    h.resize(c.numel);
+    be_.to_host(h.data(), grads ? c.grad : c.param, c.numel * sizeof(float));
   }
-  emit(chunks_.back(), "", "");
+  std::vector<NamedTensor> out;
+  for_each_logical_tensor(cfg_.model, chunks_,
+                          [&](const Chunk& c, const ParamTensor& t, const std::string& name) {
+                            const float* p = host[&c].data() + t.offset;
+                            out.push_back({name, t.shape, std::vector<float>(p, p + t.numel)});
+                          });
   return out;
 }
 

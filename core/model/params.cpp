@@ -117,6 +117,26 @@ std::vector<Chunk> plan_chunks(const ModelConfig& m, ExpertRange experts) {
   return chunks;
 }
 
+void for_each_logical_tensor(
+    const ModelConfig& m, const std::vector<Chunk>& chunks,
+    const std::function<void(const Chunk&, const ParamTensor&, const std::string&)>& visit) {
+  auto emit = [&](const Chunk& c, const std::string& from, const std::string& to) {
+    for (const auto& t : c.tensors) visit(c, t, from.empty() ? t.name : to + t.name.substr(from.size()));
+  };
+  for (const auto& c : chunks)
+    if (c.kind == ChunkKind::Embedding) emit(c, "", "");
+  for (int l = 0; l < m.n_layers; ++l) {
+    const int s = layer_set(m, l);
+    const std::string from = "layers." + std::to_string(first_layer_of_set(m, s));
+    const std::string to = "layers." + std::to_string(l);
+    for (const auto& c : chunks)
+      if ((c.kind == ChunkKind::Layer || c.kind == ChunkKind::Expert) && c.layer == s)
+        emit(c, from, to);
+  }
+  for (const auto& c : chunks)
+    if (c.kind == ChunkKind::Head) emit(c, "", "");
+}
+
 ParamCounts count_params(const ModelConfig& m) {
   const int64_t d = m.d_model, F = m.d_ff, E = m.moe.experts;
   const int64_t attn = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d;

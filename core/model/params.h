@@ -6,6 +6,7 @@
 // buckets, offload and checkpoint entries.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,14 @@ int first_layer_of_set(const ModelConfig& m, int set);
 
 // Describes every chunk this rank holds (no memory yet).
 std::vector<Chunk> plan_chunks(const ModelConfig& m, ExpertRange experts);
+
+// Visits every tensor under its logical name, in export order: embeddings,
+// then for each logical layer l the chunks of its set (dense part, then
+// experts) with "layers.{first layer of the set}." renamed "layers.{l}.",
+// then ln_f. Shared sets are visited once per logical layer that uses them.
+void for_each_logical_tensor(
+    const ModelConfig& m, const std::vector<Chunk>& chunks,
+    const std::function<void(const Chunk&, const ParamTensor&, const std::string&)>& visit);
 
 // Total parameters of the full model: unique (stored once) and logical (every
 // logical layer counted, as the export lists them).

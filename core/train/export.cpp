@@ -37,25 +37,10 @@ std::string export_run(const std::string& run_dir, const std::string& out_path) 
   // By global name from whichever file holds each tensor (checks dtype and shape).
   const CheckpointTensors weights(dir, man, CkptPart::Weights, chunks);
   std::vector<Model::NamedTensor> out;
-  auto emit = [&](const Chunk& c, const std::string& from, const std::string& to) {
-    for (const auto& t : c.tensors) {
-      Model::NamedTensor nt;
-      nt.name = from.empty() ? t.name : to + t.name.substr(from.size());
-      nt.shape = t.shape;
-      const float* p = weights.get(t);
-      nt.values.assign(p, p + t.numel);
-      out.push_back(std::move(nt));
-    }
-  };
-  emit(chunks.front(), "", "");
-  for (int l = 0; l < m.n_layers; ++l) {
-    const int s = layer_set(m, l);
-    const std::string from = "layers." + std::to_string(first_layer_of_set(m, s));
-    const std::string to = "layers." + std::to_string(l);
-    for (const auto& c : chunks)
-      if ((c.kind == ChunkKind::Layer || c.kind == ChunkKind::Expert) && c.layer == s) emit(c, from, to);
-  }
-  emit(chunks.back(), "", "");
+  for_each_logical_tensor(m, chunks, [&](const Chunk&, const ParamTensor& t, const std::string& name) {
+    const float* p = weights.get(t);
+    out.push_back({name, t.shape, std::vector<float>(p, p + t.numel)});
+  });
   write_export(out_path, cfg, out);
   return dir;
 }
