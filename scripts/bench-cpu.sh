@@ -34,19 +34,7 @@ if [[ ! -x $M6 ]]; then
   cmake --build build --target m6train
 fi
 
-if [[ ! -f data/fortunes/train_000000.bin ]]; then
-  inputs=()
-  for f in /usr/share/games/fortunes/*; do
-    # Regular files only: skip the *.u8 symlinks and the *.dat strfile indexes.
-    [[ -f $f && ! -L $f && $f != *.dat && $f != *.u8 ]] && inputs+=("$f")
-  done
-  if [[ ${#inputs[@]} -eq 0 ]]; then
-    echo "bench-cpu: no text under /usr/share/games/fortunes (apt install fortunes)" >&2
-    exit 1
-  fi
-  echo "bench-cpu: building the corpus data/fortunes from ${#inputs[@]} fortune files"
-  "$M6" data build --input "${inputs[@]}" --output data/fortunes --val-fraction 0.05
-fi
+scripts/build-corpus.sh "$M6" data/fortunes
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/m6_bench_cpu.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

@@ -39,17 +39,7 @@ if ! $PY -c "import matplotlib" 2>/dev/null; then
   if [[ $(id -u) == 0 ]]; then apt-get install -y --no-install-recommends python3-matplotlib
   else sudo apt-get install -y --no-install-recommends python3-matplotlib; fi
 fi
-if [[ ! -f data/fortunes/train_000000.bin ]]; then
-  inputs=()
-  for f in /usr/share/games/fortunes/*; do
-    [[ -f $f && ! -L $f && $f != *.dat && $f != *.u8 ]] && inputs+=("$f")
-  done
-  if [[ ${#inputs[@]} -eq 0 ]]; then
-    echo "p2r-evidence: no text under /usr/share/games/fortunes (apt install fortunes)" >&2
-    exit 1
-  fi
-  "$M6" data build --input "${inputs[@]}" --output data/fortunes --val-fraction 0.05
-fi
+scripts/build-corpus.sh "$M6" data/fortunes
 
 root=runs/p2r-evidence-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$root" "$(dirname "$out")"

@@ -15,7 +15,6 @@ set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
-corpus_dir=/usr/share/games/fortunes
 data_dir=data/fortunes
 config=configs/tiny.yaml
 
@@ -49,26 +48,7 @@ configure_and_build() {
 }
 
 build_corpus() {
-  if [[ -f $data_dir/train_000000.bin ]]; then
-    echo "$data_dir/train_000000.bin exists; keeping the shards in $data_dir"
-    return 0
-  fi
-  if [[ ! -d $corpus_dir ]]; then
-    echo "quickstart: $corpus_dir not found (Debian packages fortunes, fortunes-zh)" >&2
-    return 3
-  fi
-  # Every regular text file: not the .dat indexes, not the .u8 symlinks, and
-  # no symlink at all (find -type f does not follow them). Sorted, so the
-  # token stream is the same on every machine with the same packages.
-  local inputs=()
-  mapfile -d '' inputs < <(find "$corpus_dir" -type f ! -name '*.dat' ! -name '*.u8' -print0 |
-    LC_ALL=C sort -z)
-  if ((${#inputs[@]} == 0)); then
-    echo "quickstart: no corpus files found under $corpus_dir" >&2
-    return 3
-  fi
-  echo "corpus: ${#inputs[@]} files from $corpus_dir"
-  build/m6train data build --input "${inputs[@]}" --output "$data_dir" --val-fraction 0.05
+  scripts/build-corpus.sh build/m6train "$data_dir"
 }
 
 # The last {"kind":"eval",...} record of metrics.jsonl, field eval_loss.
