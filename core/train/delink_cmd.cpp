@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/model/sharing.h"
-#include "core/train/checkpoint.h"
+#include "core/ckpt/checkpoint.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
 

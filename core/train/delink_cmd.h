@@ -16,7 +16,7 @@
 #include "core/model/model.h"
 #include "core/model/params.h"
 #include "core/model/sharing.h"
-#include "core/train/resume.h"
+#include "core/ckpt/resume.h"
 
 namespace m6 {
 

@@ -7,7 +7,7 @@
 
 #include "core/config/config.h"
 #include "core/model/params.h"
-#include "core/train/checkpoint.h"
+#include "core/ckpt/checkpoint.h"
 
 namespace m6 {
 

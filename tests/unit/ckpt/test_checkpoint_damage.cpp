@@ -8,8 +8,8 @@
 
 #include "ckpt_test_util.h"
 #include "core/parallel/comm.h"
-#include "core/train/checkpoint.h"
-#include "core/train/resume.h"
+#include "core/ckpt/checkpoint.h"
+#include "core/ckpt/resume.h"
 #include "core/util/error.h"
 #include "core/util/sha256.h"
 

@@ -12,7 +12,7 @@
 #include "core/backend/backend.h"
 #include "core/config/config.h"
 #include "core/model/model.h"
-#include "core/train/checkpoint.h"
+#include "core/ckpt/checkpoint.h"
 
 namespace m6::test {
 

@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt_test_util.h"
-#include "core/train/checkpoint.h"
+#include "core/ckpt/checkpoint.h"
 #include "core/util/error.h"
 #include "thread_comm.h"
 

@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <set>
 
-#include "core/train/checkpoint.h"
-#include "core/train/checkpoint_files.h"
+#include "core/ckpt/checkpoint.h"
+#include "core/ckpt/checkpoint_files.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
 #include "core/util/sha256.h"

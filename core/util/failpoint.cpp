@@ -1,4 +1,4 @@
-#include "core/train/failpoint.h"
+#include "core/util/failpoint.h"
 
 #include <csignal>
 #include <cstdlib>

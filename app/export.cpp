@@ -1,9 +1,9 @@
-#include "core/train/export.h"
+#include "app/export.h"
 
 #include <nlohmann/json.hpp>
 
 #include "core/ckpt/safetensors.h"
-#include "core/train/checkpoint.h"
+#include "core/ckpt/checkpoint.h"
 #include "core/train/trainer.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"

@@ -1,4 +1,4 @@
-#include "core/train/dry_run.h"
+#include "core/plan/dry_run.h"
 
 #include <cstdarg>
 #include <cstdio>

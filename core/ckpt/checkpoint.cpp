@@ -1,4 +1,4 @@
-#include "core/train/checkpoint.h"
+#include "core/ckpt/checkpoint.h"
 
 #include <algorithm>
 #include <csignal>
@@ -9,8 +9,8 @@
 #include <regex>
 #include <set>
 
-#include "core/train/checkpoint_files.h"
-#include "core/train/failpoint.h"
+#include "core/ckpt/checkpoint_files.h"
+#include "core/util/failpoint.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
 #include "core/util/log.h"

@@ -1,4 +1,4 @@
-#include "core/train/checkpoint_files.h"
+#include "core/ckpt/checkpoint_files.h"
 
 #include <algorithm>
 #include <filesystem>

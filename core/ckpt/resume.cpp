@@ -1,4 +1,4 @@
-#include "core/train/resume.h"
+#include "core/ckpt/resume.h"
 
 #include <cstring>
 #include <filesystem>
