@@ -10,12 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "app/commands.h"
 #include "core/config/config.h"
 #include "core/data/dataset.h"
 #include "core/parallel/mpi_session.h"
-#include "core/train/delink_cmd.h"
 #include "core/plan/dry_run.h"
-#include "app/export.h"
 #include "core/train/preempt.h"
 #include "core/train/trainer.h"
 #include "core/util/error.h"

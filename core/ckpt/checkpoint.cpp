@@ -10,8 +10,8 @@
 #include <set>
 
 #include "core/ckpt/checkpoint_files.h"
-#include "core/util/failpoint.h"
 #include "core/util/error.h"
+#include "core/util/failpoint.h"
 #include "core/util/fs.h"
 #include "core/util/log.h"
 #include "core/util/sha256.h"

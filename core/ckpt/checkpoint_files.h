@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "core/ckpt/checkpoint.h"
 #include "core/config/config.h"
 #include "core/model/params.h"
-#include "core/ckpt/checkpoint.h"
 
 namespace m6 {
 

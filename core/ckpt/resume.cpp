@@ -5,6 +5,7 @@
 #include <map>
 
 #include "core/util/error.h"
+#include "core/model/sharing.h"
 #include "core/util/log.h"
 
 namespace m6 {
@@ -174,6 +175,27 @@ ResumeResult resume_training(const std::string& run_dir, const ResumeRequest& re
   for (const auto& f : failures) all += "\n  " + f;
   throw CheckpointError(fmt("resume auto: no committed checkpoint of ", run_dir,
                             " loads; start a new run directory or repair one of them:", all));
+}
+
+Config resume_layout(const Config& cfg, const std::string& run_dir, const ResumeRequest& req) {
+  if (cfg.model.sharing.groups == 0 || req.mode == ResumeMode::None) return cfg;
+  std::string dir = req.path;
+  if (req.mode == ResumeMode::Auto) {
+    const auto committed = list_checkpoints(run_dir);
+    if (committed.empty()) return cfg;
+    dir = committed.back().dir;
+  }
+  try {
+    const nlohmann::json man = read_manifest(dir, Verify::Sizes);
+    if (config_from_json(man.at("config")).model.sharing.groups == 0) {
+      log_info(
+          fmt("resume: ", dir, " holds the delinked (real) model; continuing without sharing"));
+      return delinked_config(cfg);
+    }
+  } catch (const Error&) {
+    // resume_training reports an unreadable checkpoint (and falls back).
+  }
+  return cfg;
 }
 
 }  // namespace m6

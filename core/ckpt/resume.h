@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "core/backend/backend.h"
+#include "core/ckpt/checkpoint.h"
 #include "core/config/config.h"
 #include "core/model/params.h"
 #include "core/parallel/comm.h"
-#include "core/ckpt/checkpoint.h"
 
 namespace m6 {
 
@@ -58,5 +58,13 @@ struct ResumeResult {
 ResumeResult resume_training(const std::string& run_dir, const ResumeRequest& req,
                              const Config& cfg, Backend& be, std::vector<Chunk>& chunks,
                              Comm& comm);
+
+// The config whose layout a run of CFG resumes into: a run that delinked
+// in-run (model.sharing.delink_at_step) saved its later checkpoints as the
+// real model, so when the checkpoint that --resume picks (Auto: the newest
+// committed one of RUN_DIR; Path: PATH) holds the real layout while CFG
+// still shares layers, this is delinked_config(CFG); otherwise CFG. An
+// unreadable checkpoint gives CFG (resuming reports it).
+Config resume_layout(const Config& cfg, const std::string& run_dir, const ResumeRequest& req);
 
 }  // namespace m6

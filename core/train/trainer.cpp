@@ -8,20 +8,20 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/ckpt/checkpoint.h"
+#include "core/ckpt/resume.h"
 #include "core/data/dataset.h"
 #include "core/metrics/metrics.h"
 #include "core/model/model.h"
 #include "core/parallel/comm.h"
 #include "core/parallel/grid.h"
-#include "core/ckpt/checkpoint.h"
 #include "core/train/data_parallel.h"
-#include "core/train/delink_cmd.h"
-#include "core/util/failpoint.h"
+#include "core/train/delink.h"
 #include "core/train/optimizer.h"
 #include "core/train/preempt.h"
-#include "core/ckpt/resume.h"
 #include "core/train/spike_guard.h"
 #include "core/util/error.h"
+#include "core/util/failpoint.h"
 #include "core/util/fs.h"
 #include "core/util/log.h"
 #ifdef M6_HAVE_CUDA

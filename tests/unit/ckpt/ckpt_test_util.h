@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "core/backend/backend.h"
+#include "core/ckpt/checkpoint.h"
 #include "core/config/config.h"
 #include "core/model/model.h"
-#include "core/ckpt/checkpoint.h"
 
 namespace m6::test {
 

@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt_test_util.h"
-#include "core/parallel/comm.h"
 #include "core/ckpt/checkpoint.h"
 #include "core/ckpt/resume.h"
+#include "core/parallel/comm.h"
 #include "core/util/error.h"
 #include "core/util/sha256.h"
 

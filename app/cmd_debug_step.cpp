@@ -1,49 +1,16 @@
-#include "app/export.h"
-
+// `m6train debug-step`: loss and gradients of one micro-batch, for the
+// PyTorch reference test (tests/ref).
 #include <nlohmann/json.hpp>
 
+#include "app/commands.h"
+#include "core/ckpt/export.h"
 #include "core/ckpt/safetensors.h"
-#include "core/ckpt/checkpoint.h"
+#include "core/data/dataset.h"
+#include "core/model/model.h"
 #include "core/train/trainer.h"
-#include "core/util/error.h"
 #include "core/util/fs.h"
 
 namespace m6 {
-
-namespace {
-
-std::vector<StTensorView> views_of(const std::vector<Model::NamedTensor>& tensors) {
-  std::vector<StTensorView> v;
-  for (const auto& t : tensors) v.push_back({t.name, StDType::F32, t.shape, t.values.data()});
-  return v;
-}
-
-}  // namespace
-
-void write_export(const std::string& path, const Config& cfg,
-                  const std::vector<Model::NamedTensor>& tensors) {
-  write_safetensors(path, views_of(tensors),
-                    {{"config", config_to_json(cfg).dump()}, {"format", "m6train-export-1"}});
-}
-
-std::string export_run(const std::string& run_dir, const std::string& out_path) {
-  const std::string dir = latest_checkpoint(run_dir);
-  const nlohmann::json man = read_manifest(dir);
-  Config cfg = config_from_json(man.at("config"));
-  const ModelConfig& m = cfg.model;
-
-  const int E = m.moe.every > 0 ? m.moe.experts : 0;
-  const std::vector<Chunk> chunks = plan_chunks(m, ExpertRange{0, E});
-  // By global name from whichever file holds each tensor (checks dtype and shape).
-  const CheckpointTensors weights(dir, man, CkptPart::Weights, chunks);
-  std::vector<Model::NamedTensor> out;
-  for_each_logical_tensor(m, chunks, [&](const Chunk&, const ParamTensor& t, const std::string& name) {
-    const float* p = weights.get(t);
-    out.push_back({name, t.shape, std::vector<float>(p, p + t.numel)});
-  });
-  write_export(out_path, cfg, out);
-  return dir;
-}
 
 void debug_step(const Config& cfg, const std::string& out_dir) {
   const ModelConfig& m = cfg.model;

@@ -1,15 +1,13 @@
-#include "core/train/delink_cmd.h"
-
+// `m6train delink`: the offline half of Pseudo-to-Real (see app/commands.h).
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "core/model/sharing.h"
+#include "app/commands.h"
 #include "core/ckpt/checkpoint.h"
+#include "core/model/sharing.h"
 #include "core/util/error.h"
-#include "core/util/log.h"
 
 namespace m6 {
 namespace fs = std::filesystem;
@@ -53,12 +51,6 @@ void check_real_matches(const Config& pseudo, const Config& real, const std::str
   if (!diff.empty())
     throw ConfigError(fmt(real.source, ": the real config must describe the pseudo model of ",
                           manifest, " except for model.sharing, but differs in: ", diff));
-}
-
-std::string hex_double(double x) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%a", x);
-  return buf;
 }
 
 std::string checkpoint_dir_of(const std::string& from) {
@@ -111,58 +103,6 @@ DelinkReport delink_checkpoint(const std::string& from, const Config& real,
   rep.real = count_params(real.model);
   rep.optimizer = real.model.sharing.delink_optimizer;
   return rep;
-}
-
-nlohmann::json delink_in_run(Model& model, Config& run_cfg, int64_t step,
-                             const std::function<double()>& eval) {
-  const ParamCounts before = count_params(model.mcfg());
-  const int groups = model.mcfg().sharing.groups;
-  const DelinkOptimizer opt = model.mcfg().sharing.delink_optimizer;
-  const double loss_before = eval();
-  model.delink(opt);
-  run_cfg.model.sharing = model.mcfg().sharing;
-  const double loss_after = eval();
-  const ParamCounts after = count_params(model.mcfg());
-  const bool identical = std::memcmp(&loss_before, &loss_after, sizeof(double)) == 0;
-  const std::string hex_before = hex_double(loss_before), hex_after = hex_double(loss_after);
-  log_info(fmt("delink: step ", step, ": ", model.mcfg().n_layers, " layers sharing ", groups,
-               " set(s) -> the real model, ", before.unique, " -> ", after.unique,
-               " parameters, Adam moments ", delink_optimizer_name(opt), "; eval loss ", hex_before,
-               " before, ", hex_after, " after", identical ? " (identical)" : ""));
-  if (!identical)
-    log_warn(fmt("delink: the eval loss changed across the delink (", loss_before, " -> ",
-                 loss_after, "); the delinked model should compute the same function"));
-  return {{"step", step},
-          {"loss_before", loss_before},
-          {"loss_after", loss_after},
-          {"loss_before_hex", hex_before},
-          {"loss_after_hex", hex_after},
-          {"identical", identical},
-          {"optimizer", delink_optimizer_name(opt)},
-          {"groups", groups},
-          {"params_before", before.unique},
-          {"params_after", after.unique}};
-}
-
-Config resume_layout(const Config& cfg, const std::string& run_dir, const ResumeRequest& req) {
-  if (cfg.model.sharing.groups == 0 || req.mode == ResumeMode::None) return cfg;
-  std::string dir = req.path;
-  if (req.mode == ResumeMode::Auto) {
-    const auto committed = list_checkpoints(run_dir);
-    if (committed.empty()) return cfg;
-    dir = committed.back().dir;
-  }
-  try {
-    const nlohmann::json man = read_manifest(dir, Verify::Sizes);
-    if (config_from_json(man.at("config")).model.sharing.groups == 0) {
-      log_info(
-          fmt("resume: ", dir, " holds the delinked (real) model; continuing without sharing"));
-      return delinked_config(cfg);
-    }
-  } catch (const Error&) {
-    // resume_training reports an unreadable checkpoint (and falls back).
-  }
-  return cfg;
 }
 
 }  // namespace m6

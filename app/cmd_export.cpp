@@ -1,0 +1,31 @@
+// `m6train export --run-dir DIR --out FILE`: the latest checkpoint of a run
+// as one .safetensors (core/ckpt/export.h).
+#include <nlohmann/json.hpp>
+
+#include "app/commands.h"
+#include "core/ckpt/checkpoint.h"
+#include "core/ckpt/export.h"
+#include "core/model/params.h"
+
+namespace m6 {
+
+std::string export_run(const std::string& run_dir, const std::string& out_path) {
+  const std::string dir = latest_checkpoint(run_dir);
+  const nlohmann::json man = read_manifest(dir);
+  Config cfg = config_from_json(man.at("config"));
+  const ModelConfig& m = cfg.model;
+
+  const int E = m.moe.every > 0 ? m.moe.experts : 0;
+  const std::vector<Chunk> chunks = plan_chunks(m, ExpertRange{0, E});
+  // By global name from whichever file holds each tensor (checks dtype and shape).
+  const CheckpointTensors weights(dir, man, CkptPart::Weights, chunks);
+  std::vector<Model::NamedTensor> out;
+  for_each_logical_tensor(m, chunks, [&](const Chunk&, const ParamTensor& t, const std::string& name) {
+    const float* p = weights.get(t);
+    out.push_back({name, t.shape, std::vector<float>(p, p + t.numel)});
+  });
+  write_export(out_path, cfg, out);
+  return dir;
+}
+
+}  // namespace m6

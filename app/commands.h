@@ -1,0 +1,49 @@
+// The subcommand drivers of m6train, one file each (app/cmd_*.cpp); app/main.cpp
+// parses the command line and calls them. Each throws m6::Error subclasses,
+// which main maps to exit codes.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "core/config/config.h"
+#include "core/model/params.h"
+#include "core/model/sharing.h"
+
+namespace m6 {
+
+// `m6train export --run-dir DIR --out FILE`: the latest checkpoint of DIR.
+// Returns the checkpoint exported.
+std::string export_run(const std::string& run_dir, const std::string& out_path);
+
+// `m6train debug-step`: initialise the model, run forward and backward on the
+// micro-batch 0 of step 0, and write model.safetensors (the export),
+// batch.safetensors (inputs, targets), grads.safetensors and result.json to
+// out_dir. The PyTorch reference test reads these.
+void debug_step(const Config& cfg, const std::string& out_dir);
+
+// `m6train delink --from CHECKPOINT --config REAL.yaml --out RUN_DIR`: the
+// offline half of Pseudo-to-Real (M6-10T). Reads a checkpoint of a pseudo
+// model (layers sharing parameter sets), gives every logical layer its own
+// copy of its set's weights -- Adam moments copied or zeroed as the real
+// config's model.sharing.delink_optimizer says -- and writes a checkpoint of
+// the real model at the same step, from which `m6train --config REAL.yaml
+// --run-dir RUN_DIR --resume auto` continues. The real config must describe
+// the same model and data order as the pseudo one, except for sharing.
+
+struct DelinkReport {
+  std::string from_dir;  // the pseudo checkpoint read
+  std::string out_dir;   // the real checkpoint written
+  int64_t step = 0;
+  int pseudo_groups = 0;
+  ParamCounts pseudo, real;
+  DelinkOptimizer optimizer = DelinkOptimizer::Copy;
+};
+
+// FROM is a checkpoint directory (holding manifest.json) or a run directory
+// (its latest checkpoint). OUT_RUN_DIR must not hold checkpoints yet.
+// Throws CheckpointError for an unreadable or non-pseudo checkpoint and
+// ConfigError when REAL does not match it.
+DelinkReport delink_checkpoint(const std::string& from, const Config& real,
+                               const std::string& out_run_dir);
+
+}  // namespace m6
