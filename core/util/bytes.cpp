@@ -1,5 +1,7 @@
 #include "core/util/bytes.h"
 
+#include <sys/resource.h>
+
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -43,6 +45,12 @@ std::string format_bytes(int64_t bytes) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.2f %s", v, units[i]);
   return buf;
+}
+
+int64_t process_peak_rss_bytes() {
+  struct rusage u {};
+  if (getrusage(RUSAGE_SELF, &u) != 0) return 0;
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
 }  // namespace m6

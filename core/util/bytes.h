@@ -15,4 +15,7 @@ std::optional<int64_t> parse_bytes(const std::string& text);
 // 1536 -> "1.50 KiB"; bytes below 1 KiB as "N B".
 std::string format_bytes(int64_t bytes);
 
+// The process's peak resident set size in bytes (getrusage), 0 when unknown.
+int64_t process_peak_rss_bytes();
+
 }  // namespace m6
