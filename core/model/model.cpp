@@ -1,5 +1,6 @@
 #include "core/model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -43,7 +44,8 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
   const size_t N = static_cast<size_t>(max_tokens_);
 
   chunks_ = plan_chunks(m, experts);
-  chunk_store_ = std::make_unique<ChunkStorage>(be_, chunks_);
+  chunk_store_ = std::make_unique<ChunkStorage>(be_, chunks_, cfg_.offload);
+  size_window();
 
   tokens_ = arena_.ints(N);
   targets_ = arena_.ints(N);
@@ -126,11 +128,51 @@ void Model::delink(DelinkOptimizer opt) {
     throw Error("delink: this model shares no layers (model.sharing.groups is 0)");
   const ModelConfig real = delinked_model(cfg_.model);
   std::vector<Chunk> chunks = plan_chunks(real, experts_);
-  auto store = std::make_unique<ChunkStorage>(be_, chunks);
+  auto store = std::make_unique<ChunkStorage>(be_, chunks, cfg_.offload);
   delink_chunks(be_, cfg_.model, chunks_, chunks, opt);
   chunks_ = std::move(chunks);
   chunk_store_ = std::move(store);  // releases the pseudo model's buffers
   cfg_.model.sharing = real.sharing;
+  window_reset();
+  size_window();  // the real model may stream more of a layer than the pseudo one did
+}
+
+void Model::size_window() {
+  // Two slots of the largest streamed layer set (kept when large enough).
+  std::vector<size_t> per_set(num_layer_sets(cfg_.model), 0);
+  for (const Chunk& c : chunks_)
+    if (c.master_on_host) per_set[c.layer] += c.numel;
+  const size_t need = per_set.empty() ? 0 : *std::max_element(per_set.begin(), per_set.end());
+  if (need <= window_floats_) return;
+  window_floats_ = need;
+  for (float*& w : window_) w = arena_.floats(window_floats_);
+}
+
+void Model::window_reset() {
+  window_set_[0] = window_set_[1] = -1;
+  for (Chunk& c : chunks_) c.compute = nullptr;
+}
+
+void Model::stream_set(int set, int keep) {
+  if (window_floats_ == 0 || window_set_[0] == set || window_set_[1] == set) return;
+  const int slot = window_set_[0] == -1 ? 0 : window_set_[1] == -1 ? 1 : window_set_[0] == keep;
+  for (Chunk& c : chunks_)
+    if (c.master_on_host && c.layer == window_set_[slot]) c.compute = nullptr;
+  size_t at = 0;
+  for (Chunk& c : chunks_) {
+    if (!c.master_on_host || c.layer != set) continue;
+    // The compute copy (a bf16/fp16 rounding of the master on the GPU).
+    be_.to_device(window_[slot] + at, c.param, c.numel * sizeof(float));
+    c.compute = window_[slot] + at;
+    at += c.numel;
+  }
+  window_set_[slot] = set;
+}
+
+void Model::stream_layer(int l, int next) {
+  const int set = layer_set(cfg_.model, l);
+  stream_set(set, -1);
+  if (next >= 0 && next < cfg_.model.n_layers) stream_set(layer_set(cfg_.model, next), set);
 }
 
 MoeLayer* Model::moe_at(int layer) {
@@ -183,7 +225,11 @@ MicroStats Model::forward(const Batch& batch, Phase phase) {
   be_.embedding_fwd(residual_[0], tokens_, emb.param_of("tok_emb.weight"),
                     emb.param_of("pos_emb.weight"), B, T, d);
   MicroStats st;
-  for (int l = 0; l < L; ++l) layer_forward(l, phase, &st);
+  window_reset();  // the optimizer (or a checkpoint load) may have changed host masters
+  for (int l = 0; l < L; ++l) {
+    stream_layer(l, l + 1);
+    layer_forward(l, phase, &st);
+  }
   be_.layernorm_fwd(lnf_out_, lnf_mean_, lnf_rstd_, residual_[L], head.param_of("ln_f.weight"),
                     head.param_of("ln_f.bias"), N, d);
   // Tied LM head: logits[N,V] = lnf_out[N,d] tok_emb[V,d]^T
@@ -212,6 +258,7 @@ void Model::backward(float grad_scale) {
                     residual_[L], lnf_mean_, lnf_rstd_, head.param_of("ln_f.weight"), N, d);
 
   for (int l = L - 1; l >= 0; --l) {
+    stream_layer(l, l - 1);
     if (recompute_ == Recompute::Layer) layer_forward(l, Phase::Train, nullptr);
     const Chunk& c = layer_chunk(l);
     LayerActs& a = acts(l);

@@ -158,6 +158,8 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   Model model(run_cfg, *be, grid_experts(grid.layout(), E),
               MoeExchange{grid.layout().ep > 1 ? &grid.ep() : nullptr, wire});
   model.init_params(cfg.train.seed);
+  // Host pieces of the offloaded optimizer step; re-sized after a delink.
+  auto staging = std::make_unique<HostStaging>(*be, model.chunks(), run_cfg.offload);
   GradSync grad_sync(grid, *be, wire);
   CommMeter comm_meter(grid.activity());
   TrainState state;
@@ -236,10 +238,13 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     }
     if (sum.stop_signal) break;
     const SharingConfig& sharing = run_cfg.model.sharing;
-    if (sharing.groups > 0 && sharing.delink_at_step > 0 && step >= sharing.delink_at_step)
+    if (sharing.groups > 0 && sharing.delink_at_step > 0 && step >= sharing.delink_at_step) {
       metrics.write_event("delink", delink_in_run(model, run_cfg, step, [&] {
                             return evaluate(model, val_ds, cfg, grid);
                           }));
+      staging.reset();
+      staging = std::make_unique<HostStaging>(*be, model.chunks(), run_cfg.offload);
+    }
 
     grid.activity().step = step + 1;  // named in timeout messages
     const auto t0 = Clock::now();
@@ -294,7 +299,8 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     } else {
       state.consecutive_skips = 0;
       const double lr = lr_at(cfg.optim, cfg.train.steps, step);
-      adamw_step(*be, model.chunks(), cfg.optim, lr, clip_factor(cfg.optim, norm), ++state.adam_t);
+      adamw_step(*be, model.chunks(), cfg.optim, lr, clip_factor(cfg.optim, norm), ++state.adam_t,
+                 staging.get());
       spike_guard.accept(loss);
       iv.grad_norm += norm;
     }

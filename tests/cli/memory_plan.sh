@@ -54,9 +54,9 @@ run moe_w1_none moe 1
 run moe_w1_attention moe 1 --set train.recompute=attention
 run moe_w4_ep4_none moe 4 --set parallel.ep=4
 run moe_w4_ep2_layer moe 4 --set parallel.ep=2 --set train.recompute=layer
-#OFF run moe_w1_off05 moe 1 --set offload.optimizer=0.5 --set offload.params=0.5
-#OFF run dense_w4_off1 dense 4 --set offload.optimizer=1 --set offload.params=1
-#OFF run moe_w1_off1_layer moe 1 --set offload.optimizer=1 --set offload.params=0.5 --set train.recompute=layer
+run moe_w1_off05 moe 1 --set offload.optimizer=0.5 --set offload.params=0.5
+run dense_w4_off1 dense 4 --set offload.optimizer=1 --set offload.params=1
+run moe_w1_off1_layer moe 1 --set offload.optimizer=1 --set offload.params=0.5 --set train.recompute=layer
 
 printf '%s\n' "${runs[@]}" > "$tmp/runs.txt"
 $py - "$tmp" "${MEMORY_TABLE:-}" <<'PY'
