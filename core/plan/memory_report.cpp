@@ -58,7 +58,8 @@ std::string format_fit(const FitCheck& f, const MemoryPlan& asked) {
   std::string s = "fit: device " + format_bytes(asked.device_total) + " of " +
                   cap(f.device_capacity) + ", host " + format_bytes(asked.host_total) + " of " +
                   cap(f.host_capacity) + ": " + (f.fits ? "fits" : "does NOT fit");
-  if (!f.found) return s + "; no recompute/offload setting fits (more ranks or a larger ep needed)";
+  if (!f.found) return s + "; no recompute/offload setting fits (a smaller train.micro_batch, more host memory, "
+                        "more ranks or a larger ep needed)";
   s += "\nsmallest setting that fits: " +
        setting(f.recompute, f.offload_optimizer, f.offload_params) + " (device " +
        format_bytes(f.suggested.device_total) + ", host " + format_bytes(f.suggested.host_total) +

@@ -111,6 +111,9 @@ DryRunReport dry_run(const Config& cfg, int world, int64_t device_capacity, int6
     Config real_cfg = cfg;
     real_cfg.model = real;
     r.real_memory = plan_memory(real_cfg, world, PlanStorage::Gpu);
+    r.real_fit_checked = (device_capacity > 0 || host_capacity > 0) && m.sharing.delink_at_step > 0;
+    if (r.real_fit_checked)
+      r.real_fit = check_fit(real_cfg, world, PlanStorage::Gpu, device_capacity, host_capacity);
   }
   r.memory = plan_memory(cfg, world, PlanStorage::Gpu);
   r.fit_checked = device_capacity > 0 || host_capacity > 0;
@@ -139,6 +142,7 @@ nlohmann::json dry_run_json(const Config& cfg, const DryRunReport& r) {
     j["real_memory"] = memory_plan_json(r.real_memory);
   }
   if (r.fit_checked) j["fit"] = fit_json(r.fit);
+  if (r.real_fit_checked) j["real_fit"] = fit_json(r.real_fit);
   return j;
 }
 
@@ -195,6 +199,9 @@ std::string format_dry_run(const Config& cfg, const DryRunReport& r) {
     s += "\nafter delinking: device " + gib(r.real_memory.device_total) + ", host " +
          gib(r.real_memory.host_total) + " per rank";
   if (r.fit_checked) s += "\n" + format_fit(r.fit, r.memory);
+  if (r.real_fit_checked)
+    s += "\nafter the delink at step " + std::to_string(m.sharing.delink_at_step) + ", " +
+         format_fit(r.real_fit, r.real_memory);
   return s;
 }
 

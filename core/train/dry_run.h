@@ -46,8 +46,8 @@ struct DryRunReport {
   // The memory planner (core/plan/memory_plan.h), GPU layout, and the fit
   // check against the capacities given (0 = not checked).
   MemoryPlan memory, real_memory;
-  FitCheck fit;
-  bool fit_checked = false;
+  FitCheck fit, real_fit;  // real_fit: when the run delinks (model.sharing.delink_at_step)
+  bool fit_checked = false, real_fit_checked = false;
 };
 
 // Validates CFG for WORLD ranks (validate_config) and computes the report.

@@ -1,5 +1,6 @@
 #include "core/train/memory_check.h"
 
+#include "core/model/sharing.h"
 #include "core/util/bytes.h"
 #include "core/util/error.h"
 
@@ -31,12 +32,22 @@ MemoryPlan check_run_memory(const Config& cfg, int world, const Backend& be) {
   // train.device_memory says it.
   const int64_t device_cap = capacity(cfg.train.device_memory, is_cpu(be) ? ram : 0);
   const int64_t host_cap = capacity(cfg.train.host_memory, ram);
-  const FitCheck fit = check_fit(cfg, world, storage, device_cap, host_cap);
-  if (!fit.fits && !cfg.train.allow_unfit)
-    throw ConfigError(fmt(cfg.source, ": the layout does not fit in memory (", world,
-                          " rank(s)):\n", format_memory_plan(plan), "\n", format_fit(fit, plan),
+  auto refuse_unfit = [&](const Config& c, const char* what) {
+    const FitCheck fit = check_fit(c, world, storage, device_cap, host_cap);
+    if (fit.fits || cfg.train.allow_unfit) return;
+    const MemoryPlan p = plan_memory(c, world, storage);
+    throw ConfigError(fmt(cfg.source, ": ", what, " does not fit in memory (", world,
+                          " rank(s)):\n", format_memory_plan(p), "\n", format_fit(fit, p),
                           "\nchange the settings above, or set train.allow_unfit=true to "
                           "allocate anyway"));
+  };
+  refuse_unfit(cfg, "the layout");
+  // A run that delinks grows into the real model: it must fit too.
+  if (cfg.model.sharing.groups > 0 && cfg.model.sharing.delink_at_step > 0) {
+    Config real = cfg;
+    real.model = delinked_model(cfg.model);
+    refuse_unfit(real, "the real model after the delink (model.sharing.delink_at_step)");
+  }
   return plan;
 }
 
