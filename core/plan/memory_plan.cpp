@@ -166,7 +166,8 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
   const int64_t att = buf(s.B * s.H * s.T * s.T * w.v);
   const int64_t common = layer_common_bytes(s, w);
   const int64_t ffn = 2 * buf(s.N * s.F * w.v);
-  const auto [moe_acts, moe_rows] = any_moe ? moe_layer_bytes(s, w) : std::pair<int64_t, int64_t>{0, 0};
+  const auto [moe_acts, moe_rows] =
+      any_moe ? moe_layer_bytes(s, w) : std::pair<int64_t, int64_t>{0, 0};
   const int64_t residual = buf(s.N * s.d * w.v);
   p.per_layer.dense[0] = residual + common + att + ffn;
   p.per_layer.dense[1] = residual + common + ffn;
@@ -192,7 +193,8 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
   // Inputs, the head (final LayerNorm, logits [N,V], losses) and the backward
   // scratch (dres, dtmp [N,d], dqkv [N,3d], dff [N,F], datt [B,H,T,T]).
   work.device += 2 * buf(s.N * w.i32);
-  work.device += buf(s.N * s.d * w.v) + 2 * buf(s.N * w.f32) + buf(s.N * s.V * w.v) + buf(s.N * w.f32);
+  work.device +=
+      buf(s.N * s.d * w.v) + 2 * buf(s.N * w.f32) + buf(s.N * s.V * w.v) + buf(s.N * w.f32);
   work.device += 2 * buf(s.N * s.d * w.v) + buf(s.N * 3 * s.d * w.v) + buf(s.N * s.F * w.v) + att;
 
   p.lines = {master, copy, grads, adam, offload, acts, rows, buckets, work};
@@ -212,9 +214,9 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
     const double others = static_cast<double>(s.P - 1) / s.P;
     const int exchanges = rc == Recompute::Layer ? 6 : 4;  // dispatch + combine, fwd and bwd
     const int count_exchanges = rc == Recompute::Layer ? 2 : 1;
-    p.a2a_bytes_per_step = static_cast<double>(accum) * p.moe_layers *
-                           (exchanges * kept * others * s.d * wire +
-                            count_exchanges * (s.P - 1) * s.El * 4.0);
+    p.a2a_bytes_per_step =
+        static_cast<double>(accum) * p.moe_layers *
+        (exchanges * kept * others * s.d * wire + count_exchanges * (s.P - 1) * s.El * 4.0);
   }
   double dense = 0, expert = 0;
   for (int64_t n : dense_spans) dense += static_cast<double>(n);

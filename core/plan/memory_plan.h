@@ -29,10 +29,9 @@
 // buffer is rounded up to 64 bytes, as the CPU arena allocates.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "core/config/config.h"
 

@@ -19,7 +19,8 @@ std::string pct(double f) {
 std::string row(const std::string& name, int64_t device, int64_t host) {
   char b[256];
   std::snprintf(b, sizeof b, "  %-34s %14s %14s", name.c_str(),
-                device ? format_bytes(device).c_str() : "-", host ? format_bytes(host).c_str() : "-");
+                device ? format_bytes(device).c_str() : "-",
+                host ? format_bytes(host).c_str() : "-");
   return b;
 }
 
@@ -31,9 +32,10 @@ std::string setting(Recompute r, double fo, double fp) {
 }  // namespace
 
 std::string format_memory_plan(const MemoryPlan& p) {
-  std::string s = "memory per rank (" +
-                  std::string(p.storage == PlanStorage::Gpu ? "GPU layout" : "CPU backend, fp32 storage") +
-                  "; " + setting(p.recompute, p.offload_optimizer, p.offload_params) + "):\n";
+  std::string s =
+      "memory per rank (" +
+      std::string(p.storage == PlanStorage::Gpu ? "GPU layout" : "CPU backend, fp32 storage") +
+      "; " + setting(p.recompute, p.offload_optimizer, p.offload_params) + "):\n";
   char b[256];
   std::snprintf(b, sizeof b, "  %-34s %14s %14s\n", "", "device", "host");
   s += b;
@@ -41,15 +43,17 @@ std::string format_memory_plan(const MemoryPlan& p) {
   s += row("total", p.device_total, p.host_total) + "\n";
   s += "activations kept per layer (recompute none / attention / layer):\n";
   if (p.dense_layers)
-    s += "  dense layer (x" + std::to_string(p.dense_layers) + "): " +
-         format_bytes(p.per_layer.dense[0]) + " / " + format_bytes(p.per_layer.dense[1]) + " / " +
-         format_bytes(p.per_layer.dense[2]) + "\n";
+    s += "  dense layer (x" + std::to_string(p.dense_layers) +
+         "): " + format_bytes(p.per_layer.dense[0]) + " / " + format_bytes(p.per_layer.dense[1]) +
+         " / " + format_bytes(p.per_layer.dense[2]) + "\n";
   if (p.moe_layers)
-    s += "  MoE layer (x" + std::to_string(p.moe_layers) + "): " +
-         format_bytes(p.per_layer.moe[0]) + " / " + format_bytes(p.per_layer.moe[1]) + " / " +
-         format_bytes(p.per_layer.moe[2]) + " (router, expert activations and packed rows)\n";
-  s += "sent per rank per step: all-to-all " + format_bytes(static_cast<int64_t>(p.a2a_bytes_per_step)) +
-       ", all-reduce " + format_bytes(static_cast<int64_t>(p.allreduce_bytes_per_step));
+    s += "  MoE layer (x" + std::to_string(p.moe_layers) +
+         "): " + format_bytes(p.per_layer.moe[0]) + " / " + format_bytes(p.per_layer.moe[1]) +
+         " / " + format_bytes(p.per_layer.moe[2]) +
+         " (router, expert activations and packed rows)\n";
+  s += "sent per rank per step: all-to-all " +
+       format_bytes(static_cast<int64_t>(p.a2a_bytes_per_step)) + ", all-reduce " +
+       format_bytes(static_cast<int64_t>(p.allreduce_bytes_per_step));
   return s;
 }
 
@@ -58,8 +62,10 @@ std::string format_fit(const FitCheck& f, const MemoryPlan& asked) {
   std::string s = "fit: device " + format_bytes(asked.device_total) + " of " +
                   cap(f.device_capacity) + ", host " + format_bytes(asked.host_total) + " of " +
                   cap(f.host_capacity) + ": " + (f.fits ? "fits" : "does NOT fit");
-  if (!f.found) return s + "; no recompute/offload setting fits (a smaller train.micro_batch, more host memory, "
-                        "more ranks or a larger ep needed)";
+  if (!f.found)
+    return s +
+           "; no recompute/offload setting fits (a smaller train.micro_batch, more host memory, "
+           "more ranks or a larger ep needed)";
   s += "\nsmallest setting that fits: " +
        setting(f.recompute, f.offload_optimizer, f.offload_params) + " (device " +
        format_bytes(f.suggested.device_total) + ", host " + format_bytes(f.suggested.host_total) +

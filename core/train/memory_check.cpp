@@ -20,11 +20,10 @@ int64_t capacity(const std::string& text, int64_t fallback) {
 
 MemoryPlan check_run_memory(const Config& cfg, int world, const Backend& be) {
   if ((cfg.offload.optimizer > 0 || cfg.offload.params > 0) && !be.has_host_arena())
-    throw ConfigError(fmt(cfg.source, ": offload.",
-                          cfg.offload.optimizer > 0 ? "optimizer (" : "params (",
-                          cfg.offload.optimizer > 0 ? cfg.offload.optimizer : cfg.offload.params,
-                          "): backend ", be.name(),
-                          " has no host arena to offload to; allowed with it: 0"));
+    throw ConfigError(
+        fmt(cfg.source, ": offload.", cfg.offload.optimizer > 0 ? "optimizer (" : "params (",
+            cfg.offload.optimizer > 0 ? cfg.offload.optimizer : cfg.offload.params, "): backend ",
+            be.name(), " has no host arena to offload to; allowed with it: 0"));
   const PlanStorage storage = is_cpu(be) ? PlanStorage::Cpu : PlanStorage::Gpu;
   const MemoryPlan plan = plan_memory(cfg, world, storage);
   const int64_t ram = host_physical_memory();

@@ -20,12 +20,9 @@ std::optional<int64_t> parse_bytes(const std::string& text) {
     const char* name;
     double scale;
   };
-  static const Unit units[] = {{"", 1},           {"B", 1},
-                               {"KiB", 0x1p10},   {"MiB", 0x1p20},
-                               {"GiB", 0x1p30},   {"TiB", 0x1p40},
-                               {"kB", 1e3},       {"KB", 1e3},
-                               {"MB", 1e6},       {"GB", 1e9},
-                               {"TB", 1e12}};
+  static const Unit units[] = {{"", 1},         {"B", 1},        {"KiB", 0x1p10}, {"MiB", 0x1p20},
+                               {"GiB", 0x1p30}, {"TiB", 0x1p40}, {"kB", 1e3},     {"KB", 1e3},
+                               {"MB", 1e6},     {"GB", 1e9},     {"TB", 1e12}};
   for (const Unit& u : units)
     if (unit == u.name) {
       const double b = v * u.scale;

@@ -50,7 +50,8 @@ TEST_CASE("offload: fractions choose nested prefixes close to the share asked", 
     // Within half of the largest chunk's share of the target.
     size_t largest = 0, total = 0;
     for (const Chunk& c : chunks) largest = std::max(largest, c.numel), total += c.numel;
-    CHECK(std::abs(got - f) <= 0.5 * static_cast<double>(largest) / static_cast<double>(total) + 1e-12);
+    CHECK(std::abs(got - f) <=
+          0.5 * static_cast<double>(largest) / static_cast<double>(total) + 1e-12);
     for (size_t i = 0; i < chunks.size(); ++i) {
       if (p[i].master_on_host) CHECK(p[i].adam_on_host);
       if (chunks[i].kind == ChunkKind::Embedding || chunks[i].kind == ChunkKind::Head)
@@ -62,8 +63,8 @@ TEST_CASE("offload: fractions choose nested prefixes close to the share asked", 
   const auto p = place_offload(chunks, all);
   for (size_t i = 0; i < chunks.size(); ++i) {
     CHECK(p[i].adam_on_host);
-    CHECK(p[i].master_on_host == (chunks[i].kind == ChunkKind::Layer ||
-                                  chunks[i].kind == ChunkKind::Expert));
+    CHECK(p[i].master_on_host ==
+          (chunks[i].kind == ChunkKind::Layer || chunks[i].kind == ChunkKind::Expert));
   }
 }
 
@@ -90,8 +91,9 @@ TEST_CASE("offload: storage takes host buffers from the host arena", "[offload]"
       CHECK(chunks[i].master_on_host == p[i].master_on_host);
       if (chunks[i].master_on_host) {
         // Not streamed in: using it is a bug, reported as such.
-        CHECK_THROWS_WITH(chunks[i].param_of(chunks[i].tensors[0].name.substr(chunks[i].name.size() + 1)),
-                          Catch::Contains("used before being streamed in"));
+        CHECK_THROWS_WITH(
+            chunks[i].param_of(chunks[i].tensors[0].name.substr(chunks[i].name.size() + 1)),
+            Catch::Contains("used before being streamed in"));
       }
     }
   }
