@@ -7,7 +7,9 @@
 # peak; recomputation lowers the measured peak as the plan says. Then the
 # fit check: a layout that does not fit train.device_memory is refused (exit
 # 2, the planner's numbers and a suggestion in the message, nothing trained)
-# unless train.allow_unfit=true; --dry-run --json reports the plan, and with
+# unless train.allow_unfit=true; the planned all-to-all and all-reduce bytes
+# per step match the 4-rank runs' comm records (25% / 1%: the all-to-all
+# estimate assumes uniform routing); --dry-run --json reports the plan, and with
 # --device-memory the smallest setting that fits.
 # MEMORY_TABLE=FILE writes the comparison as a markdown table.
 set -euo pipefail
@@ -93,6 +95,26 @@ if table:
 if bad:
     sys.exit("memory plan off by more than 10% (or not lower with recompute): " + ", ".join(bad))
 PY
+
+# Bytes per step: the planner's all-to-all estimate (uniform routing) and
+# all-reduce count against the comm records of the 4-rank runs (all ranks
+# together there, per rank in the plan).
+for name_sets in "moe_w4_ep4_none|--set parallel.ep=4" \
+                 "moe_w4_ep2_layer|--set parallel.ep=2 --set train.recompute=layer"; do
+  name=${name_sets%%|*}
+  # shellcheck disable=SC2086
+  "$M6TRAIN" --config "$tmp/moe.yaml" --dry-run --world 4 --json ${name_sets#*|} > "$tmp/$name.plan.json"
+  $py - "$tmp/$name.plan.json" "$tmp/$name/metrics.jsonl" <<'PY'
+import json, sys
+plan = json.load(open(sys.argv[1]))["memory"]
+comm = [json.loads(l) for l in open(sys.argv[2]) if '"kind":"comm"' in l][-1]
+a2a, red = comm["a2a_bytes_per_step"] / 4, comm["allreduce_bytes_per_step"] / 4
+print(f"{sys.argv[1]}: all-to-all planned {plan['a2a_bytes_per_step']:.0f} measured {a2a:.0f}, "
+      f"all-reduce planned {plan['allreduce_bytes_per_step']:.0f} measured {red:.0f}")
+assert abs(plan["a2a_bytes_per_step"] / a2a - 1) <= 0.25, "all-to-all estimate off by > 25%"
+assert abs(plan["allreduce_bytes_per_step"] / red - 1) <= 0.01, "all-reduce count off by > 1%"
+PY
+done
 
 # The fit check refuses before allocating, with the planner's numbers.
 rc=0
