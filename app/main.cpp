@@ -2,6 +2,7 @@
 // export, debug-step. Every error below app/ is an exception; this file maps
 // it to a message and an exit code (DESIGN.md section 7) -- nothing else exits.
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <exception>
@@ -17,6 +18,7 @@
 #include "core/plan/dry_run.h"
 #include "core/train/preempt.h"
 #include "core/train/trainer.h"
+#include "core/util/bytes.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
 
@@ -55,6 +57,13 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
   auto* world_opt = app.add_option("--world", dry_world,
                                    "with --dry-run: the world size (ranks) to validate for")
                         ->check(CLI::PositiveNumber);
+  std::string dev_mem, host_mem;
+  bool dry_json = false;
+  app.add_option("--device-memory", dev_mem,
+                 "with --dry-run: device memory per rank for the fit check, e.g. 80GiB");
+  app.add_option("--host-memory", host_mem,
+                 "with --dry-run: host memory per rank for the fit check, e.g. 512GiB");
+  app.add_flag("--json", dry_json, "with --dry-run: print the report as JSON");
   app.add_flag("--dry-run", dry_run,
                "validate --config for --world ranks and print parameter counts, the expert "
                "split and bytes per rank, without opening data or allocating the model");
@@ -132,9 +141,10 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
                 static_cast<long long>(r.real.unique), m6::delink_optimizer_name(r.optimizer));
     return 0;
   }
-  if (*world_opt && !dry_run) {
-    std::fprintf(stderr, "m6train: --world is for --dry-run (a training run's world size comes "
-                         "from the launcher: mpirun -n W)\n");
+  if ((*world_opt || dry_json || !dev_mem.empty() || !host_mem.empty()) && !dry_run) {
+    std::fprintf(stderr, "m6train: --world, --json, --device-memory and --host-memory are for "
+                         "--dry-run (a training run's world size comes from the launcher: mpirun "
+                         "-n W; its memory from train.device_memory / train.host_memory)\n");
     return static_cast<int>(m6::ExitCode::Usage);
   }
   if (config_path.empty()) {
@@ -143,7 +153,24 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
   }
   if (dry_run) {  // before MPI, data and the model: a laptop checks a 512-GPU config
     const m6::Config cfg = m6::load_config(config_path, overrides, dry_world);
-    std::printf("%s\n", m6::format_dry_run(cfg, m6::dry_run(cfg, dry_world)).c_str());
+    int64_t caps[2] = {0, 0};
+    const std::string* texts[2] = {&dev_mem, &host_mem};
+    const char* names[2] = {"--device-memory", "--host-memory"};
+    for (int i = 0; i < 2; ++i) {
+      if (texts[i]->empty()) continue;
+      const auto b = m6::parse_bytes(*texts[i]);
+      if (!b || *b <= 0) {
+        std::fprintf(stderr, "m6train: %s: not a size (got \"%s\"); allowed: e.g. 80GiB, 512GB\n",
+                     names[i], texts[i]->c_str());
+        return static_cast<int>(m6::ExitCode::Usage);
+      }
+      caps[i] = *b;
+    }
+    const m6::DryRunReport r = m6::dry_run(cfg, dry_world, caps[0], caps[1]);
+    if (dry_json)
+      std::printf("%s\n", m6::dry_run_json(cfg, r).dump(2).c_str());
+    else
+      std::printf("%s\n", m6::format_dry_run(cfg, r).c_str());
     return 0;
   }
   // Training is the one multi-process command: under mpirun or srun every rank

@@ -56,6 +56,21 @@ class Backend {
   virtual void zero(void* p, size_t bytes) = 0;
   virtual void sync() = 0;
 
+  // Host arena (granular offload, DESIGN.md section 5): host memory the device
+  // reaches by the copies above (pinned on CUDA; a separately counted heap on
+  // the CPU backend, so the offload logic runs, and is tested, unchanged).
+  // zero-filled. A backend without one refuses offload configs.
+  virtual bool has_host_arena() const { return false; }
+  virtual void* alloc_host(size_t bytes);
+  virtual void release_host(void* p);
+
+  // Bytes held in each arena now and at most since creation (the high-water
+  // mark metrics.jsonl reports as mem_peak_bytes). Zeros when not tracked.
+  struct MemoryStats {
+    int64_t device_live = 0, device_peak = 0, host_live = 0, host_peak = 0;
+  };
+  virtual MemoryStats memory_stats() const { return {}; }
+
   // ---- dense algebra ----------------------------------------------------------
   virtual void gemm(const GemmArgs& g) = 0;
   virtual void add_bias(float* y, const float* b, int n, int c) = 0;        // y[n,c] += b[c]
@@ -161,5 +176,14 @@ class Backend {
 
 // The CPU reference backend (OpenBLAS GEMMs, OpenMP loops). threads <= 0: all cores.
 std::unique_ptr<Backend> make_cpu_backend(int threads);
+
+// AdamW on host arrays (OpenMP, vectorised): the optimizer step of offloaded
+// chunks on every backend. The same code as the CPU backend's adamw, so an
+// offloaded step is bit-identical to a resident one there.
+void host_adamw(float* p, const float* g, float* m, float* v, size_t n,
+                const Backend::AdamArgs& a);
+
+// Physical memory of this machine in bytes (0 when unknown).
+int64_t host_physical_memory();
 
 }  // namespace m6

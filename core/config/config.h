@@ -16,6 +16,11 @@ enum class GateNorm { Auto, On, Off };  // Auto: on iff top_k > 1
 enum class DeviceKind { Auto, Cpu, Cuda };
 enum class Precision { Fp32, Bf16, Fp16 };
 enum class DelinkOptimizer { Copy, Reset };
+// Activation checkpointing: what a layer keeps for backward. None keeps every
+// activation; Attention drops the attention probabilities [B,H,T,T] of every
+// layer (recomputed from the kept qkv in backward); Layer keeps only each
+// layer's input and recomputes the whole layer forward in backward.
+enum class Recompute { None, Attention, Layer };
 
 struct MoeConfig {
   int every = 0;  // layer l is MoE iff every > 0 and l % every == every - 1
@@ -81,6 +86,23 @@ struct TrainConfig {
   int threads = 0;          // CPU threads; 0 = all cores
   int64_t max_skipped_steps = 10;  // consecutive skipped steps before the run aborts
   SpikeGuardConfig spike_guard;
+  Recompute recompute = Recompute::None;
+  // Memory the fit check (core/plan/memory_plan.h) plans for: "" = what the
+  // backend reports (device memory; physical RAM on the CPU backend), else a
+  // size such as "80GiB". allow_unfit trains even when the plan does not fit.
+  std::string device_memory;
+  std::string host_memory;
+  bool allow_unfit = false;
+};
+
+// Granular offload (DESIGN.md section 5): the share of the parameters whose
+// fp32 master weights (params) and Adam moments (optimizer) live in host
+// memory, chosen chunk by chunk in model order; chunks stream through the
+// device in pieces of at most chunk_mb MiB.
+struct OffloadConfig {
+  double optimizer = 0.0;  // 0..1
+  double params = 0.0;     // 0..1, at most optimizer (a host master needs host moments)
+  double chunk_mb = 64.0;  // > 0
 };
 
 struct OptimConfig {
@@ -129,6 +151,7 @@ struct Config {
   PrecisionConfig precision;
   ParallelConfig parallel;
   CheckpointConfig checkpoint;
+  OffloadConfig offload;
   std::string source;  // the file it was loaded from (for messages)
 
   int accum_steps(int world) const { return global_batch_div(world); }

@@ -43,6 +43,9 @@ constexpr Spelling<Precision> kPrecisionNames[] = {
     {"fp32", Precision::Fp32}, {"bf16", Precision::Bf16}, {"fp16", Precision::Fp16}};
 constexpr Spelling<DelinkOptimizer> kDelinkNames[] = {{"copy", DelinkOptimizer::Copy},
                                                       {"reset", DelinkOptimizer::Reset}};
+constexpr Spelling<Recompute> kRecomputeNames[] = {
+    {"none", Recompute::None}, {"attention", Recompute::Attention}, {"layer", Recompute::Layer}};
+constexpr Spelling<bool> kBoolNames[] = {{"false", false}, {"true", true}};
 
 template <class E>
 struct EnumRef {
@@ -52,7 +55,7 @@ struct EnumRef {
 
 using FieldRef = std::variant<int*, int64_t*, uint64_t*, double*, std::string*, EnumRef<RouterKind>,
                               EnumRef<GateNorm>, EnumRef<DeviceKind>, EnumRef<Precision>,
-                              EnumRef<DelinkOptimizer>>;
+                              EnumRef<DelinkOptimizer>, EnumRef<Recompute>, EnumRef<bool>>;
 
 struct Field {
   const char* key;  // dotted YAML path, e.g. "model.moe.top_k"
@@ -96,6 +99,10 @@ std::vector<Field> fields_of(Config& c) {
       {"train.max_skipped_steps", &c.train.max_skipped_steps},
       {"train.spike_guard.window", &c.train.spike_guard.window},
       {"train.spike_guard.z_threshold", &c.train.spike_guard.z_threshold},
+      {"train.recompute", EnumRef<Recompute>{&c.train.recompute, kRecomputeNames}},
+      {"train.device_memory", &c.train.device_memory},
+      {"train.host_memory", &c.train.host_memory},
+      {"train.allow_unfit", EnumRef<bool>{&c.train.allow_unfit, kBoolNames}},
       {"optim.lr", &c.optim.lr},
       {"optim.min_lr", &c.optim.min_lr},
       {"optim.warmup_steps", &c.optim.warmup_steps},
@@ -114,6 +121,9 @@ std::vector<Field> fields_of(Config& c) {
       {"parallel.timeout_s", &c.parallel.timeout_s},
       {"checkpoint.every", &c.checkpoint.every},
       {"checkpoint.keep", &c.checkpoint.keep},
+      {"offload.optimizer", &c.offload.optimizer},
+      {"offload.params", &c.offload.params},
+      {"offload.chunk_mb", &c.offload.chunk_mb},
   };
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/config/config.h"
+#include "core/util/bytes.h"
 #include "core/util/error.h"
 
 namespace m6 {
@@ -223,6 +224,23 @@ void check_train(const Checker& k, const Config& c, int world) {
     k.fail("train.spike_guard.window",
            fmt("out of range (got ", t.spike_guard.window, "); allowed: 0 (off) or >= 2"));
   k.above("train.spike_guard.z_threshold", t.spike_guard.z_threshold, 0.0);
+  for (auto [key, v] : {std::pair{"train.device_memory", &t.device_memory},
+                        std::pair{"train.host_memory", &t.host_memory}})
+    if (!v->empty() && !parse_bytes(*v))
+      k.fail(key, fmt("not a size (got \"", *v,
+                      "\"); allowed: \"\" (what the machine has) or a size such as 80GiB, 512GB, 1e9"));
+}
+
+void check_offload(const Checker& k, const OffloadConfig& o) {
+  k.within("offload.optimizer", o.optimizer, 0.0, 1.0, " (share of the parameters)");
+  k.within("offload.params", o.params, 0.0, 1.0, " (share of the parameters)");
+  k.above("offload.chunk_mb", o.chunk_mb, 0.0, " (MiB per transfer)");
+  if (o.params > o.optimizer)
+    k.fail("offload.params",
+           fmt("params (", o.params, ") is above offload.optimizer (", o.optimizer,
+               "): host-resident master weights need their Adam moments on the host too; "
+               "allowed: 0..", o.optimizer, ", or raise offload.optimizer"),
+           {"offload.optimizer"});
 }
 
 void check_optim(const Checker& k, const OptimConfig& o) {
@@ -290,6 +308,7 @@ void validate_config_at(const Config& c, int world, const WhereFn& where) {
   check_train(k, c, world);
   check_optim(k, c.optim);
   check_parallel(k, c, world);
+  check_offload(k, c.offload);
   check_rest(k, c);
 }
 

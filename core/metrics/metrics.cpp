@@ -157,6 +157,13 @@ void MetricsWriter::write_train(const TrainRecord& r) {
   j["aux_loss"] = number(r.aux_loss);
   j["z_loss"] = number(r.z_loss);
   j["skipped_steps"] = r.skipped_steps;
+  const std::pair<const char*, int64_t> mem[] = {{"mem_peak_bytes", r.mem_peak_bytes},
+                                                 {"mem_host_peak_bytes", r.mem_host_peak_bytes},
+                                                 {"rss_peak_bytes", r.rss_peak_bytes},
+                                                 {"mem_plan_bytes", r.mem_plan_bytes},
+                                                 {"mem_plan_host_bytes", r.mem_plan_host_bytes}};
+  for (const auto& [key, v] : mem)
+    if (v >= 0) j[key] = v;
   j["expert_load"] = OrderedJson::array();
   for (const auto& layer : r.expert_load) j["expert_load"].push_back(layer);
   j["expert_load_max_over_mean"] = OrderedJson::array();

@@ -17,6 +17,11 @@ struct TrainRecord {
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, elapsed_s = 0, eta_s = 0,
          dropped_frac = 0, aux_loss = 0, z_loss = 0;
   int64_t skipped_steps = 0;
+  // Memory (written when >= 0): high-water marks of the backend's device and
+  // host arenas and the process's peak RSS, max over ranks; the planner's
+  // prediction of the two arenas (core/plan/memory_plan.h).
+  int64_t mem_peak_bytes = -1, mem_host_peak_bytes = -1, rss_peak_bytes = -1;
+  int64_t mem_plan_bytes = -1, mem_plan_host_bytes = -1;
   // [moe_layers][experts]: tokens (kept slots) per expert over the logging
   // interval; empty for a dense model.
   std::vector<std::vector<int64_t>> expert_load;

@@ -1,5 +1,6 @@
-// Owns device allocations of one object (a model, a layer) and frees them all
-// together; typed helpers keep shapes visible at the call site.
+// Owns device (or host-arena) allocations of one object (a model, a layer)
+// and frees them all together; typed helpers keep shapes visible at the call
+// site.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -9,11 +10,15 @@
 
 namespace m6 {
 
+// Host: the backend's host arena (pinned memory on CUDA), for offload.
+enum class MemorySpace { Device, Host };
+
 class DeviceArena {
  public:
-  explicit DeviceArena(Backend& be) : be_(be) {}
+  explicit DeviceArena(Backend& be, MemorySpace space = MemorySpace::Device)
+      : be_(be), space_(space) {}
   ~DeviceArena() {
-    for (void* p : ptrs_) be_.release(p);
+    for (void* p : ptrs_) space_ == MemorySpace::Host ? be_.release_host(p) : be_.release(p);
   }
   DeviceArena(const DeviceArena&) = delete;
   DeviceArena& operator=(const DeviceArena&) = delete;
@@ -23,11 +28,13 @@ class DeviceArena {
 
  private:
   void* raw(size_t bytes) {
-    void* p = be_.alloc(bytes == 0 ? 4 : bytes);
+    const size_t n = bytes == 0 ? 4 : bytes;
+    void* p = space_ == MemorySpace::Host ? be_.alloc_host(n) : be_.alloc(n);
     ptrs_.push_back(p);
     return p;
   }
   Backend& be_;
+  MemorySpace space_;
   std::vector<void*> ptrs_;
 };
 

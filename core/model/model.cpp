@@ -1,5 +1,6 @@
 #include "core/model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -43,31 +44,39 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
   const size_t N = static_cast<size_t>(max_tokens_);
 
   chunks_ = plan_chunks(m, experts);
-  chunk_store_ = std::make_unique<ChunkStorage>(be_, chunks_);
+  chunk_store_ = std::make_unique<ChunkStorage>(be_, chunks_, cfg_.offload);
+  size_window();
 
   tokens_ = arena_.ints(N);
   targets_ = arena_.ints(N);
   for (int l = 0; l <= L; ++l) residual_.push_back(arena_.floats(N * d));
-  for (int l = 0; l < L; ++l) {
+  // train.recompute: None keeps every layer's activations; Attention shares
+  // one attention-probability buffer between layers (recomputed from qkv in
+  // backward); Layer keeps only residual_[l] and shares one set of
+  // activations (and one MoE layer's buffers) between all layers.
+  recompute_ = cfg_.train.recompute;
+  const size_t att_n = static_cast<size_t>(B_) * H * T_ * T_;
+  float* att_shared = recompute_ == Recompute::None ? nullptr : arena_.floats(att_n);
+  bool any_dense = false, any_moe = false;
+  for (int l = 0; l < L; ++l) (m.is_moe_layer(l) ? any_moe : any_dense) = true;
+  const int sets = recompute_ == Recompute::Layer ? 1 : L;
+  for (int l = 0; l < sets; ++l) {
     auto a = std::make_unique<LayerActs>();
     a->ln1_out = arena_.floats(N * d);
     a->ln1_mean = arena_.floats(N);
     a->ln1_rstd = arena_.floats(N);
     a->qkv = arena_.floats(N * 3 * d);
-    a->att = arena_.floats(static_cast<size_t>(B_) * H * T_ * T_);
+    a->att = att_shared ? att_shared : arena_.floats(att_n);
     a->atty = arena_.floats(N * d);
     a->res1 = arena_.floats(N * d);
     a->ln2_out = arena_.floats(N * d);
     a->ln2_mean = arena_.floats(N);
     a->ln2_rstd = arena_.floats(N);
-    if (m.is_moe_layer(l)) {
-      a->fc1_pre = a->fc1_act = nullptr;
-      moe_.push_back(std::make_unique<MoeLayer>(be_, m, max_tokens_, l, ex));
-    } else {
-      a->fc1_pre = arena_.floats(N * F);
-      a->fc1_act = arena_.floats(N * F);
-      moe_.push_back(nullptr);
-    }
+    const bool dense = recompute_ == Recompute::Layer ? any_dense : !m.is_moe_layer(l);
+    const bool moe = recompute_ == Recompute::Layer ? any_moe : m.is_moe_layer(l);
+    a->fc1_pre = dense ? arena_.floats(N * F) : nullptr;
+    a->fc1_act = dense ? arena_.floats(N * F) : nullptr;
+    moe_.push_back(moe ? std::make_unique<MoeLayer>(be_, m, max_tokens_, l, ex) : nullptr);
     acts_.push_back(std::move(a));
   }
   lnf_out_ = arena_.floats(N * d);
@@ -79,7 +88,7 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
   dtmp_ = arena_.floats(N * d);
   dqkv_ = arena_.floats(N * 3 * d);
   dff_ = arena_.floats(N * F);
-  datt_ = arena_.floats(static_cast<size_t>(B_) * H * T_ * T_);
+  datt_ = arena_.floats(att_n);
 }
 
 Model::~Model() = default;
@@ -119,17 +128,91 @@ void Model::delink(DelinkOptimizer opt) {
     throw Error("delink: this model shares no layers (model.sharing.groups is 0)");
   const ModelConfig real = delinked_model(cfg_.model);
   std::vector<Chunk> chunks = plan_chunks(real, experts_);
-  auto store = std::make_unique<ChunkStorage>(be_, chunks);
+  auto store = std::make_unique<ChunkStorage>(be_, chunks, cfg_.offload);
   delink_chunks(be_, cfg_.model, chunks_, chunks, opt);
   chunks_ = std::move(chunks);
   chunk_store_ = std::move(store);  // releases the pseudo model's buffers
   cfg_.model.sharing = real.sharing;
+  window_reset();
+  size_window();  // the real model may stream more of a layer than the pseudo one did
+}
+
+void Model::size_window() {
+  // Two slots of the largest streamed layer set (kept when large enough).
+  std::vector<size_t> per_set(num_layer_sets(cfg_.model), 0);
+  for (const Chunk& c : chunks_)
+    if (c.master_on_host) per_set[c.layer] += c.numel;
+  const size_t need = per_set.empty() ? 0 : *std::max_element(per_set.begin(), per_set.end());
+  if (need <= window_floats_) return;
+  window_floats_ = need;
+  for (float*& w : window_) w = arena_.floats(window_floats_);
+}
+
+void Model::window_reset() {
+  window_set_[0] = window_set_[1] = -1;
+  for (Chunk& c : chunks_) c.compute = nullptr;
+}
+
+void Model::stream_set(int set, int keep) {
+  if (window_floats_ == 0 || window_set_[0] == set || window_set_[1] == set) return;
+  const int slot = window_set_[0] == -1 ? 0 : window_set_[1] == -1 ? 1 : window_set_[0] == keep;
+  for (Chunk& c : chunks_)
+    if (c.master_on_host && c.layer == window_set_[slot]) c.compute = nullptr;
+  size_t at = 0;
+  for (Chunk& c : chunks_) {
+    if (!c.master_on_host || c.layer != set) continue;
+    // The compute copy (a bf16/fp16 rounding of the master on the GPU).
+    be_.to_device(window_[slot] + at, c.param, c.numel * sizeof(float));
+    c.compute = window_[slot] + at;
+    at += c.numel;
+  }
+  window_set_[slot] = set;
+}
+
+void Model::stream_layer(int l, int next) {
+  const int set = layer_set(cfg_.model, l);
+  stream_set(set, -1);
+  if (next >= 0 && next < cfg_.model.n_layers) stream_set(layer_set(cfg_.model, next), set);
+}
+
+MoeLayer* Model::moe_at(int layer) {
+  if (!cfg_.model.is_moe_layer(layer)) return nullptr;
+  MoeLayer* moe = moe_[recompute_ == Recompute::Layer ? 0 : layer].get();
+  moe->set_layer(layer);
+  return moe;
+}
+
+void Model::layer_forward(int l, Phase phase, MicroStats* st) {
+  const ModelConfig& m = cfg_.model;
+  const int B = B_, T = T_, N = B * T;
+  const int d = m.d_model, F = m.d_ff, H = m.n_heads;
+  const Chunk& c = layer_chunk(l);
+  LayerActs& a = acts(l);
+  const float* x = residual_[l];
+  be_.layernorm_fwd(a.ln1_out, a.ln1_mean, a.ln1_rstd, x, c.param_of("ln1.weight"),
+                    c.param_of("ln1.bias"), N, d);
+  linear_fwd(be_, a.qkv, a.ln1_out, c.param_of("qkv.weight"), c.param_of("qkv.bias"), N, d, 3 * d);
+  be_.attention_fwd(a.atty, a.att, a.qkv, B, T, H, d);
+  linear_fwd(be_, dtmp_, a.atty, c.param_of("proj.weight"), c.param_of("proj.bias"), N, d, d);
+  be_.add(a.res1, x, dtmp_, static_cast<size_t>(N) * d);
+  be_.layernorm_fwd(a.ln2_out, a.ln2_mean, a.ln2_rstd, a.res1, c.param_of("ln2.weight"),
+                    c.param_of("ln2.bias"), N, d);
+  if (MoeLayer* moe = moe_at(l)) {
+    MoeStats ms = moe->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase);
+    if (st) st->moe.push_back(std::move(ms));
+  } else {
+    linear_fwd(be_, a.fc1_pre, a.ln2_out, c.param_of("fc1.weight"), c.param_of("fc1.bias"), N, d, F);
+    be_.gelu_fwd(a.fc1_act, a.fc1_pre, static_cast<size_t>(N) * F);
+    linear_fwd(be_, dtmp_, a.fc1_act, c.param_of("fc2.weight"), c.param_of("fc2.bias"), N, F, d);
+  }
+  // Recomputing writes the same bits residual_[l+1] already holds: skip it.
+  if (st) be_.add(residual_[l + 1], a.res1, dtmp_, static_cast<size_t>(N) * d);
 }
 
 MicroStats Model::forward(const Batch& batch, Phase phase) {
   const ModelConfig& m = cfg_.model;
   const int B = batch.B, T = batch.T, N = B * T;
-  const int d = m.d_model, F = m.d_ff, V = m.vocab_size, H = m.n_heads, L = m.n_layers;
+  const int d = m.d_model, V = m.vocab_size, L = m.n_layers;
   M6_CHECK(N <= max_tokens_ && T <= cfg_.train.seq_len, "batch ", B, "x", T, " exceeds the ",
            max_tokens_, " tokens and seq_len ", cfg_.train.seq_len, " the model was sized for");
   B_ = B;
@@ -142,26 +225,10 @@ MicroStats Model::forward(const Batch& batch, Phase phase) {
   be_.embedding_fwd(residual_[0], tokens_, emb.param_of("tok_emb.weight"),
                     emb.param_of("pos_emb.weight"), B, T, d);
   MicroStats st;
+  window_reset();  // the optimizer (or a checkpoint load) may have changed host masters
   for (int l = 0; l < L; ++l) {
-    const Chunk& c = layer_chunk(l);
-    LayerActs& a = *acts_[l];
-    const float* x = residual_[l];
-    be_.layernorm_fwd(a.ln1_out, a.ln1_mean, a.ln1_rstd, x, c.param_of("ln1.weight"),
-                      c.param_of("ln1.bias"), N, d);
-    linear_fwd(be_, a.qkv, a.ln1_out, c.param_of("qkv.weight"), c.param_of("qkv.bias"), N, d, 3 * d);
-    be_.attention_fwd(a.atty, a.att, a.qkv, B, T, H, d);
-    linear_fwd(be_, dtmp_, a.atty, c.param_of("proj.weight"), c.param_of("proj.bias"), N, d, d);
-    be_.add(a.res1, x, dtmp_, static_cast<size_t>(N) * d);
-    be_.layernorm_fwd(a.ln2_out, a.ln2_mean, a.ln2_rstd, a.res1, c.param_of("ln2.weight"),
-                      c.param_of("ln2.bias"), N, d);
-    if (moe_[l]) {
-      st.moe.push_back(moe_[l]->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase));
-    } else {
-      linear_fwd(be_, a.fc1_pre, a.ln2_out, c.param_of("fc1.weight"), c.param_of("fc1.bias"), N, d, F);
-      be_.gelu_fwd(a.fc1_act, a.fc1_pre, static_cast<size_t>(N) * F);
-      linear_fwd(be_, dtmp_, a.fc1_act, c.param_of("fc2.weight"), c.param_of("fc2.bias"), N, F, d);
-    }
-    be_.add(residual_[l + 1], a.res1, dtmp_, static_cast<size_t>(N) * d);
+    stream_layer(l, l + 1);
+    layer_forward(l, phase, &st);
   }
   be_.layernorm_fwd(lnf_out_, lnf_mean_, lnf_rstd_, residual_[L], head.param_of("ln_f.weight"),
                     head.param_of("ln_f.bias"), N, d);
@@ -191,12 +258,14 @@ void Model::backward(float grad_scale) {
                     residual_[L], lnf_mean_, lnf_rstd_, head.param_of("ln_f.weight"), N, d);
 
   for (int l = L - 1; l >= 0; --l) {
+    stream_layer(l, l - 1);
+    if (recompute_ == Recompute::Layer) layer_forward(l, Phase::Train, nullptr);
     const Chunk& c = layer_chunk(l);
-    LayerActs& a = *acts_[l];
+    LayerActs& a = acts(l);
     // dres_ is d loss / d residual[l+1] = res1 + ffn(ln2(res1)).
-    if (moe_[l]) {
+    if (MoeLayer* moe = moe_at(l)) {
       be_.zero(dtmp_, static_cast<size_t>(N) * d * sizeof(float));
-      moe_[l]->backward(dtmp_, dres_, c, expert_chunks(l), grad_scale);
+      moe->backward(dtmp_, dres_, c, expert_chunks(l), grad_scale);
     } else {
       linear_bwd(be_, dff_, GradMode::Overwrite, c.grad_of("fc2.weight"), c.grad_of("fc2.bias"),
                  dres_, a.fc1_act, c.param_of("fc2.weight"), N, F, d);
@@ -206,6 +275,9 @@ void Model::backward(float grad_scale) {
     }
     be_.layernorm_bwd(dres_, c.grad_of("ln2.weight"), c.grad_of("ln2.bias"), dtmp_, a.res1,
                       a.ln2_mean, a.ln2_rstd, c.param_of("ln2.weight"), N, d);
+    // The shared probabilities hold another layer's: recompute this layer's
+    // from its kept qkv (the output goes to dqkv_, free until attention_bwd).
+    if (recompute_ == Recompute::Attention) be_.attention_fwd(dqkv_, a.att, a.qkv, B, T, H, d);
     // dres_ is now d loss / d res1 = x + proj(attn(ln1(x))).
     linear_bwd(be_, dtmp_, GradMode::Overwrite, c.grad_of("proj.weight"), c.grad_of("proj.bias"),
                dres_, a.atty, c.param_of("proj.weight"), N, d, d);

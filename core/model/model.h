@@ -73,6 +73,21 @@ class Model {
   struct LayerActs;  // saved activations of one logical layer
   const Chunk& layer_chunk(int layer) const;  // the dense chunk of the layer's set
   std::vector<const Chunk*> expert_chunks(int layer) const;
+  // Activation checkpointing (train.recompute): with Layer one LayerActs and
+  // one MoeLayer serve every layer, so these map a logical layer to its slot.
+  LayerActs& acts(int layer) { return *acts_[recompute_ == Recompute::Layer ? 0 : layer]; }
+  MoeLayer* moe_at(int layer);  // null for a dense layer
+  // Forward of logical layer l from residual_[l] into its activations and
+  // residual_[l+1]; st (null when recomputing in backward) receives MoE stats.
+  void layer_forward(int l, Phase phase, MicroStats* st);
+  // offload.params: the layer sets whose master weights live on the host
+  // stream through a window of two device slots: the set of layer l and the
+  // next one in this pass's order (`next`, -1 for none), fetched one layer
+  // ahead (on CUDA a side-stream copy overlapped with compute).
+  void stream_layer(int l, int next);
+  void stream_set(int set, int keep);
+  void window_reset();  // forgets what the slots hold (the masters changed)
+  void size_window();   // allocates the slots for the current chunks
 
   Config cfg_;
   Backend& be_;
@@ -80,13 +95,17 @@ class Model {
   std::vector<Chunk> chunks_;
   std::unique_ptr<ChunkStorage> chunk_store_;  // chunks_' buffers; replaced by delink
   DeviceArena arena_;
+  Recompute recompute_ = Recompute::None;
+  float* window_[2] = {nullptr, nullptr};  // offload.params slots, window_floats_ each
+  int window_set_[2] = {-1, -1};           // the layer set each slot holds
+  size_t window_floats_ = 0;
   int max_tokens_ = 0;
   int B_ = 0, T_ = 0;
   int64_t n_valid_last_ = 0;
   int32_t *tokens_, *targets_;
   std::vector<float*> residual_;  // L+1 buffers [N,d]: input of layer l, final at L
   std::vector<std::unique_ptr<LayerActs>> acts_;
-  std::vector<std::unique_ptr<MoeLayer>> moe_;  // per logical layer (null for dense)
+  std::vector<std::unique_ptr<MoeLayer>> moe_;  // per logical layer (null for dense); one with Layer
   float *lnf_out_, *lnf_mean_, *lnf_rstd_, *logits_, *losses_;
   float *dres_, *dtmp_, *dqkv_, *dff_, *datt_;  // backward scratch
 };

@@ -58,6 +58,9 @@ class MoeLayer {
   // loss gradients (dy already carries it for the main loss).
   void backward(float* dx, const float* dy, const Chunk& router,
                 const std::vector<const Chunk*>& experts, float grad_scale);
+  // The logical layer named in exchange labels (one MoeLayer serves every
+  // layer when train.recompute is layer).
+  void set_layer(int layer) { layer_ = layer; }
 
  private:
   // Row counts of one forward's exchange, in elements of d floats.

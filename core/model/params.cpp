@@ -16,6 +16,12 @@ const ParamTensor& Chunk::tensor(const std::string& suffix) const {
   throw Error(fmt("chunk ", name, " has no tensor ", suffix));
 }
 
+float* Chunk::resident_compute() const {
+  M6_CHECK(compute != nullptr, "chunk ", name,
+           " keeps its master weights on the host and was used before being streamed in");
+  return compute;
+}
+
 int layer_set(const ModelConfig& m, int layer) {
   const int g = m.sharing.groups;
   if (g <= 0) return layer;

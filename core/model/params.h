@@ -36,13 +36,23 @@ struct Chunk {
   int expert = -1;   // global expert id (Expert); -1 otherwise
   std::vector<ParamTensor> tensors;
   size_t numel = 0;
-  float* param = nullptr;  // device buffers of numel floats each
-  float* grad = nullptr;
-  float* adam_m = nullptr;
+  float* param = nullptr;  // buffers of numel floats each: the fp32 master weights,
+  float* grad = nullptr;   // gradients (device),
+  float* adam_m = nullptr;  // Adam moments
   float* adam_v = nullptr;
+  // Granular offload (core/model/offload.h): the master weights and/or the
+  // Adam moments may live in the host arena. With a host master the layer
+  // computes on `compute`, a device copy streamed in before use.
+  bool adam_on_host = false;
+  bool master_on_host = false;
+  float* compute = nullptr;
 
   const ParamTensor& tensor(const std::string& suffix) const;  // by name suffix ("fc1.weight")
-  float* param_of(const std::string& suffix) const { return param + tensor(suffix).offset; }
+  // The weights the forward and backward compute with.
+  float* param_of(const std::string& suffix) const {
+    return (master_on_host ? resident_compute() : param) + tensor(suffix).offset;
+  }
+  float* resident_compute() const;  // `compute`, checked to be streamed in
   float* grad_of(const std::string& suffix) const { return grad + tensor(suffix).offset; }
 };
 

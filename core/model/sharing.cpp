@@ -1,5 +1,6 @@
 #include "core/model/sharing.h"
 
+#include "core/model/offload.h"
 #include "core/util/error.h"
 
 namespace m6 {
@@ -76,12 +77,18 @@ void delink_chunks(Backend& be, const ModelConfig& pseudo, const std::vector<Chu
   }
 }
 
-ChunkStorage::ChunkStorage(Backend& be, std::vector<Chunk>& chunks) : arena_(be) {
-  for (auto& c : chunks) {
-    c.param = arena_.floats(c.numel);
+ChunkStorage::ChunkStorage(Backend& be, std::vector<Chunk>& chunks, const OffloadConfig& offload)
+    : arena_(be), host_(be, MemorySpace::Host) {
+  const std::vector<OffloadPlacement> place = place_offload(chunks, offload);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    Chunk& c = chunks[i];
+    c.master_on_host = place[i].master_on_host;
+    c.adam_on_host = place[i].adam_on_host;
+    c.compute = nullptr;
+    c.param = (c.master_on_host ? host_ : arena_).floats(c.numel);
     c.grad = arena_.floats(c.numel);
-    c.adam_m = arena_.floats(c.numel);
-    c.adam_v = arena_.floats(c.numel);
+    c.adam_m = (c.adam_on_host ? host_ : arena_).floats(c.numel);
+    c.adam_v = (c.adam_on_host ? host_ : arena_).floats(c.numel);
   }
 }
 

@@ -38,14 +38,16 @@ Config config_at_step(const Config& cfg, int64_t step);
 void delink_chunks(Backend& be, const ModelConfig& pseudo, const std::vector<Chunk>& from,
                    std::vector<Chunk>& to, DelinkOptimizer opt);
 
-// Device buffers (param, grad, Adam m and v) for a list of planned chunks,
-// released together. The parameter memory of a Model, and the scratch of the
-// offline delink.
+// Buffers (param, grad, Adam m and v) for a list of planned chunks, released
+// together. The parameter memory of a Model, and the scratch of the offline
+// delink. With offload (core/model/offload.h) the master weights and Adam
+// moments of the chosen chunks go to the backend's host arena.
 class ChunkStorage {
  public:
-  ChunkStorage(Backend& be, std::vector<Chunk>& chunks);  // allocates, zero-filled
+  // Allocates, zero-filled.
+  ChunkStorage(Backend& be, std::vector<Chunk>& chunks, const OffloadConfig& offload = {});
  private:
-  DeviceArena arena_;
+  DeviceArena arena_, host_;
 };
 
 const char* delink_optimizer_name(DelinkOptimizer o);

@@ -2,6 +2,7 @@
 
 #include <cstdarg>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "core/model/sharing.h"
 #include "core/util/error.h"
@@ -81,13 +82,13 @@ std::string footprint_lines(const Config& cfg, const RankFootprint& f, const std
   s += indent + "bytes per rank: master fp32 " + gib(f.master_bytes);
   if (f.compute_bytes) s += " + compute copy " + std::string(cp) + " " + gib(f.compute_bytes);
   s += " + gradients " + std::string(cp) + " " + gib(f.grad_bytes) + " + Adam m,v fp32 " +
-       gib(f.adam_bytes) + " = " + gib(f.total_bytes()) + " (activations not included)";
+       gib(f.adam_bytes) + " = " + gib(f.total_bytes()) + " (before offload; activations below)";
   return s;
 }
 
 }  // namespace
 
-DryRunReport dry_run(const Config& cfg, int world) {
+DryRunReport dry_run(const Config& cfg, int world, int64_t device_capacity, int64_t host_capacity) {
   validate_config(cfg, world);
   const ModelConfig& m = cfg.model;
   DryRunReport r;
@@ -107,8 +108,42 @@ DryRunReport dry_run(const Config& cfg, int world) {
     const ModelConfig real = delinked_model(m);
     r.real_counts = count_params(real);
     r.real_rank = footprint(cfg, real);
+    Config real_cfg = cfg;
+    real_cfg.model = real;
+    r.real_memory = plan_memory(real_cfg, world, PlanStorage::Gpu);
+    r.real_fit_checked = (device_capacity > 0 || host_capacity > 0) && m.sharing.delink_at_step > 0;
+    if (r.real_fit_checked)
+      r.real_fit = check_fit(real_cfg, world, PlanStorage::Gpu, device_capacity, host_capacity);
   }
+  r.memory = plan_memory(cfg, world, PlanStorage::Gpu);
+  r.fit_checked = device_capacity > 0 || host_capacity > 0;
+  if (r.fit_checked) r.fit = check_fit(cfg, world, PlanStorage::Gpu, device_capacity, host_capacity);
   return r;
+}
+
+nlohmann::json dry_run_json(const Config& cfg, const DryRunReport& r) {
+  auto counts = [](const ParamCounts& c) {
+    return nlohmann::json{{"total", c.logical}, {"unique", c.unique}, {"active_per_token", c.active_per_token}};
+  };
+  nlohmann::json j;
+  j["config"] = cfg.source;
+  j["world"] = r.world;
+  j["ep"] = r.ep;
+  j["experts"] = r.experts;
+  j["experts_per_rank"] = r.experts_per_rank;
+  j["moe_layers"] = r.moe_layers;
+  j["accum_steps"] = r.accum_steps;
+  j["tokens_per_step"] = r.tokens_per_step;
+  j["parameters"] = counts(r.counts);
+  j["params_per_rank"] = r.rank.params();
+  j["memory"] = memory_plan_json(r.memory);
+  if (r.shared) {
+    j["real_parameters"] = counts(r.real_counts);
+    j["real_memory"] = memory_plan_json(r.real_memory);
+  }
+  if (r.fit_checked) j["fit"] = fit_json(r.fit);
+  if (r.real_fit_checked) j["real_fit"] = fit_json(r.real_fit);
+  return j;
 }
 
 std::string format_dry_run(const Config& cfg, const DryRunReport& r) {
@@ -159,6 +194,14 @@ std::string format_dry_run(const Config& cfg, const DryRunReport& r) {
          ", unique " + count(r.real_counts.unique) + "\n";
     s += footprint_lines(cfg, r.real_rank, "  ");
   }
+  s += "\n" + format_memory_plan(r.memory);
+  if (r.shared)
+    s += "\nafter delinking: device " + gib(r.real_memory.device_total) + ", host " +
+         gib(r.real_memory.host_total) + " per rank";
+  if (r.fit_checked) s += "\n" + format_fit(r.fit, r.memory);
+  if (r.real_fit_checked)
+    s += "\nafter the delink at step " + std::to_string(m.sharing.delink_at_step) + ", " +
+         format_fit(r.real_fit, r.real_memory);
   return s;
 }
 

@@ -9,8 +9,11 @@
 #include <cstdint>
 #include <string>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "core/config/config.h"
 #include "core/model/params.h"
+#include "core/plan/memory_plan.h"
 
 namespace m6 {
 
@@ -40,11 +43,21 @@ struct DryRunReport {
   bool shared = false;  // sharing on: `real` is the delinked model
   ParamCounts real_counts;
   RankFootprint real_rank;
+  // The memory planner (core/plan/memory_plan.h), GPU layout, and the fit
+  // check against the capacities given (0 = not checked).
+  MemoryPlan memory, real_memory;
+  FitCheck fit, real_fit;  // real_fit: when the run delinks (model.sharing.delink_at_step)
+  bool fit_checked = false, real_fit_checked = false;
 };
 
 // Validates CFG for WORLD ranks (validate_config) and computes the report.
 // Throws ConfigError for an invalid config.
-DryRunReport dry_run(const Config& cfg, int world);
+// device_capacity / host_capacity: bytes per rank for the fit check (0 = none).
+DryRunReport dry_run(const Config& cfg, int world, int64_t device_capacity = 0,
+                     int64_t host_capacity = 0);
+
+// The report as JSON (--dry-run --json).
+nlohmann::json dry_run_json(const Config& cfg, const DryRunReport& r);
 
 // The human-readable report printed by --dry-run (several lines, no trailing newline).
 std::string format_dry_run(const Config& cfg, const DryRunReport& r);

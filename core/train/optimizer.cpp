@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/model/offload.h"
+#include "core/util/error.h"
+
 namespace m6 {
 
 double lr_at(const OptimConfig& o, int64_t total_steps, int64_t step) {
@@ -21,8 +24,44 @@ double grad_sum_squares(Backend& be, const std::vector<Chunk>& chunks) {
   return s;
 }
 
+HostStaging::HostStaging(Backend& be, const std::vector<Chunk>& chunks, const OffloadConfig& o)
+    : be_(be) {
+  size_t largest = 0;
+  for (const Chunk& c : chunks)
+    if (c.adam_on_host) largest = std::max(largest, c.numel);
+  if (largest == 0) return;
+  floats = std::min(largest, offload_piece_floats(o));
+  grad = static_cast<float*>(be_.alloc_host(floats * sizeof(float)));
+  param = static_cast<float*>(be_.alloc_host(floats * sizeof(float)));
+}
+
+HostStaging::~HostStaging() {
+  if (grad) be_.release_host(grad);
+  if (param) be_.release_host(param);
+}
+
+namespace {
+
+// AdamW of one tensor of an offloaded chunk, in pieces of staging.floats.
+void host_step(Backend& be, Chunk& c, const ParamTensor& tn, const Backend::AdamArgs& a,
+               HostStaging& staging) {
+  for (size_t at = 0; at < tn.numel; at += staging.floats) {
+    const size_t off = tn.offset + at, n = std::min(staging.floats, tn.numel - at);
+    be.to_host(staging.grad, c.grad + off, n * sizeof(float));
+    if (c.master_on_host) {
+      host_adamw(c.param + off, staging.grad, c.adam_m + off, c.adam_v + off, n, a);
+    } else {
+      be.to_host(staging.param, c.param + off, n * sizeof(float));
+      host_adamw(staging.param, staging.grad, c.adam_m + off, c.adam_v + off, n, a);
+      be.to_device(c.param + off, staging.param, n * sizeof(float));
+    }
+  }
+}
+
+}  // namespace
+
 void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, double lr,
-                float grad_scale, int64_t t) {
+                float grad_scale, int64_t t, HostStaging* staging) {
   Backend::AdamArgs a;
   a.lr = static_cast<float>(lr);
   a.beta1 = static_cast<float>(o.beta1);
@@ -33,6 +72,12 @@ void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, d
   for (auto& c : chunks) {
     for (const auto& tn : c.tensors) {
       a.weight_decay = tn.decay ? static_cast<float>(o.weight_decay) : 0.0f;
+      if (c.adam_on_host) {
+        M6_CHECK(staging && staging->floats > 0, "chunk ", c.name,
+                 " keeps its Adam moments on the host, but no host staging was given");
+        host_step(be, c, tn, a, *staging);
+        continue;
+      }
       be.adamw(c.param + tn.offset, c.grad + tn.offset, c.adam_m + tn.offset,
                c.adam_v + tn.offset, tn.numel, a);
     }

@@ -18,11 +18,32 @@ double lr_at(const OptimConfig& o, int64_t total_steps, int64_t step);
 // the caller adds the contributions of other ranks).
 double grad_sum_squares(Backend& be, const std::vector<Chunk>& chunks);
 
+// Host buffers of the offloaded optimizer step (offload.optimizer): one
+// gradient piece and one parameter piece of at most offload.chunk_mb, sized
+// to the largest chunk whose moments live on the host; none without offload.
+class HostStaging {
+ public:
+  HostStaging(Backend& be, const std::vector<Chunk>& chunks, const OffloadConfig& o);
+  ~HostStaging();
+  HostStaging(const HostStaging&) = delete;
+  HostStaging& operator=(const HostStaging&) = delete;
+  float* grad = nullptr;   // [floats]
+  float* param = nullptr;  // [floats]
+  size_t floats = 0;
+
+ private:
+  Backend& be_;
+};
+
 // One AdamW update of every chunk. grad_scale multiplies the gradients (the
 // clipping factor); t is the 1-based update count used for bias correction.
 // Weight decay applies only to tensors marked `decay` (not biases or LayerNorm).
+// A chunk with its moments in the host arena is updated on the host
+// (host_adamw), piece by piece through STAGING: its gradient comes down, and
+// its weights too unless the master already lives on the host, in which case
+// the next forward streams the new weights up.
 void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, double lr,
-                float grad_scale, int64_t t);
+                float grad_scale, int64_t t, HostStaging* staging = nullptr);
 
 // The clipping factor for a global gradient norm: min(1, clip / norm); 1 when clip is 0.
 float clip_factor(const OptimConfig& o, double grad_norm);

@@ -17,6 +17,7 @@
 #include "core/parallel/grid.h"
 #include "core/train/data_parallel.h"
 #include "core/train/delink.h"
+#include "core/train/memory_check.h"
 #include "core/train/optimizer.h"
 #include "core/train/preempt.h"
 #include "core/train/spike_guard.h"
@@ -153,9 +154,12 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   // until model.sharing.delink_at_step, the real model after (also when
   // resuming a checkpoint written after the delink). Checkpoints record it.
   Config run_cfg = resume_layout(cfg, opt.run_dir, parse_resume_flag(opt.resume));
+  const MemoryPlan mem_plan = check_run_memory(run_cfg, world, *be);  // before any allocation
   Model model(run_cfg, *be, grid_experts(grid.layout(), E),
               MoeExchange{grid.layout().ep > 1 ? &grid.ep() : nullptr, wire});
   model.init_params(cfg.train.seed);
+  // Host pieces of the offloaded optimizer step; re-sized after a delink.
+  auto staging = std::make_unique<HostStaging>(*be, model.chunks(), run_cfg.offload);
   GradSync grad_sync(grid, *be, wire);
   CommMeter comm_meter(grid.activity());
   TrainState state;
@@ -234,10 +238,13 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     }
     if (sum.stop_signal) break;
     const SharingConfig& sharing = run_cfg.model.sharing;
-    if (sharing.groups > 0 && sharing.delink_at_step > 0 && step >= sharing.delink_at_step)
+    if (sharing.groups > 0 && sharing.delink_at_step > 0 && step >= sharing.delink_at_step) {
       metrics.write_event("delink", delink_in_run(model, run_cfg, step, [&] {
                             return evaluate(model, val_ds, cfg, grid);
                           }));
+      staging.reset();
+      staging = std::make_unique<HostStaging>(*be, model.chunks(), run_cfg.offload);
+    }
 
     grid.activity().step = step + 1;  // named in timeout messages
     const auto t0 = Clock::now();
@@ -292,7 +299,8 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     } else {
       state.consecutive_skips = 0;
       const double lr = lr_at(cfg.optim, cfg.train.steps, step);
-      adamw_step(*be, model.chunks(), cfg.optim, lr, clip_factor(cfg.optim, norm), ++state.adam_t);
+      adamw_step(*be, model.chunks(), cfg.optim, lr, clip_factor(cfg.optim, norm), ++state.adam_t,
+                 staging.get());
       spike_guard.accept(loss);
       iv.grad_norm += norm;
     }
@@ -324,6 +332,15 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
       r.dropped_frac = iv.slots ? static_cast<double>(iv.dropped) / static_cast<double>(iv.slots) : 0.0;
       r.skipped_steps = state.skipped_steps;
       r.expert_load = iv.load;
+      {
+        const MemoryPeaks mp = memory_peaks(*be);
+        int64_t peaks[3] = {mp.device, mp.host, mp.rss};
+        CommLabel label(comm.activity(), "memory peaks");
+        comm.all_reduce(peaks, 3, CommDType::I64, ReduceOp::Max);
+        r.mem_peak_bytes = peaks[0], r.mem_host_peak_bytes = peaks[1], r.rss_peak_bytes = peaks[2];
+        r.mem_plan_bytes = mem_plan.device_total;
+        r.mem_plan_host_bytes = mem_plan.host_total;
+      }
       log_info(world == 1 ? format_train_line(r)
                           : fmt(format_train_line(r), " | comm ",
                                 static_cast<int>(std::lround(100.0 * cr.seconds_mean / cr.wall_s)),

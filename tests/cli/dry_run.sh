@@ -87,6 +87,6 @@ rc=0
   || { echo "FAIL: world 240 for m6-1t should be refused (rc $rc)"; cat err.txt; exit 1; }
 rc=0
 "$M6TRAIN" --config "$M6_SOURCE_DIR/configs/tiny.yaml" --world 4 > err.txt 2>&1 || rc=$?
-[[ $rc == 2 ]] && grep -q "world is for --dry-run" err.txt \
+[[ $rc == 2 ]] && grep -q -- "--world, --json, --device-memory and --host-memory are for --dry-run" err.txt \
   || { echo "FAIL: --world without --dry-run should be refused (rc $rc)"; cat err.txt; exit 1; }
 echo "dry_run: all checks passed"

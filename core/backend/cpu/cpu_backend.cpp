@@ -4,8 +4,11 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
+#include <unordered_map>
 
 #include "core/backend/backend.h"
 #include "core/backend/cpu/cpu_ops.h"
@@ -22,14 +25,17 @@ class CpuBackend final : public Backend {
   std::string name() const override { return fmt("cpu(", threads_, " threads)"); }
 
   // ---- memory ---------------------------------------------------------------
-  void* alloc(size_t bytes) override {
-    const size_t rounded = (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
-    void* p = std::aligned_alloc(kAlign, rounded);
-    if (p == nullptr) throw Error(fmt("cpu backend: cannot allocate ", bytes, " bytes"));
-    std::memset(p, 0, rounded);
-    return p;
+  // Two counted arenas on the same heap: "device" (alloc) and "host"
+  // (alloc_host), so that offload moves bytes from one count to the other
+  // exactly as it moves them from GPU to pinned host memory on CUDA.
+  void* alloc(size_t bytes) override { return take(device_, bytes); }
+  void release(void* p) override { give(device_, p); }
+  bool has_host_arena() const override { return true; }
+  void* alloc_host(size_t bytes) override { return take(host_, bytes); }
+  void release_host(void* p) override { give(host_, p); }
+  MemoryStats memory_stats() const override {
+    return {device_.live, device_.peak, host_.live, host_.peak};
   }
-  void release(void* p) override { std::free(p); }
   void to_device(void* dst, const void* src, size_t bytes) override { copy_bytes(dst, src, bytes); }
   void to_host(void* dst, const void* src, size_t bytes) override { copy_bytes(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { copy_bytes(dst, src, bytes); }
@@ -131,13 +137,52 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  struct Arena {
+    int64_t live = 0, peak = 0;
+    std::unordered_map<void*, size_t> sizes;
+  };
+  static void* take(Arena& a, size_t bytes) {
+    const size_t rounded = (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
+    void* p = std::aligned_alloc(kAlign, rounded);
+    if (p == nullptr) throw Error(fmt("cpu backend: cannot allocate ", bytes, " bytes"));
+    std::memset(p, 0, rounded);
+    a.sizes[p] = rounded;
+    a.live += static_cast<int64_t>(rounded);
+    a.peak = std::max(a.peak, a.live);
+    return p;
+  }
+  static void give(Arena& a, void* p) {
+    if (p == nullptr) return;
+    auto it = a.sizes.find(p);
+    M6_CHECK(it != a.sizes.end(), "cpu backend: release of a pointer this arena did not allocate");
+    a.live -= static_cast<int64_t>(it->second);
+    a.sizes.erase(it);
+    std::free(p);
+  }
   static void copy_bytes(void* dst, const void* src, size_t bytes) {
     if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
   }
   int threads_;
+  Arena device_, host_;
 };
 
 }  // namespace
+
+void* Backend::alloc_host(size_t) {
+  throw ConfigError(fmt("backend ", name(), " has no host arena: offload.optimizer and "
+                        "offload.params must be 0 with it"));
+}
+void Backend::release_host(void*) {}
+
+void host_adamw(float* p, const float* g, float* m, float* v, size_t n,
+                const Backend::AdamArgs& a) {
+  cpu::adamw(p, g, m, v, n, a);
+}
+
+int64_t host_physical_memory() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+}
 
 std::unique_ptr<Backend> make_cpu_backend(int threads) {
   if (threads <= 0) threads = omp_get_num_procs();

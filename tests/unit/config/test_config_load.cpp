@@ -271,12 +271,16 @@ TEST_CASE("config: JSON has exactly the YAML keys and round-trips", "[config]") 
 
   std::vector<std::string> sections;
   for (auto it = j.begin(); it != j.end(); ++it) sections.push_back(it.key());
-  CHECK(sections == std::vector<std::string>{"checkpoint", "data", "eval", "log", "model", "optim",
-                                             "parallel", "precision", "train"});
+  CHECK(sections == std::vector<std::string>{"checkpoint", "data", "eval", "log", "model", "offload",
+                                             "optim", "parallel", "precision", "train"});
   CHECK(j["model"].size() == 8);  // 6 keys + moe + sharing
   CHECK(j["model"]["moe"].size() == 11);
   CHECK(j["model"]["sharing"].size() == 3);
-  CHECK(j["train"].size() == 9);  // 8 keys + spike_guard
+  // 8 keys + spike_guard + recompute, device_memory, host_memory, allow_unfit
+  CHECK(j["train"].size() == 13);
+  CHECK(j["offload"].size() == 3);
+  CHECK(j["train"]["recompute"] == "none");
+  CHECK(j["train"]["allow_unfit"] == "false");
   CHECK(j["train"]["spike_guard"].size() == 2);
   CHECK(j["optim"].size() == 9);
   CHECK(j["model"]["moe"]["router"] == "prototypes");
