@@ -81,6 +81,7 @@ struct TrainConfig {
   int threads = 0;          // CPU threads; 0 = all cores
   int64_t max_skipped_steps = 10;  // consecutive skipped steps before the run aborts
   SpikeGuardConfig spike_guard;
+  double peak_tflops = 0;   // peak TFLOP/s of one rank's device for MFU; 0 = measure (sgemm)
 };
 
 struct OptimConfig {
@@ -102,6 +103,7 @@ struct EvalConfig {
 
 struct LogConfig {
   int64_t every = 10;
+  bool tensorboard = false;  // also write TensorBoard event files to <run>/tb
 };
 
 struct PrecisionConfig {

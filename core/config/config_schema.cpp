@@ -41,6 +41,7 @@ constexpr Spelling<DeviceKind> kDeviceNames[] = {
     {"auto", DeviceKind::Auto}, {"cpu", DeviceKind::Cpu}, {"cuda", DeviceKind::Cuda}};
 constexpr Spelling<Precision> kPrecisionNames[] = {
     {"fp32", Precision::Fp32}, {"bf16", Precision::Bf16}, {"fp16", Precision::Fp16}};
+constexpr Spelling<bool> kBoolNames[] = {{"true", true}, {"false", false}};
 constexpr Spelling<DelinkOptimizer> kDelinkNames[] = {{"copy", DelinkOptimizer::Copy},
                                                       {"reset", DelinkOptimizer::Reset}};
 
@@ -52,7 +53,7 @@ struct EnumRef {
 
 using FieldRef = std::variant<int*, int64_t*, uint64_t*, double*, std::string*, EnumRef<RouterKind>,
                               EnumRef<GateNorm>, EnumRef<DeviceKind>, EnumRef<Precision>,
-                              EnumRef<DelinkOptimizer>>;
+                              EnumRef<DelinkOptimizer>, EnumRef<bool>>;
 
 struct Field {
   const char* key;  // dotted YAML path, e.g. "model.moe.top_k"
@@ -96,6 +97,7 @@ std::vector<Field> fields_of(Config& c) {
       {"train.max_skipped_steps", &c.train.max_skipped_steps},
       {"train.spike_guard.window", &c.train.spike_guard.window},
       {"train.spike_guard.z_threshold", &c.train.spike_guard.z_threshold},
+      {"train.peak_tflops", &c.train.peak_tflops},
       {"optim.lr", &c.optim.lr},
       {"optim.min_lr", &c.optim.min_lr},
       {"optim.warmup_steps", &c.optim.warmup_steps},
@@ -108,6 +110,7 @@ std::vector<Field> fields_of(Config& c) {
       {"eval.every", &c.eval.every},
       {"eval.batches", &c.eval.batches},
       {"log.every", &c.log.every},
+      {"log.tensorboard", EnumRef<bool>{&c.log.tensorboard, kBoolNames}},
       {"precision.compute", EnumRef<Precision>{&c.precision.compute, kPrecisionNames}},
       {"precision.comm", EnumRef<Precision>{&c.precision.comm, kPrecisionNames}},
       {"parallel.ep", &c.parallel.ep},

@@ -223,6 +223,7 @@ void check_train(const Checker& k, const Config& c, int world) {
     k.fail("train.spike_guard.window",
            fmt("out of range (got ", t.spike_guard.window, "); allowed: 0 (off) or >= 2"));
   k.above("train.spike_guard.z_threshold", t.spike_guard.z_threshold, 0.0);
+  k.at_least("train.peak_tflops", t.peak_tflops, 0.0, " (0 = measure at start-up)");
 }
 
 void check_optim(const Checker& k, const OptimConfig& o) {

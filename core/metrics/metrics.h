@@ -5,6 +5,7 @@
 // rank runs the same code.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
@@ -17,6 +18,9 @@ struct TrainRecord {
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, elapsed_s = 0, eta_s = 0,
          dropped_frac = 0, aux_loss = 0, z_loss = 0;
   int64_t skipped_steps = 0;
+  // Model FLOPs utilisation over the interval (0..1; NaN: unknown, not shown)
+  // and the loss scale of the last step (1 without fp16 loss scaling).
+  double mfu = std::numeric_limits<double>::quiet_NaN(), loss_scale = 1.0;
   // [moe_layers][experts]: tokens (kept slots) per expert over the logging
   // interval; empty for a dense model.
   std::vector<std::vector<int64_t>> expert_load;
@@ -30,8 +34,9 @@ struct EvalRecord {
 // "42s", "3m05s", "2h01m" (rounded to the second); "?" when negative or not finite.
 std::string format_duration(double seconds);
 
-// step 120/1000 | loss 2.3412 | lr 3.00e-04 | gnorm 0.812 | 41.2k tok/s |
+// step 120/1000 | loss 2.3412 | lr 3.00e-04 | gnorm 0.812 | 41.2k tok/s | MFU 3.1% |
 // 1m12s elapsed, ETA 8m40s | dropped 1.3%
+// "MFU" appears when mfu is finite.
 // "dropped" appears for MoE models (expert_load not empty); "skipped N" is
 // appended once steps have been skipped (non-finite gradient, fp16 overflow).
 std::string format_train_line(const TrainRecord& r);
