@@ -2,12 +2,29 @@
 // held-out token shards (default: the run's data.val).
 #include <cmath>
 #include <cstdio>
+#include <string>
 
 #include "app/commands.h"
 #include "core/infer/eval_run.h"
 #include "core/infer/run_checkpoint.h"
 
 namespace m6 {
+namespace {
+// "--temperature: must be >= 0 (got -1)" rather than CLI11's range message.
+CLI::Validator non_negative() {
+  return CLI::Validator(
+      [](std::string& s) {
+        try {
+          size_t used = 0;
+          const double v = std::stod(s, &used);
+          if (used == s.size() && v >= 0) return std::string();
+        } catch (const std::exception&) {
+        }
+        return "must be a number >= 0 (got " + s + ")";
+      },
+      ">= 0");
+}
+}  // namespace
 
 CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   auto* c = app.add_subcommand("eval", "loss and bits per byte of a run's latest checkpoint");
@@ -16,9 +33,9 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   c->add_option("--batches", a.batches,
                 "evaluate N evenly spaced micro-batches, as training does with eval.batches = N "
                 "(default: every window of the shards)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   c->add_option("--threads", a.threads, "CPU threads (default: the run's train.threads)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   return c;
 }
 

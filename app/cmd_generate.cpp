@@ -15,21 +15,38 @@
 #include "core/util/error.h"
 
 namespace m6 {
+namespace {
+// "--temperature: must be >= 0 (got -1)" rather than CLI11's range message.
+CLI::Validator non_negative() {
+  return CLI::Validator(
+      [](std::string& s) {
+        try {
+          size_t used = 0;
+          const double v = std::stod(s, &used);
+          if (used == s.size() && v >= 0) return std::string();
+        } catch (const std::exception&) {
+        }
+        return "must be a number >= 0 (got " + s + ")";
+      },
+      ">= 0");
+}
+}  // namespace
 
 CLI::App* add_generate_command(CLI::App& app, GenerateArgs& a) {
   auto* c = app.add_subcommand("generate", "sample text from a run's latest checkpoint");
   c->add_option("--run-dir", a.run_dir, "the run directory")->required();
   c->add_option("--prompt", a.prompt, "text the sample continues (UTF-8; default: a newline)");
   c->add_option("--tokens", a.tokens, "tokens (bytes) to generate (default 200)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   c->add_option("--temperature", a.temperature, "softmax temperature; 0 = greedy (default 0.8)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   c->add_option("--top-k", a.top_k, "sample among the K most likely tokens; 0 = all (default)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   c->add_option("--seed", a.seed, "sampling seed (default: from the clock, printed)")
-      ->check(CLI::NonNegativeNumber);
-  c->add_option("--threads", a.threads, "CPU threads (default: the run's train.threads)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
+  c->add_option("--threads", a.threads, "CPU threads (default 1: a decode step is many small ops; more pay off for wide "
+                  "models)")
+      ->check(non_negative());
   return c;
 }
 

@@ -16,7 +16,7 @@ struct GenerateArgs {
   double temperature = 0.8;
   int top_k = 0;
   int64_t seed = -1;  // < 0: from the clock (printed)
-  int threads = 0;
+  int threads = 1;    // a decode step is many small ops: one thread is fastest for small models
 };
 CLI::App* add_generate_command(CLI::App& app, GenerateArgs& a);
 int run_generate(const GenerateArgs& a);

@@ -62,9 +62,9 @@ PeakFlops peak_flops(const Config& cfg, Backend& be) {
     return p;
   }
   const bool gpu = be.name().rfind("cuda", 0) == 0;
-  const int n = gpu ? 4096 : 1024;
+  const int n = gpu ? 4096 : 512;
   int reps = 0;
-  p.flops = measure_gemm_flops(be, n, gpu ? 0.1 : 0.2, &reps);
+  p.flops = measure_gemm_flops(be, n, 0.1, &reps);
   p.source = fmt("measured: sgemm ", n, "^3 on ", be.name(), ", best of ", reps);
   return p;
 }

@@ -27,7 +27,7 @@ ModelFlops model_flops(const ModelConfig& m, int seq_len);
 // The peak one rank's device is measured against.
 struct PeakFlops {
   double flops = 0;  // FLOP/s of one rank
-  std::string source;  // "train.peak_tflops" or "measured: sgemm 1024^3 on cpu, best of 9"
+  std::string source;  // "train.peak_tflops" or "measured: sgemm 512^3 on cpu(2 threads), best of 9"
 };
 
 // Best FLOP/s of a square fp32 GEMM of side n on the backend, timed over at
@@ -35,8 +35,8 @@ struct PeakFlops {
 // a lower bound of what the backend's GEMM reaches, not a vendor figure.
 double measure_gemm_flops(Backend& be, int n, double min_seconds, int* reps = nullptr);
 
-// train.peak_tflops when set, else measure_gemm_flops (n = 1024 on the CPU,
-// 4096 on a GPU).
+// train.peak_tflops when set, else measure_gemm_flops over 0.1 s (n = 512 on
+// the CPU, 4096 on a GPU).
 PeakFlops peak_flops(const Config& cfg, Backend& be);
 
 // tokens_per_s * flops_per_token / (peak_flops_per_rank * world)

@@ -31,7 +31,7 @@ model:
 data:
   train: $tmp/data/train_*.bin
   val: $tmp/data/val_*.bin
-train: {steps: 30, seq_len: 32, micro_batch: 4, global_batch: 8, threads: 2, peak_tflops: 0.05}
+train: {steps: 30, seq_len: 32, micro_batch: 4, global_batch: 8, threads: 1, peak_tflops: 0.05}
 optim: {lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 5}
 eval: {every: 10, batches: 2}
 log: {every: 5, tensorboard: true}
