@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <vector>
 
 #include "core/model/params.h"
@@ -67,6 +68,16 @@ PeakFlops peak_flops(const Config& cfg, Backend& be) {
   p.flops = measure_gemm_flops(be, n, 0.1, &reps);
   p.source = fmt("measured: sgemm ", n, "^3 on ", be.name(), ", best of ", reps);
   return p;
+}
+
+std::string describe_flops(const ModelFlops& f, double peak_per_rank, const std::string& source) {
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "%.2f MFLOP per token (6 x %.0f active parameters + attention %.2f MFLOP), peak "
+                "%.1f GFLOP/s per rank (%s)",
+                f.per_token / 1e6, f.active_params, f.attention_per_token / 1e6,
+                peak_per_rank / 1e9, source.c_str());
+  return buf;
 }
 
 double mfu(double tokens_per_s, double flops_per_token, double peak_flops_per_rank, int world) {

@@ -39,6 +39,10 @@ double measure_gemm_flops(Backend& be, int n, double min_seconds, int* reps = nu
 // the CPU, 4096 on a GPU).
 PeakFlops peak_flops(const Config& cfg, Backend& be);
 
+// "7.33 MFLOP per token (6 x 1090560 active parameters + attention 0.79
+// MFLOP), peak 123.6 GFLOP/s per rank (measured: ...)"
+std::string describe_flops(const ModelFlops& f, double peak_per_rank, const std::string& source);
+
 // tokens_per_s * flops_per_token / (peak_flops_per_rank * world)
 double mfu(double tokens_per_s, double flops_per_token, double peak_flops_per_rank, int world);
 

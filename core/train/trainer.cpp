@@ -192,9 +192,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     CommLabel label(comm.activity(), "peak flops");
     peak_per_rank = comm.all_reduce_scalar(peak.flops, ReduceOp::Sum) / world;
   }
-  log_info(fmt("mfu: ", flops.per_token / 1e6, " MFLOP/token (6 x ", flops.active_params,
-               " active parameters + attention ", flops.attention_per_token / 1e6, " MFLOP), peak ",
-               peak_per_rank / 1e9, " GFLOP/s per rank (", peak.source, ")"));
+  log_info("mfu: " + describe_flops(flops, peak_per_rank, peak.source));
 
   MetricsWriter metrics(opt.run_dir, rank == 0);
   metrics.write_event("model_flops", {{"flops_per_token", flops.per_token},
