@@ -12,6 +12,8 @@ RunCheckpoint open_run_checkpoint(const std::string& run_dir) {
   const nlohmann::json man = read_manifest(r.dir, Verify::Sizes);
   r.step = train_state_of(man, r.dir).step;
   r.cfg = config_from_json(man.at("config"));
+  // Wherever the run trained: the GPU when this machine has one, else the CPU.
+  r.cfg.train.device = DeviceKind::Auto;
   return r;
 }
 

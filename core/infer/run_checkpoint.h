@@ -21,7 +21,8 @@ struct RunCheckpoint {
 };
 
 // CheckpointError (exit 4) naming the path when the run has no committed
-// checkpoint or its manifest is unreadable.
+// checkpoint or its manifest is unreadable. train.device is set to auto: a
+// run trained on GPUs can be sampled on a CPU and the other way round.
 RunCheckpoint open_run_checkpoint(const std::string& run_dir);
 
 // A checkpoint's weights on a backend: every tensor (all experts), no
