@@ -2,6 +2,8 @@
 // parses the command line and calls them. Each throws m6::Error subclasses,
 // which main maps to exit codes.
 #pragma once
+#include <CLI/CLI.hpp>
+
 #include <cstdint>
 #include <string>
 
@@ -45,5 +47,26 @@ struct DelinkReport {
 // ConfigError when REAL does not match it.
 DelinkReport delink_checkpoint(const std::string& from, const Config& real,
                                const std::string& out_run_dir);
+
+struct GenerateArgs {
+  std::string run_dir;
+  std::string prompt = "\n";
+  int tokens = 200;
+  double temperature = 0.8;
+  int top_k = 0;
+  int64_t seed = -1;  // < 0: from the clock (printed)
+  int threads = 1;    // a decode step is many small ops: one thread is fastest for small models
+};
+CLI::App* add_generate_command(CLI::App& app, GenerateArgs& a);
+int run_generate(const GenerateArgs& a);
+
+struct EvalArgs {
+  std::string run_dir;
+  std::string data;  // "" = the run's data.val
+  int batches = 0;
+  int threads = 0;
+};
+CLI::App* add_eval_command(CLI::App& app, EvalArgs& a);
+int run_eval(const EvalArgs& a);
 
 }  // namespace m6

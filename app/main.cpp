@@ -1,6 +1,7 @@
 // m6train: the command line. Subcommands: train (the default), data build,
-// export, debug-step. Every error below app/ is an exception; this file maps
-// it to a message and an exit code (DESIGN.md section 7) -- nothing else exits.
+// export, debug-step, delink, generate and eval (app/cmd_*.cpp). Every error
+// below app/ is an exception; this file maps it to a message and an exit code
+// (DESIGN.md section 7) -- nothing else exits.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -104,6 +105,11 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
   dl->add_option("--world", dl_world, "world size the real config is validated for (default 1)")
       ->check(CLI::PositiveNumber);
 
+  m6::GenerateArgs gen_args;
+  auto* gen = m6::add_generate_command(app, gen_args);
+  m6::EvalArgs eval_args;
+  auto* evl = m6::add_eval_command(app, eval_args);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -120,6 +126,8 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
                 static_cast<long long>(s.val_tokens), s.val_files.size(), output.c_str());
     return 0;
   }
+  if (*gen) return m6::run_generate(gen_args);
+  if (*evl) return m6::run_eval(eval_args);
   if (*exp) {
     const std::string ckpt = m6::export_run(exp_run, exp_out);
     std::printf("export: %s -> %s\n", ckpt.c_str(), exp_out.c_str());

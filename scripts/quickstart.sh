@@ -5,7 +5,9 @@
 #   3. build the token shards of the embedded corpus (the fortune files) into
 #      data/fortunes/, unless they already exist
 #   4. train configs/tiny.yaml into runs/tiny-<date>-<time>/
-# then print the run directory and the final eval loss.
+#   5. plot its loss curves into <run>/loss.png (scripts/plot-run.py)
+# then print the run directory, the final eval loss and a 200-byte sample
+# from the trained model (m6train generate).
 #
 #   scripts/quickstart.sh [m6train options...]
 # Options are passed to the training run, e.g. --max-steps 50 or
@@ -99,8 +101,14 @@ if ! loss=$(final_eval_loss "$metrics"); then
   exit 1
 fi
 
+phase plot /usr/bin/python3 scripts/plot-run.py "$run_dir"
+
 echo
 echo "=== quickstart: done in $(($(date +%s) - total_start))s"
 printf '  %s\n' "${phase_times[@]}"
 echo "run directory:   $repo_root/$run_dir"
 echo "final eval loss: $loss"
+echo "loss curves:     $repo_root/$run_dir/loss.png"
+echo
+echo "=== a 200-byte sample from the trained model (build/m6train generate --run-dir $run_dir):"
+build/m6train generate --run-dir "$run_dir" --tokens 200

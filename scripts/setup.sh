@@ -2,13 +2,18 @@
 # Installs the Debian 12 packages m6train needs. Idempotent: when dpkg already
 # lists every package as installed, nothing is downloaded or changed.
 #
-#   scripts/setup.sh            everything: build, training, tests, benchmarks
-#   scripts/setup.sh --runtime  only what building and training need (no PyTorch
-#                               reference, no numpy); what quickstart.sh uses
+#   scripts/setup.sh            everything: build, training, tests, benchmarks,
+#                               and the Python venv build/venv with the
+#                               `tensorboard` package from PyPI (the TensorBoard
+#                               test reads event files with it)
+#   scripts/setup.sh --runtime  only what building, training and plotting need
+#                               (no PyTorch reference, no venv); what
+#                               quickstart.sh uses
+# M6_VENV=DIR puts the venv elsewhere (tests look in <build dir>/venv).
 set -euo pipefail
 
 usage() {
-  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 mode=full
@@ -34,8 +39,9 @@ runtime_packages=(
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev catch2
   libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin
   fortunes fortunes-zh
+  python3-matplotlib
 )
-test_packages=(python3 python3-numpy python3-torch)
+test_packages=(python3 python3-numpy python3-torch python3-venv)
 
 packages=("${runtime_packages[@]}")
 if [[ $mode == full ]]; then
@@ -55,8 +61,29 @@ for p in "${packages[@]}"; do
   fi
 done
 
+# The TensorBoard reader for tests/cli/tensorboard.sh: the real `tensorboard`
+# package (PyPI, pinned) in a venv of Debian's python3, so the system Python
+# is left alone.
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${M6_VENV:-$repo_root/build/venv}
+tensorboard_pin=tensorboard==2.21.0
+setup_venv() {
+  [[ $mode == full ]] || return 0
+  if [[ -x $venv/bin/python ]] &&
+    "$venv/bin/python" -c 'import sys, tensorboard; sys.exit(tensorboard.__version__ != sys.argv[1])' \
+      "${tensorboard_pin#*==}" 2>/dev/null; then
+    echo "setup.sh: $venv has $tensorboard_pin"
+    return 0
+  fi
+  echo "setup.sh: creating $venv with $tensorboard_pin (PyPI)"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet "$tensorboard_pin"
+  "$venv/bin/python" -c 'import tensorboard; print("setup.sh: tensorboard", tensorboard.__version__)'
+}
+
 if ((${#missing[@]} == 0)); then
-  echo "setup.sh: all packages are installed; nothing to do"
+  echo "setup.sh: all packages are installed"
+  setup_venv
   exit 0
 fi
 
@@ -78,4 +105,5 @@ echo "+ ${as_root[*]:+${as_root[*]} }apt-get update"
 echo "+ ${as_root[*]:+${as_root[*]} }apt-get install -y --no-install-recommends ${missing[*]}"
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
   apt-get install -y --no-install-recommends "${missing[@]}"
+setup_venv
 echo "setup.sh: done"

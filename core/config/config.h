@@ -93,6 +93,7 @@ struct TrainConfig {
   std::string device_memory;
   std::string host_memory;
   bool allow_unfit = false;
+  double peak_tflops = 0;   // peak TFLOP/s of one rank's device for MFU; 0 = measure (sgemm)
 };
 
 // Granular offload (DESIGN.md section 5): the share of the parameters whose
@@ -124,6 +125,7 @@ struct EvalConfig {
 
 struct LogConfig {
   int64_t every = 10;
+  bool tensorboard = false;  // also write TensorBoard event files to <run>/tb
 };
 
 struct PrecisionConfig {

@@ -41,11 +41,11 @@ constexpr Spelling<DeviceKind> kDeviceNames[] = {
     {"auto", DeviceKind::Auto}, {"cpu", DeviceKind::Cpu}, {"cuda", DeviceKind::Cuda}};
 constexpr Spelling<Precision> kPrecisionNames[] = {
     {"fp32", Precision::Fp32}, {"bf16", Precision::Bf16}, {"fp16", Precision::Fp16}};
+constexpr Spelling<bool> kBoolNames[] = {{"true", true}, {"false", false}};
 constexpr Spelling<DelinkOptimizer> kDelinkNames[] = {{"copy", DelinkOptimizer::Copy},
                                                       {"reset", DelinkOptimizer::Reset}};
 constexpr Spelling<Recompute> kRecomputeNames[] = {
     {"none", Recompute::None}, {"attention", Recompute::Attention}, {"layer", Recompute::Layer}};
-constexpr Spelling<bool> kBoolNames[] = {{"false", false}, {"true", true}};
 
 template <class E>
 struct EnumRef {
@@ -103,6 +103,7 @@ std::vector<Field> fields_of(Config& c) {
       {"train.device_memory", &c.train.device_memory},
       {"train.host_memory", &c.train.host_memory},
       {"train.allow_unfit", EnumRef<bool>{&c.train.allow_unfit, kBoolNames}},
+      {"train.peak_tflops", &c.train.peak_tflops},
       {"optim.lr", &c.optim.lr},
       {"optim.min_lr", &c.optim.min_lr},
       {"optim.warmup_steps", &c.optim.warmup_steps},
@@ -115,6 +116,7 @@ std::vector<Field> fields_of(Config& c) {
       {"eval.every", &c.eval.every},
       {"eval.batches", &c.eval.batches},
       {"log.every", &c.log.every},
+      {"log.tensorboard", EnumRef<bool>{&c.log.tensorboard, kBoolNames}},
       {"precision.compute", EnumRef<Precision>{&c.precision.compute, kPrecisionNames}},
       {"precision.comm", EnumRef<Precision>{&c.precision.comm, kPrecisionNames}},
       {"parallel.ep", &c.parallel.ep},

@@ -229,6 +229,7 @@ void check_train(const Checker& k, const Config& c, int world) {
     if (!v->empty() && !parse_bytes(*v))
       k.fail(key, fmt("not a size (got \"", *v,
                       "\"); allowed: \"\" (what the machine has) or a size such as 80GiB, 512GB, 1e9"));
+  k.at_least("train.peak_tflops", t.peak_tflops, 0.0, " (0 = measure at start-up)");
 }
 
 void check_offload(const Checker& k, const OffloadConfig& o) {

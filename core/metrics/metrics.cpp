@@ -71,6 +71,7 @@ std::string format_train_line(const TrainRecord& r) {
                          : printf_string("step %lld", static_cast<long long>(r.step));
   line += printf_string(" | loss %.4f | lr %.2e | gnorm %.3f", r.loss, r.lr, r.grad_norm);
   line += " | " + format_rate(r.tokens_per_s) + " tok/s";
+  if (std::isfinite(r.mfu)) line += printf_string(" | MFU %.1f%%", 100.0 * r.mfu);
   line += " | " + format_duration(r.elapsed_s) + " elapsed, ETA " + format_duration(r.eta_s);
   if (!r.expert_load.empty()) line += printf_string(" | dropped %.1f%%", 100.0 * r.dropped_frac);
   if (r.skipped_steps > 0)
@@ -151,6 +152,8 @@ void MetricsWriter::write_train(const TrainRecord& r) {
   j["lr"] = number(r.lr);
   j["grad_norm"] = number(r.grad_norm);
   j["tokens_per_s"] = number(r.tokens_per_s);
+  j["mfu"] = number(r.mfu);
+  j["loss_scale"] = number(r.loss_scale);
   j["elapsed_s"] = number(r.elapsed_s);
   j["eta_s"] = number(r.eta_s);
   j["dropped_frac"] = number(r.dropped_frac);

@@ -5,6 +5,7 @@
 // rank runs the same code.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
@@ -22,6 +23,9 @@ struct TrainRecord {
   // prediction of the two arenas (core/plan/memory_plan.h).
   int64_t mem_peak_bytes = -1, mem_host_peak_bytes = -1, rss_peak_bytes = -1;
   int64_t mem_plan_bytes = -1, mem_plan_host_bytes = -1;
+  // Model FLOPs utilisation over the interval (0..1; NaN: unknown, not shown)
+  // and the loss scale of the last step (1 without fp16 loss scaling).
+  double mfu = std::numeric_limits<double>::quiet_NaN(), loss_scale = 1.0;
   // [moe_layers][experts]: tokens (kept slots) per expert over the logging
   // interval; empty for a dense model.
   std::vector<std::vector<int64_t>> expert_load;
@@ -35,8 +39,9 @@ struct EvalRecord {
 // "42s", "3m05s", "2h01m" (rounded to the second); "?" when negative or not finite.
 std::string format_duration(double seconds);
 
-// step 120/1000 | loss 2.3412 | lr 3.00e-04 | gnorm 0.812 | 41.2k tok/s |
+// step 120/1000 | loss 2.3412 | lr 3.00e-04 | gnorm 0.812 | 41.2k tok/s | MFU 3.1% |
 // 1m12s elapsed, ETA 8m40s | dropped 1.3%
+// "MFU" appears when mfu is finite.
 // "dropped" appears for MoE models (expert_load not empty); "skipped N" is
 // appended once steps have been skipped (non-finite gradient, fp16 overflow).
 std::string format_train_line(const TrainRecord& r);

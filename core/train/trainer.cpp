@@ -12,12 +12,14 @@
 #include "core/ckpt/resume.h"
 #include "core/data/dataset.h"
 #include "core/metrics/metrics.h"
+#include "core/metrics/tb_metrics.h"
 #include "core/model/model.h"
 #include "core/parallel/comm.h"
 #include "core/parallel/grid.h"
 #include "core/train/data_parallel.h"
 #include "core/train/delink.h"
 #include "core/train/memory_check.h"
+#include "core/train/mfu.h"
 #include "core/train/optimizer.h"
 #include "core/train/preempt.h"
 #include "core/train/spike_guard.h"
@@ -185,7 +187,27 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     log_info(fmt("parallel: ", describe_grid(grid.layout(), E), "; communication ", comm.name(),
                  " in ", comm_dtype_name(wire), ", timeout ", cfg.parallel.timeout_s, " s"));
 
+  // MFU: model FLOPs per token against the devices' peak (measured on every
+  // rank at once unless train.peak_tflops gives it; the job's peak is the sum).
+  const ModelFlops flops = model_flops(run_cfg.model, T);
+  const PeakFlops peak = peak_flops(cfg, *be);
+  double peak_per_rank = peak.flops;
+  if (world > 1) {
+    CommLabel label(comm.activity(), "peak flops");
+    peak_per_rank = comm.all_reduce_scalar(peak.flops, ReduceOp::Sum) / world;
+  }
+  log_info("mfu: " + describe_flops(flops, peak_per_rank, peak.source));
+
   MetricsWriter metrics(opt.run_dir, rank == 0);
+  metrics.write_event("model_flops", {{"flops_per_token", flops.per_token},
+                                      {"active_params", flops.active_params},
+                                      {"peak_flops_per_rank", peak_per_rank},
+                                      {"world", world},
+                                      {"peak_source", peak.source}});
+  TensorBoardWriter tb(opt.run_dir + "/tb", rank == 0 && cfg.log.tensorboard);
+  std::vector<int> moe_layer_ids;
+  for (int l = 0; l < m.n_layers; ++l)
+    if (m.is_moe_layer(l)) moe_layer_ids.push_back(l);
   TrainSummary sum;
   sum.run_dir = opt.run_dir;
   const auto t_start = Clock::now();
@@ -199,6 +221,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     r.elapsed_s = seconds_since(t_start);
     log_info(format_eval_line(r));
     metrics.write_eval(r);
+    tb_write_eval(tb, r);
     return loss;
   };
 
@@ -341,11 +364,14 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
         r.mem_plan_bytes = mem_plan.device_total;
         r.mem_plan_host_bytes = mem_plan.host_total;
       }
+      r.mfu = m6::mfu(r.tokens_per_s, flops.per_token, peak_per_rank, world);
+      r.loss_scale = state.loss_scaler.scale;
       log_info(world == 1 ? format_train_line(r)
                           : fmt(format_train_line(r), " | comm ",
                                 static_cast<int>(std::lround(100.0 * cr.seconds_mean / cr.wall_s)),
                                 "%"));
       metrics.write_train(r);
+      tb_write_train(tb, r, moe_layer_ids);
       if (world > 1) metrics.write_event("comm", CommMeter::to_json(cr, r.step));
       iv = Interval{};
     }

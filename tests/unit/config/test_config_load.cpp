@@ -71,6 +71,7 @@ train:
   device: cuda
   threads: 3
   max_skipped_steps: 7
+  peak_tflops: 989.5
 optim:
   lr: 3e-4
   min_lr: 3.0e-5
@@ -86,6 +87,7 @@ eval:
   batches: 3
 log:
   every: 5
+  tensorboard: true
 precision:
   compute: bf16
   comm: fp16
@@ -142,6 +144,8 @@ void check_full(const Config& c) {
   CHECK(c.eval.every == 250);
   CHECK(c.eval.batches == 3);
   CHECK(c.log.every == 5);
+  CHECK(c.log.tensorboard);
+  CHECK(c.train.peak_tflops == 989.5);
   CHECK(c.precision.compute == m6::Precision::Bf16);
   CHECK(c.precision.comm == m6::Precision::Fp16);
   CHECK(c.parallel.ep == 2);
@@ -276,11 +280,12 @@ TEST_CASE("config: JSON has exactly the YAML keys and round-trips", "[config]") 
   CHECK(j["model"].size() == 8);  // 6 keys + moe + sharing
   CHECK(j["model"]["moe"].size() == 11);
   CHECK(j["model"]["sharing"].size() == 3);
-  // 8 keys + spike_guard + recompute, device_memory, host_memory, allow_unfit
-  CHECK(j["train"].size() == 13);
+  // 9 keys + spike_guard + recompute, device_memory, host_memory, allow_unfit
+  CHECK(j["train"].size() == 14);  // + peak_tflops
   CHECK(j["offload"].size() == 3);
   CHECK(j["train"]["recompute"] == "none");
   CHECK(j["train"]["allow_unfit"] == "false");
+  CHECK(j["log"].size() == 2);
   CHECK(j["train"]["spike_guard"].size() == 2);
   CHECK(j["optim"].size() == 9);
   CHECK(j["model"]["moe"]["router"] == "prototypes");

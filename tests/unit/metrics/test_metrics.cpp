@@ -59,6 +59,8 @@ m6::TrainRecord example_record() {
   r.dropped_frac = 0.013;
   r.aux_loss = 1.0625;
   r.z_loss = 0.1234567890123;
+  r.mfu = 0.0312;
+  r.loss_scale = 1024.0;
   r.expert_load = {{10, 0, 30, 0}, {5, 5, 5, 5}};
   return r;
 }
@@ -83,8 +85,11 @@ TEST_CASE("format_duration picks seconds, minutes or hours", "[metrics]") {
 TEST_CASE("train line shows every field formatted", "[metrics]") {
   m6::TrainRecord r = example_record();
   CHECK(m6::format_train_line(r) ==
-        "step 120/1000 | loss 2.3412 | lr 3.00e-04 | gnorm 0.812 | 41.2k tok/s | "
+        "step 120/1000 | loss 2.3412 | lr 3.00e-04 | gnorm 0.812 | 41.2k tok/s | MFU 3.1% | "
         "1m12s elapsed, ETA 8m40s | dropped 1.3%");
+
+  // Unknown MFU (NaN) is left out of the line.
+  r.mfu = kNaN;
 
   // Dense model: no expert load, so no dropped share; skipped steps shown when > 0.
   r.expert_load.clear();
@@ -144,12 +149,14 @@ TEST_CASE("metrics.jsonl parses back line by line with the exact values", "[metr
   CHECK(lines[2].rfind("{\"kind\":\"delink\",", 0) == 0);
 
   json t = json::parse(lines[0]);
-  CHECK(t.size() == 14);
+  CHECK(t.size() == 16);
   CHECK(t["step"].get<int64_t>() == 120);
   CHECK(t["loss"].get<double>() == r.loss);
   CHECK(t["lr"].get<double>() == r.lr);
   CHECK(t["grad_norm"].get<double>() == r.grad_norm);
   CHECK(t["tokens_per_s"].get<double>() == r.tokens_per_s);
+  CHECK(t["mfu"].get<double>() == r.mfu);
+  CHECK(t["loss_scale"].get<double>() == r.loss_scale);
   CHECK(t["elapsed_s"].get<double>() == r.elapsed_s);
   CHECK(t["eta_s"].get<double>() == r.eta_s);
   CHECK(t["dropped_frac"].get<double>() == r.dropped_frac);
