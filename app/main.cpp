@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <new>
@@ -183,6 +184,22 @@ int run(int argc, char** argv, m6::MpiSession& mpi, m6::StopSignals& stop_signal
   return 0;
 }
 
+// M6_EXIT_STATUS_DIR (set by scripts/m6mpirun): every rank writes
+// "<exit code> <world size>" to DIR/rank_<rank> before MPI is finalised, so
+// that the launcher script can tell "every rank saved and exits 75" apart
+// from a failure, whatever exit code mpirun itself ends with.
+int record_exit_status(m6::MpiSession& mpi, int code) {
+  mpi.set_exit_code(code);
+  const char* dir = std::getenv("M6_EXIT_STATUS_DIR");
+  if (!dir || !*dir) return code;
+  const std::string path = std::string(dir) + "/rank_" + std::to_string(mpi.rank());
+  if (FILE* f = std::fopen(path.c_str(), "w")) {
+    std::fprintf(f, "%d %d\n", code, mpi.size());
+    std::fclose(f);
+  }
+  return code;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,21 +211,21 @@ int main(int argc, char** argv) {
   // at once when a collective timed out, so that no process is left waiting.
   m6::MpiSession mpi;
   try {
-    return run(argc, argv, mpi, stop_signals);
+    return record_exit_status(mpi, run(argc, argv, mpi, stop_signals));
   } catch (const m6::CommTimeout& e) {
     m6::log_error(e.what());
-    return mpi.fail(static_cast<int>(e.code()), true);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(e.code())), true);
   } catch (const m6::Error& e) {
     m6::log_error(e.what());
-    return mpi.fail(static_cast<int>(e.code()), false);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(e.code())), false);
   } catch (const std::bad_alloc&) {
     m6::log_error("out of memory; reduce train.micro_batch, train.seq_len or the model size");
-    return mpi.fail(static_cast<int>(m6::ExitCode::Internal), false);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(m6::ExitCode::Internal)), false);
   } catch (const std::exception& e) {
     m6::log_error(std::string("internal error: ") + e.what());
-    return mpi.fail(static_cast<int>(m6::ExitCode::Internal), false);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(m6::ExitCode::Internal)), false);
   } catch (...) {
     m6::log_error("internal error: unknown exception");
-    return mpi.fail(static_cast<int>(m6::ExitCode::Internal), false);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(m6::ExitCode::Internal)), false);
   }
 }
