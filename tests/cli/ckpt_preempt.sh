@@ -66,7 +66,8 @@ check_stop() {
 
 # wait_step LOG: until training has logged a step.
 wait_step() {
-  for _ in $(seq 1000); do grep -q "^step " "$1" 2> /dev/null && return 0; sleep 0.01; done
+  local t0=$SECONDS
+  while ((SECONDS - t0 < 120)); do grep -q "^step " "$1" 2> /dev/null && return 0; sleep 0.01; done
   echo "FAIL: no training step logged in $1" >&2
   exit 1
 }
@@ -103,8 +104,12 @@ for ((i = 0; i < ${M6_PREEMPT_ROUNDS_SAVE:-2}; i++)); do
   wait_step "$run.log"
   sleep "0.$((RANDOM % 3))"
   kill -s "$s1" "$pid"
-  for _ in $(seq 2000); do compgen -G "$run/checkpoints/step_*.tmp" > /dev/null && break; sleep 0.005; done
-  tmpdir=$(compgen -G "$run/checkpoints/step_*.tmp" || echo none)
+  t0=$SECONDS
+  while ((SECONDS - t0 < 120)); do
+    compgen -G "$run/checkpoints/step_*.tmp" > /dev/null && break
+    sleep 0.005
+  done
+  tmpdir=$(compgen -G "$run/checkpoints/step_*.tmp" || echo "none after $((SECONDS - t0)) s")
   d=$(ms_delay)
   sleep "$d"
   inside=no
