@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <new>
@@ -29,7 +30,7 @@ std::string default_run_dir(const std::string& config_path) {
   return "runs/" + std::filesystem::path(config_path).stem().string();
 }
 
-int run(int argc, char** argv, m6::MpiSession& mpi) {
+int run(int argc, char** argv, m6::MpiSession& mpi, m6::StopSignals& stop_signals) {
   CLI::App app{"m6train: pretrain Mixture-of-Experts transformers (DP+EP, expert prototyping, "
                "Pseudo-to-Real) from a YAML experiment file"};
   app.set_version_flag("--version", std::string("m6train ") + M6_VERSION);
@@ -113,11 +114,15 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
+    stop_signals.release();
     return app.exit(e);  // --help, --version
   } catch (const CLI::ParseError& e) {
+    stop_signals.release();
     app.exit(e);
     return static_cast<int>(m6::ExitCode::Usage);
   }
+  // Only training saves on a stop signal; any other command ends as usual.
+  if (*build || *exp || *dbg || *dl || dry_run || config_path.empty()) stop_signals.release();
 
   if (*build) {
     const auto s = m6::build_corpus(inputs, output, val_fraction);
@@ -185,10 +190,13 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
   // joins MPI here (a plain single-rank run needs no launcher), tags its
   // messages with its rank, and validates the config for the real world size
   // before anything is allocated.
-  mpi.start(&argc, &argv);
-  // From here to the exit code a stop signal asks for a checkpoint instead of
-  // killing the process (one arriving before training starts stops it at step 0).
-  const m6::StopSignals stop_signals;
+  // A stop signal asks for a checkpoint instead of killing the process from
+  // the first line of main() on (one arriving before training starts stops
+  // it at step 0); during MPI's start-up it is held back and delivered after.
+  {
+    const m6::StopSignalsDeferred deferred;
+    mpi.start(&argc, &argv);
+  }
   m6::log_set_rank(mpi.rank(), mpi.size());
   const std::unique_ptr<m6::Comm> world = mpi.world();
   const m6::Config cfg = m6::load_config(config_path, overrides, world->size());
@@ -210,29 +218,48 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
   return 0;
 }
 
+// M6_EXIT_STATUS_DIR (set by scripts/m6mpirun): every rank writes
+// "<exit code> <world size>" to DIR/rank_<rank> before MPI is finalised, so
+// that the launcher script can tell "every rank saved and exits 75" apart
+// from a failure, whatever exit code mpirun itself ends with.
+int record_exit_status(m6::MpiSession& mpi, int code) {
+  mpi.set_exit_code(code);
+  const char* dir = std::getenv("M6_EXIT_STATUS_DIR");
+  if (!dir || !*dir) return code;
+  const std::string path = std::string(dir) + "/rank_" + std::to_string(mpi.rank());
+  if (FILE* f = std::fopen(path.c_str(), "w")) {
+    std::fprintf(f, "%d %d\n", code, mpi.size());
+    std::fclose(f);
+  }
+  return code;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // First: a SIGTERM, SIGUSR1 or SIGINT at any later moment of a training run
+  // is a request to save and exit 75, never the default action (preempt.h).
+  m6::StopSignals stop_signals;
   // Outlives run(): its communicators are gone before MPI is finalised. In a
   // multi-process job a failing rank ends the whole job (MpiSession::fail),
   // at once when a collective timed out, so that no process is left waiting.
   m6::MpiSession mpi;
   try {
-    return run(argc, argv, mpi);
+    return record_exit_status(mpi, run(argc, argv, mpi, stop_signals));
   } catch (const m6::CommTimeout& e) {
     m6::log_error(e.what());
-    return mpi.fail(static_cast<int>(e.code()), true);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(e.code())), true);
   } catch (const m6::Error& e) {
     m6::log_error(e.what());
-    return mpi.fail(static_cast<int>(e.code()), false);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(e.code())), false);
   } catch (const std::bad_alloc&) {
     m6::log_error("out of memory; reduce train.micro_batch, train.seq_len or the model size");
-    return mpi.fail(static_cast<int>(m6::ExitCode::Internal), false);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(m6::ExitCode::Internal)), false);
   } catch (const std::exception& e) {
     m6::log_error(std::string("internal error: ") + e.what());
-    return mpi.fail(static_cast<int>(m6::ExitCode::Internal), false);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(m6::ExitCode::Internal)), false);
   } catch (...) {
     m6::log_error("internal error: unknown exception");
-    return mpi.fail(static_cast<int>(m6::ExitCode::Internal), false);
+    return mpi.fail(record_exit_status(mpi, static_cast<int>(m6::ExitCode::Internal)), false);
   }
 }

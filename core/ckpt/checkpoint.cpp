@@ -1,6 +1,7 @@
 #include "core/ckpt/checkpoint.h"
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -8,6 +9,7 @@
 #include <map>
 #include <regex>
 #include <set>
+#include <thread>
 
 #include "core/ckpt/checkpoint_files.h"
 #include "core/util/error.h"
@@ -198,6 +200,8 @@ std::string save_checkpoint(const std::string& run_dir, const Config& cfg, const
   // 3. Write, then tell rank 0 (the all-gather doubles as the "all files
   //    complete" barrier).
   RankReport rep;
+  if (failpoint_hit(Failpoint::SlowSave, st.step, rank))
+    std::this_thread::sleep_for(std::chrono::seconds(1));
   try {
     if (rank == 0) {
       const auto dense = chunks_of_kind(chunks, ChunkSet::Dense);

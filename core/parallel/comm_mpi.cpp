@@ -265,6 +265,26 @@ std::string detect_parallel_launcher(const std::function<const char*(const char*
   return "";
 }
 
+namespace {
+
+// MPI_Abort and MPI_Finalize wait on the launcher: while mpirun tears a job
+// down it kills the ranks only after its own grace period (SIGCONT, SIGTERM,
+// SIGKILL, odls_base_sigkill_timeout apart), and a launcher that is gone or
+// stuck never answers. A rank must not outlive its job that way: past
+// `seconds` it ends itself with `code` (the abort has been sent by then, and
+// a finalising rank has recorded its result and committed its checkpoint).
+void exit_after(double seconds, int code) {
+  std::thread([seconds, code] {
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    std::_Exit(code);
+  }).detach();
+}
+
+constexpr double kAbortGraceS = 2.0;     // MPI_Abort: the launcher has been told at once
+constexpr double kFinalizeGraceS = 10.0;  // MPI_Finalize: every rank arrives within ms
+
+}  // namespace
+
 struct MpiSession::State {
   MPI_Comm err_comm = MPI_COMM_NULL;  // only the failure path's barrier travels here
   std::shared_ptr<HalfOps> ops;
@@ -278,6 +298,9 @@ void MpiSession::finish() {
   if (!state_) return;
   MPI_Comm_free(&state_->err_comm);
   state_.reset();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  exit_after(kFinalizeGraceS, exit_code_);
   MPI_Finalize();
 }
 
@@ -314,6 +337,7 @@ int MpiSession::fail(int code, bool immediate) {
         if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
       if (done) {
+        exit_code_ = code;
         finish();
         return code;
       }
@@ -321,6 +345,7 @@ int MpiSession::fail(int code, bool immediate) {
   }
   std::fflush(stdout);
   std::fflush(stderr);
+  exit_after(kAbortGraceS, code);
   MPI_Abort(MPI_COMM_WORLD, code);
   return code;  // not reached
 }

@@ -22,7 +22,10 @@ std::string detect_parallel_launcher(
 class MpiSession {
  public:
   MpiSession();
-  ~MpiSession();  // MPI_Finalize when initialised (communicators must be gone by then)
+  // MPI_Finalize when initialised (communicators must be gone by then). A
+  // finalise that does not return within 10 s -- the launcher is tearing the
+  // job down or gone -- ends the process with the exit code set below.
+  ~MpiSession();
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
 
@@ -44,13 +47,19 @@ class MpiSession {
   // finalise MPI and each exit with the code; otherwise -- a peer is busy in
   // a collective or gone, or `immediate` (a collective timed out) -- the rank
   // calls MPI_Abort, which ends every process of the job with `code`.
+  // MPI_Abort ends this process with `code` itself 2 s after telling the
+  // launcher, should the launcher not have killed it by then.
   int fail(int code, bool immediate);
+
+  // The exit code of a normal end (app/ sets it before returning from main).
+  void set_exit_code(int code) { exit_code_ = code; }
 
  private:
   void finish();  // frees the session's communicators and finalises MPI
   struct State;
   std::unique_ptr<State> state_;
   int rank_ = 0, size_ = 1;
+  int exit_code_ = 0;
 };
 
 }  // namespace m6

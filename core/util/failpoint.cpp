@@ -26,6 +26,7 @@ constexpr Name kNames[] = {
     {"spike_loss", Failpoint::SpikeLoss},
     {"signal", Failpoint::Signal},
     {"signal_save", Failpoint::SignalSave},
+    {"slow_save", Failpoint::SlowSave},
     {"kill_step", Failpoint::KillStep},
     {"kill_save_files", Failpoint::KillSaveFiles},
     {"kill_save_manifest", Failpoint::KillSaveManifest},

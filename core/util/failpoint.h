@@ -19,6 +19,8 @@ enum class Failpoint {
   SpikeLoss,         // spike_loss: the step's loss reads 100x too high (spike guard tests)
   Signal,            // signal: raise(SIGTERM) at the start of the step
   SignalSave,        // signal_save: raise(SIGTERM) inside the save, after this rank's files
+  SlowSave,          // slow_save: sleep 1 s inside the save, before this rank's files (the
+                     // window in which a test sends a real signal during the write)
   KillStep,          // kill_step: raise(SIGKILL) at the start of the step
   KillSaveFiles,     // kill_save_files: SIGKILL after this rank's files of the step's save
   KillSaveManifest,  // kill_save_manifest: after the manifest, before the directory rename

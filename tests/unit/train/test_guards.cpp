@@ -1,6 +1,8 @@
 // The loss-spike guard's z-score and window, and the stop-signal flag of
 // preemption.
 #include <catch2/catch.hpp>
+#include <pthread.h>
+
 #include <csignal>
 
 #include "core/config/config.h"
@@ -68,14 +70,51 @@ TEST_CASE("preemption: SIGTERM and SIGUSR1 set the flag, the first one wins", "[
     CHECK(inner.pending() == SIGTERM);
   }
   {
-    StopSignals s;  // Ctrl-C: the first one asks for a save (a second would end the process)
+    StopSignals s;  // Ctrl-C asks for a save; a second one is the same request
     std::raise(SIGINT);
     CHECK(s.pending() == SIGINT);
+    std::raise(SIGINT);
+    std::raise(SIGTERM);
+    CHECK(s.pending() == SIGINT);
   }
-  // The previous disposition is back.
+  // The handlers stay installed after the last instance is gone: a signal
+  // after the save (the process is exiting 75) must not kill it with 143.
+  for (int sig : {SIGTERM, SIGUSR1, SIGINT}) {
+    struct sigaction now;
+    sigaction(sig, nullptr, &now);
+    CHECK(now.sa_handler != SIG_DFL);
+    CHECK(now.sa_handler != SIG_IGN);
+    CHECK((now.sa_flags & SA_RESETHAND) == 0);
+  }
+  std::raise(SIGTERM);  // would end the test binary if the default action were back
+  {
+    StopSignals s;
+    CHECK(s.pending() == 0);
+  }
+}
+
+namespace {
+volatile sig_atomic_t g_library_got = 0;
+extern "C" void library_handler(int) { g_library_got = 1; }
+}  // namespace
+
+TEST_CASE("preemption: a stop signal during a deferred section arrives after it", "[preempt]") {
+  StopSignals s;
+  {
+    StopSignalsDeferred deferred;  // as around MPI_Init
+    std::raise(SIGUSR1);           // blocked: pending, not lost
+    CHECK(s.pending() == 0);
+    // A library replacing the handler meanwhile does not get it either.
+    signal(SIGUSR1, library_handler);
+  }
+  CHECK(s.pending() == SIGUSR1);
+  CHECK(g_library_got == 0);
   struct sigaction now;
   sigaction(SIGUSR1, nullptr, &now);
-  CHECK(now.sa_handler == SIG_DFL);
+  CHECK(now.sa_handler != library_handler);
+  sigset_t mask;
+  pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+  CHECK_FALSE(sigismember(&mask, SIGUSR1));
 }
 
 TEST_CASE("spike guard: config keys are validated", "[guard]") {
