@@ -12,6 +12,7 @@
 
 #include "core/config/config.h"
 #include "core/data/dataset.h"
+#include "core/data/tokenizer.h"
 #include "core/parallel/mpi_session.h"
 #include "core/train/delink_cmd.h"
 #include "core/train/dry_run.h"
@@ -62,10 +63,15 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
 
   auto* data = app.add_subcommand("data", "token data tools");
   data->require_subcommand(1);
-  auto* build = data->add_subcommand("build", "tokenise text files (bytes, vocab 256) into shards");
+  auto* build = data->add_subcommand("build", "tokenise text files into token shards");
   std::vector<std::string> inputs;
   std::string output;
   double val_fraction = 0.05;
+  std::string tokenizer_spec = "bytes";
+  build->add_option("--tokenizer", tokenizer_spec,
+                    "bytes (each UTF-8 byte, vocab 256; the default), gpt2 (GPT-2's BPE; "
+                    "vocabulary from $M6_GPT2_DIR), gpt2:DIR (encoder.json + vocab.bpe in DIR) "
+                    "or spm:MODEL (a SentencePiece model file)");
   build->add_option("--input", inputs, "input text files")->required()->expected(1, -1);
   build->add_option("--output", output, "output directory for train_*.bin and val_*.bin")->required();
   build->add_option("--val-fraction", val_fraction, "share of each file held out (default 0.05)");
@@ -106,10 +112,13 @@ int run(int argc, char** argv, m6::MpiSession& mpi) {
   }
 
   if (*build) {
-    const auto s = m6::build_corpus(inputs, output, val_fraction);
-    std::printf("data: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s) -> %s\n",
+    const auto tokenizer = m6::make_tokenizer(tokenizer_spec);
+    const auto s = m6::build_corpus(inputs, output, val_fraction, *tokenizer);
+    std::printf("data: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s), "
+                "tokenizer %s (vocab %d) -> %s\n",
                 static_cast<long long>(s.train_tokens), s.train_files.size(),
-                static_cast<long long>(s.val_tokens), s.val_files.size(), output.c_str());
+                static_cast<long long>(s.val_tokens), s.val_files.size(),
+                tokenizer->name().c_str(), s.vocab, output.c_str());
     return 0;
   }
   if (*exp) {
