@@ -8,8 +8,8 @@
 
 namespace m6::detail {
 
-// The split point of GPT-2 and SentencePiece text: after the last newline
-// that has a non-space character on both sides (0 if there is none).
+// The split point of GPT-2 text: after the last newline that has a non-space
+// character on both sides (0 if there is none).
 size_t line_split_point(std::string_view text);
 
 std::unique_ptr<Tokenizer> make_gpt2_tokenizer(const std::string& dir);

@@ -1,5 +1,6 @@
 // SentencePiece models (Kudo and Richardson 2018) through the sentencepiece
-// library: unigram and BPE models trained by spm_train.
+// library: unigram and BPE models trained by spm_train. Text is encoded one
+// line at a time (newlines themselves produce no token).
 #include <sentencepiece_processor.h>
 #include <sys/stat.h>
 
@@ -33,12 +34,19 @@ class SpmTokenizer final : public Tokenizer {
   }
   std::string name() const override { return "spm:" + path_; }
   int vocab_size() const override { return sp_.GetPieceSize(); }
+  // Line by line, as spm_encode does: SentencePiece models sentences, and
+  // its normalisation turns a newline into a word boundary anyway.
   void encode(std::string_view text, std::vector<uint32_t>& out) const override {
     std::vector<int> ids;
-    const auto status = sp_.Encode(absl::string_view(text.data(), text.size()), &ids);
-    if (!status.ok()) throw DataError(fmt(path_, ": SentencePiece failed to encode text: ",
-                                          status.ToString()));
-    for (const int id : ids) out.push_back(static_cast<uint32_t>(id));
+    while (!text.empty()) {
+      const size_t nl = text.find('\n');
+      const std::string_view line = text.substr(0, nl);
+      text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+      const auto status = sp_.Encode(absl::string_view(line.data(), line.size()), &ids);
+      if (!status.ok())
+        throw DataError(fmt(path_, ": SentencePiece failed to encode text: ", status.ToString()));
+      for (const int id : ids) out.push_back(static_cast<uint32_t>(id));
+    }
   }
   std::string decode(const std::vector<uint32_t>& ids) const override {
     std::vector<int> v;
@@ -55,7 +63,8 @@ class SpmTokenizer final : public Tokenizer {
     return s;
   }
   size_t split_point(std::string_view text) const override {
-    return detail::line_split_point(text);
+    const size_t nl = text.rfind('\n');
+    return nl == std::string_view::npos ? 0 : nl + 1;
   }
 
  private:
