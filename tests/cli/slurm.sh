@@ -21,7 +21,6 @@ set -uo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 unset M6_FAILPOINTS SLURM_JOB_ID SLURM_JOBID
-M6TRAIN=$(readlink -f "$M6TRAIN")
 sbatch_file="$M6_SOURCE_DIR/scripts/slurm/m6train.sbatch"
 
 skip() {
@@ -34,6 +33,7 @@ for tool in munged slurmctld slurmd sbatch scontrol scancel sinfo srun; do
     skip "'$tool' is not installed (scripts/setup.sh installs munge, slurmctld, slurmd, slurm-client)"
 done
 [[ $EUID -eq 0 ]] || skip "slurmd must run as root to start jobs; this test runs as uid $EUID"
+M6TRAIN=$(readlink -f "$M6TRAIN")
 
 tmp=$(mktemp -d /tmp/m6_slurm.XXXXXX)
 chmod 755 "$tmp"
