@@ -28,7 +28,7 @@ skip() {
   exit 77
 }
 
-for tool in munged slurmctld slurmd sbatch scontrol scancel sinfo srun; do
+for tool in munged munge unmunge slurmctld slurmd sbatch scontrol scancel sinfo squeue srun; do
   command -v "$tool" > /dev/null ||
     skip "'$tool' is not installed (scripts/setup.sh installs munge, slurmctld, slurmd, slurm-client)"
 done
@@ -37,19 +37,19 @@ M6TRAIN=$(readlink -f "$M6TRAIN")
 
 tmp=$(mktemp -d /tmp/m6_slurm.XXXXXX)
 chmod 755 "$tmp"
+# The daemons run in the foreground of background jobs: their pids are known
+# from the start, so cleanup ends exactly them.
 pids=()
 cleanup() {
-  if [[ -n ${SLURM_CONF:-} ]] && [[ -f $tmp/slurmctld.pid ]]; then
+  if ((${#pids[@]} > 1)); then
     scancel --quiet --user=root 2> /dev/null || true
+    for _ in $(seq 50); do
+      [[ -z $(squeue -h -o %i 2> /dev/null) ]] && break
+      sleep 0.2
+    done
   fi
-  for f in "$tmp/slurmd.pid" "$tmp/slurmctld.pid" "$tmp/munge/munged.pid"; do
-    [[ -f $f ]] && kill "$(cat "$f")" 2> /dev/null
-  done
-  sleep 0.5
-  # Job processes left by a failed run, by their pid (slurmstepd and ranks).
-  for f in "$tmp/slurmd.pid" "$tmp/slurmctld.pid" "$tmp/munge/munged.pid"; do
-    [[ -f $f ]] && kill -9 "$(cat "$f")" 2> /dev/null
-  done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2> /dev/null; done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do wait "${pids[i]}" 2> /dev/null; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -67,13 +67,13 @@ chmod 700 "$tmp/munge-key"
 head -c 1024 /dev/urandom > "$tmp/munge-key/munge.key"
 chmod 400 "$tmp/munge-key/munge.key"
 sock="$tmp/munge/munge.sock"
-if ! munged --key-file="$tmp/munge-key/munge.key" --socket="$sock" \
+munged -F --key-file="$tmp/munge-key/munge.key" --socket="$sock" \
   --pid-file="$tmp/munge/munged.pid" --log-file="$tmp/munge/munged.log" \
-  --seed-file="$tmp/munge/seed" > "$tmp/munge/start.log" 2>&1; then
-  skip "munged did not start: $(cat "$tmp/munge/start.log") $(tail -n 5 "$tmp/munge/munged.log" 2> /dev/null)"
-fi
-munge -n -S "$sock" | unmunge -S "$sock" > /dev/null 2>&1 ||
-  skip "munge cannot encode and decode a credential: $(tail -n 5 "$tmp/munge/munged.log")"
+  --seed-file="$tmp/munge/seed" > "$tmp/munge/start.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do [[ -S $sock ]] && break; sleep 0.1; done
+munge -n -S "$sock" 2> /dev/null | unmunge -S "$sock" > /dev/null 2>&1 ||
+  skip "munged did not start or cannot decode its own credential: $(cat "$tmp/munge/start.log") $(tail -n 5 "$tmp/munge/munged.log" 2> /dev/null)"
 
 # ---- slurm.conf: one node with this machine's CPUs, ports that are free ------------
 read -r ctld_port d_port < <(/usr/bin/python3 -c '
@@ -98,6 +98,10 @@ AuthInfo=socket=$sock
 PluginDir=$plugin_dir
 StateSaveLocation=$tmp/state
 SlurmdSpoolDir=$tmp/spool
+TmpFS=$tmp/spool
+# Job ids of their own: Slurm's PMIx plugin names /tmp/spmix_appdir_<uid>_<job>.<step>,
+# which another cluster on this machine could be using for the same job id.
+FirstJobId=$((100000 + RANDOM * 20))
 SlurmctldPidFile=$tmp/slurmctld.pid
 SlurmdPidFile=$tmp/slurmd.pid
 SlurmctldLogFile=$tmp/log/slurmctld.log
@@ -121,12 +125,16 @@ JobRequeue=1
 NodeName=m6node NodeHostname=$(hostname) NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=m6 Nodes=m6node Default=YES MaxTime=INFINITE State=UP
 EOF
-slurmctld -i > "$tmp/log/slurmctld.start" 2>&1 ||
-  skip "slurmctld did not start: $(cat "$tmp/log/slurmctld.start") $(tail_logs)"
-slurmd -N m6node > "$tmp/log/slurmd.start" 2>&1 ||
-  skip "slurmd did not start: $(cat "$tmp/log/slurmd.start") $(tail_logs)"
+slurmctld -D -i > "$tmp/log/slurmctld.start" 2>&1 &
+pids+=($!)
+slurmd -D -N m6node > "$tmp/log/slurmd.start" 2>&1 &
+pids+=($!)
 state=
 for _ in $(seq 150); do
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2> /dev/null ||
+      skip "a daemon exited at start: $(cat "$tmp"/log/*.start) $(tail_logs)"
+  done
   state=$(sinfo -h -n m6node -o %T 2> /dev/null)
   [[ $state == idle ]] && break
   sleep 0.2
@@ -136,6 +144,13 @@ echo "ok: slurmctld and slurmd up on localhost (ports $ctld_port, $d_port), node
 
 fail() {
   echo "FAIL: $*" >&2
+  if [[ -n ${current:-} ]]; then
+    echo "--- $tmp/work/$current.out (without step lines):" >&2
+    grep -v '^step ' "$tmp/work/$current.out" >&2
+    echo "--- events of $tmp/runs/$current/metrics.jsonl:" >&2
+    grep -v '"kind":"train"' "$tmp/runs/$current/metrics.jsonl" >&2
+    scontrol show job "${current_job:-0}" >&2
+  fi
   tail_logs >&2
   exit 1
 }
@@ -226,6 +241,7 @@ preempt() {
   shift 2
   local job out step
   job=$(submit "$name" "$launcher") || fail "$name: sbatch: $job"
+  current=$name current_job=$job
   out="$tmp/work/$name.out"
   wait_step "$job" "$name" 10
   scancel "$@" "$job" || fail "$name: scancel $* $job"
