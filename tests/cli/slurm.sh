@@ -189,11 +189,14 @@ wait_done() {
         cat "$tmp/work/"*".out" >&2
         fail "job $1 ended $s" ;;
       PENDING)
-        # Not in the second of the requeue: slurmd refuses a credential issued
-        # in the same second as the revocation of the job's previous one.
+        # Not in the second of the requeue (slurmd refuses a credential issued
+        # in the same second as the revocation of the job's previous one), and
+        # only once the node has finished cleaning up the previous run (a step
+        # launched while it is still completing fails).
         if scontrol show job "$1" | grep -q 'Reason=BeginTime'; then
           pending=$((pending + 1))
-          ((pending >= 10)) && scontrol update jobid="$1" starttime=now 2> /dev/null
+          ((pending >= 15)) && [[ $(sinfo -h -n m6node -o %T) == idle ]] &&
+            scontrol update jobid="$1" starttime=now 2> /dev/null
         fi ;;
       *) pending=0 ;;
     esac
