@@ -53,6 +53,25 @@ rc=0
 [[ $rc == 0 ]] && grep -q "vocab 260" "$tmp/good.log" && echo "ok: the hand-made vocabulary works" ||
   { echo "FAIL: the hand-made vocabulary: exit $rc: $(cat "$tmp/good.log")" >&2; failures=$((failures + 1)); }
 
+rc=0
+M6_GPT2_DIR="$tmp/ok" "$M6TRAIN" data build --tokenizer gpt2 --input "$tmp/in.txt" \
+  --output "$tmp/env" --val-fraction 0 > "$tmp/env.log" 2>&1 || rc=$?
+[[ $rc == 0 ]] && cmp -s "$tmp/env/train_000000.bin" "$tmp/good/train_000000.bin" &&
+  echo "ok: --tokenizer gpt2 reads the vocabulary from M6_GPT2_DIR" ||
+  { echo "FAIL: --tokenizer gpt2 with M6_GPT2_DIR: exit $rc: $(cat "$tmp/env.log")" >&2; failures=$((failures + 1)); }
+# "hello world": "hello" is one token (259), " world" is bytes.
+/usr/bin/python3 - "$tmp/good/train_000000.bin" << 'PY' || failures=$((failures + 1))
+import struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<i", raw[8:12])[0]
+got = list(struct.unpack(f"<{n}H", raw[1024:]))
+# ids of single bytes are the bytes themselves in the hand-made vocabulary
+want = [259] + [ord(c) for c in " world\n"]
+if got != want:
+    sys.exit(f"FAIL: hello world -> {got}, expected {want}")
+print("ok: the hand-made merges apply: hello world ->", got)
+PY
+
 expect 2 "--tokenizer 'words'" unknown_tokenizer words
 expect 2 "M6_GPT2_DIR" gpt2_without_dir gpt2
 expect 2 "--tokenizer 'spm:'" spm_without_model "spm:"
