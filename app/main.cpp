@@ -16,6 +16,7 @@
 #include "app/commands.h"
 #include "core/config/config.h"
 #include "core/data/dataset.h"
+#include "core/data/tokenizer.h"
 #include "core/parallel/mpi_session.h"
 #include "core/plan/dry_run.h"
 #include "core/train/preempt.h"
@@ -72,10 +73,15 @@ int run(int argc, char** argv, m6::MpiSession& mpi, m6::StopSignals& stop_signal
 
   auto* data = app.add_subcommand("data", "token data tools");
   data->require_subcommand(1);
-  auto* build = data->add_subcommand("build", "tokenise text files (bytes, vocab 256) into shards");
+  auto* build = data->add_subcommand("build", "tokenise text files into token shards");
   std::vector<std::string> inputs;
   std::string output;
   double val_fraction = 0.05;
+  std::string tokenizer_spec = "bytes";
+  build->add_option("--tokenizer", tokenizer_spec,
+                    "bytes (each UTF-8 byte, vocab 256; the default), gpt2 (GPT-2's BPE; "
+                    "vocabulary from $M6_GPT2_DIR), gpt2:DIR (encoder.json + vocab.bpe in DIR) "
+                    "or spm:MODEL (a SentencePiece model file)");
   build->add_option("--input", inputs, "input text files")->required()->expected(1, -1);
   build->add_option("--output", output, "output directory for train_*.bin and val_*.bin")->required();
   build->add_option("--val-fraction", val_fraction, "share of each file held out (default 0.05)");
@@ -125,10 +131,13 @@ int run(int argc, char** argv, m6::MpiSession& mpi, m6::StopSignals& stop_signal
   if (*build || *exp || *dbg || *dl || dry_run || config_path.empty()) stop_signals.release();
 
   if (*build) {
-    const auto s = m6::build_corpus(inputs, output, val_fraction);
-    std::printf("data: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s) -> %s\n",
+    const auto tokenizer = m6::make_tokenizer(tokenizer_spec);
+    const auto s = m6::build_corpus(inputs, output, val_fraction, *tokenizer);
+    std::printf("data: %lld train tokens in %zu shard(s), %lld val tokens in %zu shard(s), "
+                "tokenizer %s (vocab %d) -> %s\n",
                 static_cast<long long>(s.train_tokens), s.train_files.size(),
-                static_cast<long long>(s.val_tokens), s.val_files.size(), output.c_str());
+                static_cast<long long>(s.val_tokens), s.val_files.size(),
+                tokenizer->name().c_str(), s.vocab, output.c_str());
     return 0;
   }
   if (*gen) return m6::run_generate(gen_args);

@@ -38,10 +38,14 @@ runtime_packages=(
   build-essential cmake ninja-build pkg-config git
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev catch2
   libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin
+  libicu-dev libsentencepiece-dev
   fortunes fortunes-zh
   python3-matplotlib
 )
-test_packages=(python3 python3-numpy python3-torch python3-venv)
+# Tests: the PyTorch reference; a one-node Slurm cluster (tests/cli/slurm.sh);
+# spm_train for SentencePiece; venvs for tiktoken and GPT-2's vocabulary files.
+test_packages=(python3 python3-numpy python3-torch
+  slurmctld slurmd slurm-client munge sentencepiece python3-venv)
 
 packages=("${runtime_packages[@]}")
 if [[ $mode == full ]]; then

@@ -1,5 +1,6 @@
 // Token shards (DESIGN.md section 6): the llm.c format -- 256 little-endian
-// int32 (magic, version, token count, zeros) then count uint16 tokens -- and
+// int32 (magic, version, token count, vocabulary size or 0, zeros) then count
+// uint16 tokens (version 1) or uint32 tokens (version 2) -- and
 // the dataset that memory-maps a sorted glob of them as one token stream.
 // Everything a training run could trip over later (wrong file, truncated
 // copy, tokens from a bigger vocabulary) is checked here once, at open.
@@ -14,6 +15,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <limits>
 
 #include "core/data/dataset.h"
 #include "core/util/error.h"
@@ -31,13 +33,14 @@ constexpr int64_t kHeaderBytes = kShardHeaderInts * int64_t(sizeof(int32_t));  /
 
 // Index of the first token >= vocab, or -1. Scans in blocks whose maximum the
 // compiler vectorises; only a block that holds a bad token is searched again.
-int64_t first_token_at_least(const uint16_t* tok, int64_t n, int vocab) {
-  if (vocab > UINT16_MAX) return -1;  // every uint16 fits
-  const uint16_t limit = static_cast<uint16_t>(vocab);
+template <class T>
+int64_t first_token_at_least(const T* tok, int64_t n, int vocab) {
+  if (int64_t(vocab) > int64_t(std::numeric_limits<T>::max())) return -1;  // every value fits
+  const T limit = static_cast<T>(vocab);
   constexpr int64_t kBlock = 1 << 16;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t e = std::min(n, b + kBlock);
-    uint16_t mx = 0;
+    T mx = 0;
     for (int64_t i = b; i < e; ++i) mx = std::max(mx, tok[i]);
     if (mx < limit) continue;
     for (int64_t i = b; i < e; ++i)
@@ -71,18 +74,44 @@ std::vector<std::string> expand_glob(const std::string& pattern) {
 
 // ---- write_shard ---------------------------------------------------------------
 
-void write_shard(const std::string& path, const std::vector<uint16_t>& tokens) {
-  if (tokens.size() > static_cast<size_t>(INT32_MAX))
-    throw DataError(fmt(path, ": ", tokens.size(), " tokens do not fit one shard (at most ",
-                        INT32_MAX, ", the header's int32 count)"));
+namespace {
+template <class T>
+void write_shard_as(const std::string& path, const T* tokens, size_t n, int32_t version,
+                    int vocab) {
+  if (n > static_cast<size_t>(INT32_MAX))
+    throw DataError(fmt(path, ": ", n, " tokens do not fit one shard (at most ", INT32_MAX,
+                        ", the header's int32 count)"));
   int32_t header[kShardHeaderInts] = {};
   header[0] = kShardMagic;
-  header[1] = kShardVersion;
-  header[2] = static_cast<int32_t>(tokens.size());
+  header[1] = version;
+  header[2] = static_cast<int32_t>(n);
+  header[kShardVocabInt] = vocab;
   AtomicFileWriter w(path);
   w.write(header, sizeof(header));
-  w.write(tokens.data(), tokens.size() * sizeof(uint16_t));
+  w.write(tokens, n * sizeof(T));
   w.commit();
+}
+}  // namespace
+
+void write_shard(const std::string& path, const std::vector<uint16_t>& tokens, int vocab) {
+  M6_CHECK(vocab >= 0 && vocab <= 65536, vocab);
+  write_shard_as(path, tokens.data(), tokens.size(), kShardVersion, vocab);
+}
+
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, int vocab) {
+  M6_CHECK(vocab > 0, vocab);
+  const int64_t bad = first_token_at_least(tokens.data(), int64_t(tokens.size()), vocab);
+  M6_CHECK(bad < 0, path, ": token ", tokens[bad], " >= vocab ", vocab);
+  if (vocab <= 65536) {
+    const std::vector<uint16_t> narrow(tokens.begin(), tokens.end());
+    write_shard_as(path, narrow.data(), narrow.size(), kShardVersion, vocab);
+  } else {
+    write_shard_as(path, tokens.data(), tokens.size(), kShardVersionWide, vocab);
+  }
+}
+
+bool vocab_compatible(int shard_vocab, int model_vocab) {
+  return shard_vocab <= model_vocab && model_vocab <= (shard_vocab + 127) / 128 * 128;
 }
 
 // ---- one mapped shard ----------------------------------------------------------
@@ -91,8 +120,10 @@ struct TokenDataset::Shard {
   std::string path;
   void* map = nullptr;  // the whole file, read-only
   size_t map_bytes = 0;
-  const uint16_t* tokens = nullptr;  // [count], at map + 1024
+  const void* tokens = nullptr;  // [count] uint16 or uint32, at map + 1024
+  int width = 2;                 // bytes per token
   int64_t count = 0;
+  int vocab = 0;                 // header[3]
 
   Shard() = default;
   Shard(const Shard&) = delete;
@@ -102,7 +133,7 @@ struct TokenDataset::Shard {
   }
 
   // Maps `path` and checks header, size and tokens. Throws DataError.
-  void open(const std::string& p, int vocab) {
+  void open(const std::string& p, int model_vocab) {
     path = p;
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -133,32 +164,50 @@ struct TokenDataset::Shard {
                           " bytes): ", std::strerror(map_errno)));
     map = m;
 
-    int32_t header[3];
+    int32_t header[kShardVocabInt + 1];
     std::memcpy(header, map, sizeof(header));
     if (header[0] != kShardMagic)
       throw DataError(fmt(path, ": bad magic number: found ", header[0], ", expected ",
                           kShardMagic, " (not a token shard)"));
-    if (header[1] != kShardVersion)
-      throw DataError(fmt(path, ": unsupported shard version: found ", header[1],
-                          ", supported ", kShardVersion));
+    if (header[1] != kShardVersion && header[1] != kShardVersionWide)
+      throw DataError(fmt(path, ": unsupported shard version: found ", header[1], ", supported ",
+                          kShardVersion, " (uint16 tokens) and ", kShardVersionWide,
+                          " (uint32 tokens)"));
+    width = header[1] == kShardVersion ? 2 : 4;
     count = header[2];
     if (count < 0)
       throw DataError(fmt(path, ": header token count is negative (", count, ")"));
-    const int64_t want_bytes = kHeaderBytes + 2 * count;
+    vocab = header[kShardVocabInt];
+    if (vocab < 0 || (width == 2 && vocab > 65536))
+      throw DataError(fmt(path, ": header vocabulary size ", vocab, " is invalid for version ",
+                          header[1], " (0 = not recorded, at most 65536 for uint16 tokens)"));
+    if (vocab > 0 && !vocab_compatible(vocab, model_vocab))
+      throw DataError(fmt(path, ": shard vocabulary size ", vocab,
+                          " (from the tokenizer it was built with) does not match model.vocab_size ",
+                          model_vocab, "; set model.vocab_size: ", vocab,
+                          " or rebuild the shards with the model's tokenizer"));
+    const int64_t want_bytes = kHeaderBytes + width * count;
     if (file_bytes != want_bytes)
       throw DataError(fmt(path, ": file size is ", file_bytes, " bytes but the header's count of ",
-                          count, " tokens needs ", want_bytes, " (", kHeaderBytes, " + 2*",
-                          count, "): ",
+                          count, " tokens needs ", want_bytes, " (", kHeaderBytes, " + ", width,
+                          "*", count, "): ",
                           file_bytes < want_bytes ? "truncated data" : "extra bytes after the data"));
-    tokens = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) + kHeaderBytes);
+    tokens = static_cast<const char*>(map) + kHeaderBytes;
 
     ::madvise(map, map_bytes, MADV_SEQUENTIAL);  // a hint for the scan below; failure is harmless
-    const int64_t bad = first_token_at_least(tokens, count, vocab);
+    const int64_t bad =
+        width == 2 ? first_token_at_least(static_cast<const uint16_t*>(tokens), count, model_vocab)
+                   : first_token_at_least(static_cast<const uint32_t*>(tokens), count, model_vocab);
     if (bad >= 0)
-      throw DataError(fmt(path, ": token at index ", bad, " is ", tokens[bad],
-                          ", out of range for vocab size ", vocab,
+      throw DataError(fmt(path, ": token at index ", bad, " is ", token(bad),
+                          ", out of range for vocab size ", model_vocab,
                           " (tokens must be < vocab; was this shard made with another tokenizer?)"));
     ::madvise(map, map_bytes, MADV_RANDOM);  // training reads random windows
+  }
+
+  uint32_t token(int64_t i) const {
+    return width == 2 ? static_cast<const uint16_t*>(tokens)[i]
+                      : static_cast<const uint32_t*>(tokens)[i];
   }
 };
 
@@ -177,6 +226,13 @@ TokenDataset TokenDataset::open(const std::string& glob, int vocab, int seq_len)
   for (const std::string& f : ds.files_) {
     auto s = std::make_unique<Shard>();
     s->open(f, vocab);
+    if (s->vocab > 0) {
+      if (ds.shard_vocab_ > 0 && s->vocab != ds.shard_vocab_)
+        throw DataError(fmt(f, ": shard vocabulary size ", s->vocab, " differs from ",
+                            ds.shard_vocab_, " of the shards before it in ", glob,
+                            " (shards of different tokenizers in one data set)"));
+      ds.shard_vocab_ = s->vocab;
+    }
     ds.starts_.push_back(ds.total_);
     ds.total_ += s->count;
     ds.shards_.push_back(std::move(s));
@@ -208,7 +264,13 @@ void TokenDataset::read(int64_t pos, int64_t n, int32_t* out) const {
     M6_CHECK(s < shards_.size(), "pos ", pos, " n ", n);
     const Shard& sh = *shards_[s];
     const int64_t take = std::min(n, sh.count - local);
-    for (int64_t i = 0; i < take; ++i) out[i] = sh.tokens[local + i];
+    if (sh.width == 2) {
+      const uint16_t* t = static_cast<const uint16_t*>(sh.tokens) + local;
+      for (int64_t i = 0; i < take; ++i) out[i] = t[i];
+    } else {
+      const uint32_t* t = static_cast<const uint32_t*>(sh.tokens) + local;
+      for (int64_t i = 0; i < take; ++i) out[i] = static_cast<int32_t>(t[i]);
+    }
     out += take;
     n -= take;
     ++s;

@@ -47,7 +47,7 @@ expect_data_error() {
 f=$(copy_of_good bad_magic); put_int32 "$f" 0 12345
 expect_data_error bad_magic "$f" "$f"
 
-f=$(copy_of_good bad_version); put_int32 "$f" 4 2
+f=$(copy_of_good bad_version); put_int32 "$f" 4 3
 expect_data_error bad_version "$f" "$f"
 
 f=$(copy_of_good truncated); truncate -s $(($(stat -c %s "$f") - 2)) "$f"

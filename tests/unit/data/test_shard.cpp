@@ -158,11 +158,11 @@ TEST_CASE("bad shards are DataErrors naming the file and the reason", "[data]") 
                       Catch::Contains("expected 20240520"));
   }
   SECTION("wrong version") {
-    write_raw(p, kShardMagic, 2, 64, good);
+    write_raw(p, kShardMagic, 3, 64, good);
     const std::string m = data_error_of([&] { TokenDataset::open(p, 256, 8); });
     CHECK(starts_with(m, p));
-    CHECK_THAT(m, Catch::Contains("version") && Catch::Contains("found 2") &&
-                      Catch::Contains("supported 1"));
+    CHECK_THAT(m, Catch::Contains("version") && Catch::Contains("found 3") &&
+                      Catch::Contains("supported 1") && Catch::Contains("and 2"));
   }
   SECTION("truncated data") {
     write_raw(p, kShardMagic, 1, 100, good);  // header says 100, file holds 64
