@@ -40,9 +40,15 @@ struct Chunk {
   float* grad = nullptr;
   float* adam_m = nullptr;
   float* adam_v = nullptr;
+  // The weights forward and backward read: with precision.compute bf16|fp16
+  // a rounded copy of param (core/model/mixed_precision.h), else null (param).
+  float* compute = nullptr;
 
   const ParamTensor& tensor(const std::string& suffix) const;  // by name suffix ("fc1.weight")
   float* param_of(const std::string& suffix) const { return param + tensor(suffix).offset; }
+  float* weight_of(const std::string& suffix) const {
+    return (compute ? compute : param) + tensor(suffix).offset;
+  }
   float* grad_of(const std::string& suffix) const { return grad + tensor(suffix).offset; }
 };
 
