@@ -33,7 +33,7 @@ done
 wait
 
 $py - "$tmp" "$steps" <<'PY'
-import json, sys
+import glob, json, sys
 tmp, steps = sys.argv[1], int(sys.argv[2])
 def final_eval(p):
     ev = [r for r in map(json.loads, open(f"{tmp}/{p}/metrics.jsonl")) if r["kind"] == "eval"]
@@ -53,13 +53,12 @@ for p in ("fp32", "bf16", "fp16"):
     if p != "fp32":
         if not rel <= 0.02: failures.append(f"{p}: eval loss {loss:.4f} is {rel:.2%} from fp32's {ref:.4f}")
         if train_losses(p) == train_losses("fp32"): failures.append(f"{p}: losses equal fp32's: nothing was rounded")
-import glob, os
 ck = sorted(glob.glob(f"{tmp}/fp16/checkpoints/step_*/manifest.json"))[-1]
 ls = json.load(open(ck))["loss_scaler"]
 print(f"fp16 loss scaler at the end: {ls}")
 if not ls.get("active") or not ls["scale"] >= 1: failures.append(f"fp16: loss scaler not active: {ls}")
-ck32 = sorted(glob.glob(f"{tmp}/bf16/checkpoints/step_*/manifest.json"))[-1]
-if json.load(open(ck32))["loss_scaler"].get("active"): failures.append("bf16 run recorded an active loss scaler")
+ck_bf16 = sorted(glob.glob(f"{tmp}/bf16/checkpoints/step_*/manifest.json"))[-1]
+if json.load(open(ck_bf16))["loss_scaler"].get("active"): failures.append("bf16 run recorded an active loss scaler")
 if failures:
     print("FAILED:\n  " + "\n  ".join(failures)); sys.exit(1)
 print("ok: bf16 and fp16 end within 2% of fp32")
