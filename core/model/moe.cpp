@@ -241,8 +241,9 @@ void MoeLayer::backward(float* dx, const float* dy, const Chunk& router,
   if (P_ == 1) {
     experts_bwd(experts);
   } else {
-    // Gradient traffic: fp16 on the wire gets the fixed gradient scale.
-    const float gs = grad_comm_scale(ex_.wire);
+    // Gradient traffic: fp16 on the wire gets the fixed gradient scale
+    // (not on top of the fp16 loss scale).
+    const float gs = grad_wire_scale(ex_.wire, ex_.grads);
     exchange_to_experts(dye_, dyp_, gs, "combine (backward)");
     experts_bwd(experts);
     exchange_from_experts(dxp_, dxe_, gs, "dispatch (backward)");

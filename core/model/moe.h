@@ -22,6 +22,7 @@
 #include "core/model/mixed_precision.h"
 #include "core/model/params.h"
 #include "core/parallel/comm.h"
+#include "core/parallel/grad_buckets.h"
 
 namespace m6 {
 
@@ -42,6 +43,7 @@ int moe_capacity(const MoeConfig& moe, int n_tokens, Phase phase);
 struct MoeExchange {
   Comm* ep = nullptr;               // the EP group; null (or 1 rank): every expert is local
   CommDType wire = CommDType::F32;  // precision.comm of the token payloads
+  GradWire grads = GradWire::Unscaled;  // LossScaled: backward payloads carry the fp16 loss scale
 };
 
 class MoeLayer {

@@ -154,10 +154,13 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   // until model.sharing.delink_at_step, the real model after (also when
   // resuming a checkpoint written after the delink). Checkpoints record it.
   Config run_cfg = resume_layout(cfg, opt.run_dir, parse_resume_flag(opt.resume));
+  const GradWire grad_wire =
+      cfg.precision.compute == Precision::Fp16 ? GradWire::LossScaled : GradWire::Unscaled;
   Model model(run_cfg, *be, grid_experts(grid.layout(), E),
-              MoeExchange{grid.layout().ep > 1 ? &grid.ep() : nullptr, wire});
+              MoeExchange{grid.layout().ep > 1 ? &grid.ep() : nullptr, wire, grad_wire});
   model.init_params(cfg.train.seed);
   GradSync grad_sync(grid, *be, wire);
+  grad_sync.set_grad_wire(grad_wire);
   CommMeter comm_meter(grid.activity());
   TrainState state;
   const ResumeResult resumed =

@@ -8,18 +8,24 @@
 # - the update was skipped everywhere: the run matches, bit for bit, the run
 #   whose overflow hits rank 0 instead (dense weights are written by rank 0
 #   and each rank writes its own experts, ep = 2), so neither rank applied
-#   the step; and steps 1-6 match the run without overflow, step 7 does not.
+#   the step; and steps 1-6 match the run without overflow, step 7 does not;
+# - with precision.comm: fp16 as well, a clean run skips nothing (loss-scaled
+#   gradients travel without the fixed fp16 wire scale) and stays within 1%
+#   of the fp32-wire run.
 source "$(dirname "$0")/ckpt_common.bash"
 require_mpi 2
 
 write_config "$tmp/h.yaml" 10 'precision: {compute: fp16}'
-run() {  # RUN_DIR FAILPOINTS
-  M6_FAILPOINTS=$2 "${MPIRUN[@]}" -x M6_FAILPOINTS -np 2 "$M6TRAIN" --config "$tmp/h.yaml" \
-    --set parallel.ep=2 --run-dir "$1" > "$1.out" 2> "$1.err"
+run() {  # RUN_DIR FAILPOINTS [--set ...]
+  local dir=$1 fp=$2
+  shift 2
+  M6_FAILPOINTS=$fp "${MPIRUN[@]}" -x M6_FAILPOINTS -np 2 "$M6TRAIN" --config "$tmp/h.yaml" \
+    --set parallel.ep=2 --run-dir "$dir" "$@" > "$dir.out" 2> "$dir.err"
 }
 run "$tmp/r1" overflow@5@1
 run "$tmp/r0" overflow@5@0
 run "$tmp/clean" ""
+run "$tmp/wire16" "" --set precision.comm=fp16
 
 for r in 0 1; do
   if ! grep -q "rank $r/2.*step 6: fp16 gradient overflow.*loss scale 65536 -> 32768" "$tmp/r1.err"; then
@@ -36,6 +42,12 @@ def recs(run, kind):
 skips = recs("r1", "skip")
 assert [(r["step"], r["reason"], r["loss_scale"]) for r in skips] == [(6, "overflow", 32768)], skips
 assert recs("clean", "skip") == [], recs("clean", "skip")
+# fp16 on the wire too: the gradients already carry the loss scale, so they
+# travel without the fixed wire scale and nothing overflows.
+assert recs("wire16", "skip") == [], recs("wire16", "skip")
+w = [r["loss"] for r in recs("wire16", "train")]
+cl = [r["loss"] for r in recs("clean", "train")]
+assert max(abs(x - y) / y for x, y in zip(w, cl)) < 0.01, (w, cl)
 m = json.load(open(f"{tmp}/r1/checkpoints/step_00000010/manifest.json"))
 ls = m["loss_scaler"]
 assert ls["active"] and ls["scale"] == 32768 and ls["good_steps"] == 4, ls
