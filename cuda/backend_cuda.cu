@@ -177,6 +177,9 @@ class CudaBackend final : public Backend {
     to_host(&bad, flag_, sizeof(int));
     return bad == 0;
   }
+  void round_half(float* x, size_t n, HalfType t) override {
+    cuda::launch_round_half(x, n, t, stream_);
+  }
 
   // ---- transformer ops --------------------------------------------------------
   void embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe, int B,

@@ -17,6 +17,8 @@
 #include <memory>
 #include <string>
 
+#include "core/util/half_round.h"
+
 namespace m6 {
 
 enum class Trans { No, Yes };
@@ -81,6 +83,10 @@ class Backend {
   virtual double sum(const float* x, size_t n) = 0;
   virtual double sum_squares(const float* x, size_t n) = 0;
   virtual bool all_finite(const float* x, size_t n) = 0;
+  // x[i] = round_half(x[i], t): the nearest bf16/fp16 value, ties to even
+  // (core/util/half_round.h), overflow to inf. The mixed-precision compute
+  // path (precision.compute) applies it where a tensor is stored in half.
+  virtual void round_half(float* x, size_t n, HalfType t) = 0;
 
   // ---- transformer ops --------------------------------------------------------
   // x[b*T+t,:] = wte[tokens[b*T+t],:] + wpe[t,:]

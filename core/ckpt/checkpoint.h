@@ -41,11 +41,14 @@ namespace m6 {
 // file per part.
 constexpr int kCheckpointFormatVersion = 2;
 
-// fp16 dynamic loss scaling (DESIGN.md section 5); carried as is.
+// fp16 dynamic loss scaling (core/train/loss_scaler.h): the scaler's whole
+// state, so that a resumed run scales, skips and grows exactly as the
+// uninterrupted one. active is false for fp32/bf16 runs (scale 1).
 struct LossScalerState {
+  bool active = false;
   double scale = 1.0;
-  int64_t good_steps = 0;  // steps since the last overflow (growth interval counter)
-  int64_t hysteresis_left = 0;
+  int64_t good_steps = 0;       // clean steps since the last overflow or growth
+  int64_t hysteresis_left = 0;  // overflows still tolerated before the next backoff
 };
 
 struct TrainState {

@@ -3,6 +3,7 @@
 // manifest, future version -- is a CheckpointError naming the file) and the
 // by-name tensor lookup that lets any layout load any checkpoint.
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <set>
 
@@ -203,6 +204,10 @@ TrainState train_state_fields(const nlohmann::json& man, const std::string& path
     if (!ls.is_object() || !ls.value("scale", nlohmann::json()).is_number())
       bad(path, "loss_scaler must be an object with a numeric scale");
     st.loss_scaler.scale = ls["scale"].get<double>();
+    if (!(st.loss_scaler.scale > 0.0) || !std::isfinite(st.loss_scaler.scale))
+      bad(path, fmt("loss_scaler.scale must be a finite positive number (got ",
+                    st.loss_scaler.scale, ")"));
+    st.loss_scaler.active = ls.value("active", false);
     st.loss_scaler.good_steps = get_count(ls, "good_steps", path);
     st.loss_scaler.hysteresis_left = get_count(ls, "hysteresis_left", path);
   }

@@ -128,9 +128,26 @@ struct LogConfig {
   bool tensorboard = false;  // also write TensorBoard event files to <run>/tb
 };
 
+// fp16 dynamic loss scaling (core/train/loss_scaler.h); used only with
+// precision.compute: fp16. The loss (and so every gradient) is multiplied by
+// the scale; a step whose gradients overflow on any rank is skipped on every
+// rank and the scale multiplied by backoff_factor (after `hysteresis`
+// overflows in a row); after growth_interval clean steps it is multiplied by
+// growth_factor. The scale stays within [min, max].
+struct LossScaleConfig {
+  double init = 65536.0;  // 2^16
+  int64_t growth_interval = 1000;
+  double growth_factor = 2.0;
+  double backoff_factor = 0.5;
+  int hysteresis = 1;
+  double min = 1.0;
+  double max = 16777216.0;  // 2^24
+};
+
 struct PrecisionConfig {
   Precision compute = Precision::Fp32;
   Precision comm = Precision::Fp32;
+  LossScaleConfig loss_scale;
 };
 
 struct ParallelConfig {

@@ -27,18 +27,6 @@ using WhereFn = std::function<std::string(const std::string&)>;
 
 const char* router_name(RouterKind r) { return r == RouterKind::TopK ? "topk" : "prototypes"; }
 
-const char* precision_name(Precision p) {
-  switch (p) {
-    case Precision::Fp32:
-      return "fp32";
-    case Precision::Bf16:
-      return "bf16";
-    case Precision::Fp16:
-      return "fp16";
-  }
-  return "?";
-}
-
 class Checker {
  public:
   Checker(const Config& c, const WhereFn& where) : c_(c), where_(where) {}
@@ -64,7 +52,7 @@ class Checker {
   }
   template <class T>
   void within(const std::string& key, T v, T lo, T hi, const std::string& note = "") const {
-    if (v < lo || v > hi)
+    if (!(v >= lo && v <= hi))  // NaN is out of every range
       fail(key, fmt("out of range (got ", v, "); allowed: ", lo, "..", hi, note));
   }
 
@@ -275,19 +263,35 @@ void check_parallel(const Checker& k, const Config& c, int world) {
   k.above("parallel.timeout_s", c.parallel.timeout_s, 0.0);
 }
 
+// Checked whatever precision.compute says: a typo is a typo (the scaler only
+// runs with fp16).
+void check_loss_scale(const Checker& k, const LossScaleConfig& s) {
+  const double kHuge = 1e38;  // below FLT_MAX: the scale multiplies fp32 values
+  k.within("precision.loss_scale.min", s.min, 0x1.0p-24, kHuge, " (a finite positive scale)");
+  k.within("precision.loss_scale.max", s.max, s.min, kHuge,
+           " (from precision.loss_scale.min up; finite)");
+  k.within("precision.loss_scale.init", s.init, s.min, s.max,
+           " (precision.loss_scale.min..max)");
+  k.at_least<int64_t>("precision.loss_scale.growth_interval", s.growth_interval, 1,
+                      " (clean steps before the scale grows)");
+  if (!(s.growth_factor > 1.0 && s.growth_factor <= 1e6))
+    k.fail("precision.loss_scale.growth_factor",
+           fmt("out of range (got ", s.growth_factor, "); allowed: > 1 (e.g. 2)"));
+  if (!(s.backoff_factor > 0.0 && s.backoff_factor < 1.0))
+    k.fail("precision.loss_scale.backoff_factor",
+           fmt("out of range (got ", s.backoff_factor, "); allowed: strictly between 0 and 1 "
+               "(e.g. 0.5)"));
+  k.at_least("precision.loss_scale.hysteresis", s.hysteresis, 1,
+             " (overflows in a row before the scale backs off)");
+}
+
 void check_rest(const Checker& k, const Config& c) {
   k.at_least<int64_t>("eval.every", c.eval.every, 0, " (0 = only at the end)");
   k.at_least("eval.batches", c.eval.batches, 1);
   k.at_least<int64_t>("log.every", c.log.every, 1);
   k.at_least<int64_t>("checkpoint.every", c.checkpoint.every, 0, " (0 = only at the end)");
   k.at_least("checkpoint.keep", c.checkpoint.keep, 1);
-  if (c.train.device == DeviceKind::Cpu && c.precision.compute != Precision::Fp32)
-    k.fail(
-        "precision.compute",
-        fmt("compute (", precision_name(c.precision.compute),
-            ") needs the CUDA backend, but train.device is cpu (the CPU backend computes in fp32); "
-            "allowed with device cpu: fp32"),
-        {"train.device"});
+  check_loss_scale(k, c.precision.loss_scale);
   if (c.data.train.empty())
     k.fail("data.train",
            "empty (got \"\"); allowed: a glob of train token shards, e.g. data/x/train_*.bin");

@@ -46,6 +46,9 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
   chunks_ = plan_chunks(m, experts);
   chunk_store_ = std::make_unique<ChunkStorage>(be_, chunks_, cfg_.offload);
   size_window();
+  const std::optional<HalfType> half = compute_half_type(cfg_.precision.compute);
+  round_ = ActRound(be_, half);
+  if (half) compute_ = std::make_unique<ComputeWeights>(be_, chunks_, *half);
 
   tokens_ = arena_.ints(N);
   targets_ = arena_.ints(N);
@@ -77,6 +80,7 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
     a->fc1_pre = dense ? arena_.floats(N * F) : nullptr;
     a->fc1_act = dense ? arena_.floats(N * F) : nullptr;
     moe_.push_back(moe ? std::make_unique<MoeLayer>(be_, m, max_tokens_, l, ex) : nullptr);
+    if (moe) moe_.back()->set_rounding(round_);
     acts_.push_back(std::move(a));
   }
   lnf_out_ = arena_.floats(N * d);
@@ -130,6 +134,7 @@ void Model::delink(DelinkOptimizer opt) {
   std::vector<Chunk> chunks = plan_chunks(real, experts_);
   auto store = std::make_unique<ChunkStorage>(be_, chunks, cfg_.offload);
   delink_chunks(be_, cfg_.model, chunks_, chunks, opt);
+  if (compute_) compute_ = std::make_unique<ComputeWeights>(be_, chunks, *round_.type());
   chunks_ = std::move(chunks);
   chunk_store_ = std::move(store);  // releases the pseudo model's buffers
   cfg_.model.sharing = real.sharing;
@@ -150,20 +155,24 @@ void Model::size_window() {
 
 void Model::window_reset() {
   window_set_[0] = window_set_[1] = -1;
-  for (Chunk& c : chunks_) c.compute = nullptr;
+  for (Chunk& c : chunks_) c.streamed = nullptr;
 }
 
 void Model::stream_set(int set, int keep) {
   if (window_floats_ == 0 || window_set_[0] == set || window_set_[1] == set) return;
   const int slot = window_set_[0] == -1 ? 0 : window_set_[1] == -1 ? 1 : window_set_[0] == keep;
   for (Chunk& c : chunks_)
-    if (c.master_on_host && c.layer == window_set_[slot]) c.compute = nullptr;
+    if (c.master_on_host && c.layer == window_set_[slot]) c.streamed = nullptr;
   size_t at = 0;
   for (Chunk& c : chunks_) {
     if (!c.master_on_host || c.layer != set) continue;
-    // The compute copy (a bf16/fp16 rounding of the master on the GPU).
+    // The compute copy of a host master: streamed in, and rounded like
+    // ComputeWeights rounds the resident chunks' under bf16/fp16 compute.
     be_.to_device(window_[slot] + at, c.param, c.numel * sizeof(float));
-    c.compute = window_[slot] + at;
+    c.streamed = window_[slot] + at;
+    if (round_.active())
+      for (const auto& t : c.tensors)
+        if (!keeps_fp32_compute_copy(t)) round_(c.streamed + t.offset, t.numel);
     at += c.numel;
   }
   window_set_[slot] = set;
@@ -186,27 +195,45 @@ void Model::layer_forward(int l, Phase phase, MicroStats* st) {
   const ModelConfig& m = cfg_.model;
   const int B = B_, T = T_, N = B * T;
   const int d = m.d_model, F = m.d_ff, H = m.n_heads;
+  const size_t Nd = static_cast<size_t>(N) * d, NF = static_cast<size_t>(N) * F;
+  const ActRound& rnd = round_;
   const Chunk& c = layer_chunk(l);
   LayerActs& a = acts(l);
   const float* x = residual_[l];
-  be_.layernorm_fwd(a.ln1_out, a.ln1_mean, a.ln1_rstd, x, c.param_of("ln1.weight"),
-                    c.param_of("ln1.bias"), N, d);
-  linear_fwd(be_, a.qkv, a.ln1_out, c.param_of("qkv.weight"), c.param_of("qkv.bias"), N, d, 3 * d);
+  be_.layernorm_fwd(a.ln1_out, a.ln1_mean, a.ln1_rstd, x, c.weight_of("ln1.weight"),
+                    c.weight_of("ln1.bias"), N, d);
+  rnd(a.ln1_out, Nd);
+  linear_fwd(be_, a.qkv, a.ln1_out, c.weight_of("qkv.weight"), c.weight_of("qkv.bias"), N, d,
+             3 * d);
+  rnd(a.qkv, 3 * Nd);
   be_.attention_fwd(a.atty, a.att, a.qkv, B, T, H, d);
-  linear_fwd(be_, dtmp_, a.atty, c.param_of("proj.weight"), c.param_of("proj.bias"), N, d, d);
-  be_.add(a.res1, x, dtmp_, static_cast<size_t>(N) * d);
-  be_.layernorm_fwd(a.ln2_out, a.ln2_mean, a.ln2_rstd, a.res1, c.param_of("ln2.weight"),
-                    c.param_of("ln2.bias"), N, d);
+  rnd(a.atty, Nd);
+  rnd(a.att, static_cast<size_t>(B) * H * T * T);
+  linear_fwd(be_, dtmp_, a.atty, c.weight_of("proj.weight"), c.weight_of("proj.bias"), N, d, d);
+  rnd(dtmp_, Nd);
+  be_.add(a.res1, x, dtmp_, Nd);
+  rnd(a.res1, Nd);
+  be_.layernorm_fwd(a.ln2_out, a.ln2_mean, a.ln2_rstd, a.res1, c.weight_of("ln2.weight"),
+                    c.weight_of("ln2.bias"), N, d);
+  rnd(a.ln2_out, Nd);
   if (MoeLayer* moe = moe_at(l)) {
     MoeStats ms = moe->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase);
     if (st) st->moe.push_back(std::move(ms));
   } else {
-    linear_fwd(be_, a.fc1_pre, a.ln2_out, c.param_of("fc1.weight"), c.param_of("fc1.bias"), N, d, F);
-    be_.gelu_fwd(a.fc1_act, a.fc1_pre, static_cast<size_t>(N) * F);
-    linear_fwd(be_, dtmp_, a.fc1_act, c.param_of("fc2.weight"), c.param_of("fc2.bias"), N, F, d);
+    linear_fwd(be_, a.fc1_pre, a.ln2_out, c.weight_of("fc1.weight"), c.weight_of("fc1.bias"), N,
+               d, F);
+    rnd(a.fc1_pre, NF);
+    be_.gelu_fwd(a.fc1_act, a.fc1_pre, NF);
+    rnd(a.fc1_act, NF);
+    linear_fwd(be_, dtmp_, a.fc1_act, c.weight_of("fc2.weight"), c.weight_of("fc2.bias"), N, F,
+               d);
+    rnd(dtmp_, Nd);
   }
   // Recomputing writes the same bits residual_[l+1] already holds: skip it.
-  if (st) be_.add(residual_[l + 1], a.res1, dtmp_, static_cast<size_t>(N) * d);
+  if (st) {
+    be_.add(residual_[l + 1], a.res1, dtmp_, Nd);
+    rnd(residual_[l + 1], Nd);
+  }
 }
 
 MicroStats Model::forward(const Batch& batch, Phase phase) {
@@ -220,21 +247,30 @@ MicroStats Model::forward(const Batch& batch, Phase phase) {
   be_.to_device(tokens_, batch.inputs.data(), N * sizeof(int32_t));
   be_.to_device(targets_, batch.targets.data(), N * sizeof(int32_t));
 
+  // The compute copy follows the master weights (changed by the optimizer,
+  // a checkpoint load or a delink since the last forward).
+  if (compute_) compute_->refresh(chunks_);
+  const ActRound& rnd = round_;
+  const size_t Nd = static_cast<size_t>(N) * d;
+
   const Chunk& emb = chunks_.front();
   const Chunk& head = chunks_.back();
-  be_.embedding_fwd(residual_[0], tokens_, emb.param_of("tok_emb.weight"),
-                    emb.param_of("pos_emb.weight"), B, T, d);
+  be_.embedding_fwd(residual_[0], tokens_, emb.weight_of("tok_emb.weight"),
+                    emb.weight_of("pos_emb.weight"), B, T, d);
+  rnd(residual_[0], Nd);
   MicroStats st;
   window_reset();  // the optimizer (or a checkpoint load) may have changed host masters
   for (int l = 0; l < L; ++l) {
     stream_layer(l, l + 1);
     layer_forward(l, phase, &st);
   }
-  be_.layernorm_fwd(lnf_out_, lnf_mean_, lnf_rstd_, residual_[L], head.param_of("ln_f.weight"),
-                    head.param_of("ln_f.bias"), N, d);
+  be_.layernorm_fwd(lnf_out_, lnf_mean_, lnf_rstd_, residual_[L], head.weight_of("ln_f.weight"),
+                    head.weight_of("ln_f.bias"), N, d);
+  rnd(lnf_out_, Nd);
   // Tied LM head: logits[N,V] = lnf_out[N,d] tok_emb[V,d]^T
-  linear_fwd(be_, logits_, lnf_out_, emb.param_of("tok_emb.weight"), nullptr, N, d, V);
-  be_.crossentropy_fwd(losses_, logits_, logits_, targets_, N, V);  // logits_ now holds probs
+  linear_fwd(be_, logits_, lnf_out_, emb.weight_of("tok_emb.weight"), nullptr, N, d, V);
+  rnd(logits_, static_cast<size_t>(N) * V);
+  be_.crossentropy_fwd(losses_, logits_, logits_, targets_, N, V);  // logits_ now holds probs (fp32)
   st.ce_sum = be_.sum(losses_, N);
   for (int i = 0; i < N; ++i) st.n_valid += batch.targets[i] >= 0;
   n_valid_last_ = st.n_valid;
@@ -249,13 +285,19 @@ void Model::backward(float grad_scale) {
   Chunk& head = chunks_.back();
   const float dscale = n_valid_last_ ? grad_scale / static_cast<float>(n_valid_last_) : 0.0f;
 
+  const ActRound& rnd = round_;
+  const size_t Nd = static_cast<size_t>(N) * d, NF = static_cast<size_t>(N) * F;
+
   be_.crossentropy_bwd(logits_, logits_, targets_, dscale, N, V);  // logits_ now dlogits
+  rnd(logits_, static_cast<size_t>(N) * V);
   // lnf_out -> logits through the tied embedding: dlnf = dlogits wte; dwte += dlogits^T lnf_out
   linear_bwd(be_, dtmp_, GradMode::Overwrite, emb.grad_of("tok_emb.weight"), nullptr, logits_,
-             lnf_out_, emb.param_of("tok_emb.weight"), N, d, V);
-  be_.zero(dres_, static_cast<size_t>(N) * d * sizeof(float));
+             lnf_out_, emb.weight_of("tok_emb.weight"), N, d, V);
+  rnd(dtmp_, Nd);
+  be_.zero(dres_, Nd * sizeof(float));
   be_.layernorm_bwd(dres_, head.grad_of("ln_f.weight"), head.grad_of("ln_f.bias"), dtmp_,
-                    residual_[L], lnf_mean_, lnf_rstd_, head.param_of("ln_f.weight"), N, d);
+                    residual_[L], lnf_mean_, lnf_rstd_, head.weight_of("ln_f.weight"), N, d);
+  rnd(dres_, Nd);
 
   for (int l = L - 1; l >= 0; --l) {
     stream_layer(l, l - 1);
@@ -264,28 +306,40 @@ void Model::backward(float grad_scale) {
     LayerActs& a = acts(l);
     // dres_ is d loss / d residual[l+1] = res1 + ffn(ln2(res1)).
     if (MoeLayer* moe = moe_at(l)) {
-      be_.zero(dtmp_, static_cast<size_t>(N) * d * sizeof(float));
+      be_.zero(dtmp_, Nd * sizeof(float));
       moe->backward(dtmp_, dres_, c, expert_chunks(l), grad_scale);
     } else {
       linear_bwd(be_, dff_, GradMode::Overwrite, c.grad_of("fc2.weight"), c.grad_of("fc2.bias"),
-                 dres_, a.fc1_act, c.param_of("fc2.weight"), N, F, d);
-      be_.gelu_bwd(dff_, a.fc1_pre, dff_, static_cast<size_t>(N) * F);
+                 dres_, a.fc1_act, c.weight_of("fc2.weight"), N, F, d);
+      rnd(dff_, NF);
+      be_.gelu_bwd(dff_, a.fc1_pre, dff_, NF);
+      rnd(dff_, NF);
       linear_bwd(be_, dtmp_, GradMode::Overwrite, c.grad_of("fc1.weight"), c.grad_of("fc1.bias"),
-                 dff_, a.ln2_out, c.param_of("fc1.weight"), N, d, F);
+                 dff_, a.ln2_out, c.weight_of("fc1.weight"), N, d, F);
     }
+    rnd(dtmp_, Nd);
     be_.layernorm_bwd(dres_, c.grad_of("ln2.weight"), c.grad_of("ln2.bias"), dtmp_, a.res1,
-                      a.ln2_mean, a.ln2_rstd, c.param_of("ln2.weight"), N, d);
+                      a.ln2_mean, a.ln2_rstd, c.weight_of("ln2.weight"), N, d);
+    rnd(dres_, Nd);
     // The shared probabilities hold another layer's: recompute this layer's
-    // from its kept qkv (the output goes to dqkv_, free until attention_bwd).
-    if (recompute_ == Recompute::Attention) be_.attention_fwd(dqkv_, a.att, a.qkv, B, T, H, d);
+    // from its kept qkv (the output goes to dqkv_, free until attention_bwd),
+    // rounded as the forward stored them.
+    if (recompute_ == Recompute::Attention) {
+      be_.attention_fwd(dqkv_, a.att, a.qkv, B, T, H, d);
+      rnd(a.att, static_cast<size_t>(B) * H * T * T);
+    }
     // dres_ is now d loss / d res1 = x + proj(attn(ln1(x))).
     linear_bwd(be_, dtmp_, GradMode::Overwrite, c.grad_of("proj.weight"), c.grad_of("proj.bias"),
-               dres_, a.atty, c.param_of("proj.weight"), N, d, d);
+               dres_, a.atty, c.weight_of("proj.weight"), N, d, d);
+    rnd(dtmp_, Nd);
     be_.attention_bwd(dqkv_, datt_, dtmp_, a.qkv, a.att, B, T, H, d);
+    rnd(dqkv_, 3 * Nd);
     linear_bwd(be_, dtmp_, GradMode::Overwrite, c.grad_of("qkv.weight"), c.grad_of("qkv.bias"),
-               dqkv_, a.ln1_out, c.param_of("qkv.weight"), N, d, 3 * d);
+               dqkv_, a.ln1_out, c.weight_of("qkv.weight"), N, d, 3 * d);
+    rnd(dtmp_, Nd);
     be_.layernorm_bwd(dres_, c.grad_of("ln1.weight"), c.grad_of("ln1.bias"), dtmp_, residual_[l],
-                      a.ln1_mean, a.ln1_rstd, c.param_of("ln1.weight"), N, d);
+                      a.ln1_mean, a.ln1_rstd, c.weight_of("ln1.weight"), N, d);
+    rnd(dres_, Nd);
   }
   be_.embedding_bwd(emb.grad_of("tok_emb.weight"), emb.grad_of("pos_emb.weight"), dres_, tokens_,
                     B, T, d);

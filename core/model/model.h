@@ -12,6 +12,7 @@
 #include "core/config/config.h"
 #include "core/data/dataset.h"
 #include "core/model/device_arena.h"
+#include "core/model/mixed_precision.h"
 #include "core/model/moe.h"
 #include "core/model/params.h"
 #include "core/model/sharing.h"
@@ -94,6 +95,10 @@ class Model {
   ExpertRange experts_;
   std::vector<Chunk> chunks_;
   std::unique_ptr<ChunkStorage> chunk_store_;  // chunks_' buffers; replaced by delink
+  // precision.compute bf16|fp16: the rounded weight copy, refreshed by every
+  // forward, and the rounding of stored activations (null / no-op in fp32).
+  std::unique_ptr<ComputeWeights> compute_;
+  ActRound round_;
   DeviceArena arena_;
   Recompute recompute_ = Recompute::None;
   float* window_[2] = {nullptr, nullptr};  // offload.params slots, window_floats_ each

@@ -152,11 +152,15 @@ void MoeLayer::experts_fwd(const std::vector<const Chunk*>& experts) {
     const int le = c->expert - first_, r = erows_[le];
     if (r == 0) continue;
     const size_t o = eoff_[le];
-    linear_fwd(be_, he_pre_ + o * F, xe_ + o * d, c->param_of("fc1.weight"),
-               c->param_of("fc1.bias"), r, d, F);
-    be_.gelu_fwd(he_act_ + o * F, he_pre_ + o * F, static_cast<size_t>(r) * F);
-    linear_fwd(be_, ye_ + o * d, he_act_ + o * F, c->param_of("fc2.weight"),
-               c->param_of("fc2.bias"), r, F, d);
+    const size_t rF = static_cast<size_t>(r) * F, rd = static_cast<size_t>(r) * d;
+    linear_fwd(be_, he_pre_ + o * F, xe_ + o * d, c->weight_of("fc1.weight"),
+               c->weight_of("fc1.bias"), r, d, F);
+    round_(he_pre_ + o * F, rF);
+    be_.gelu_fwd(he_act_ + o * F, he_pre_ + o * F, rF);
+    round_(he_act_ + o * F, rF);
+    linear_fwd(be_, ye_ + o * d, he_act_ + o * F, c->weight_of("fc2.weight"),
+               c->weight_of("fc2.bias"), r, F, d);
+    round_(ye_ + o * d, rd);
   }
 }
 
@@ -166,13 +170,17 @@ void MoeLayer::experts_bwd(const std::vector<const Chunk*>& experts) {
     const int le = c->expert - first_, r = erows_[le];
     if (r == 0) continue;
     const size_t o = eoff_[le];
+    const size_t rF = static_cast<size_t>(r) * F, rd = static_cast<size_t>(r) * d;
     linear_bwd(be_, dhe_ + o * F, GradMode::Overwrite, c->grad_of("fc2.weight"),
-               c->grad_of("fc2.bias"), dye_ + o * d, he_act_ + o * F, c->param_of("fc2.weight"), r,
+               c->grad_of("fc2.bias"), dye_ + o * d, he_act_ + o * F, c->weight_of("fc2.weight"), r,
                F, d);
-    be_.gelu_bwd(dhe_ + o * F, he_pre_ + o * F, dhe_ + o * F, static_cast<size_t>(r) * F);
+    round_(dhe_ + o * F, rF);
+    be_.gelu_bwd(dhe_ + o * F, he_pre_ + o * F, dhe_ + o * F, rF);
+    round_(dhe_ + o * F, rF);
     linear_bwd(be_, dxe_ + o * d, GradMode::Overwrite, c->grad_of("fc1.weight"),
-               c->grad_of("fc1.bias"), dhe_ + o * F, xe_ + o * d, c->param_of("fc1.weight"), r, d,
+               c->grad_of("fc1.bias"), dhe_ + o * F, xe_ + o * d, c->weight_of("fc1.weight"), r, d,
                F);
+    round_(dxe_ + o * d, rd);
   }
 }
 
@@ -183,8 +191,8 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   x_ = x;
   n_ = n;
   ra_.n = n;
-  // Router in fp32, no bias.
-  linear_fwd(be_, logits_, x, router.param_of("router.weight"), nullptr, n, d, E);
+  // Router in fp32, no bias (its compute copy is fp32; x is the stored activation).
+  linear_fwd(be_, logits_, x, router.weight_of("router.weight"), nullptr, n, d, E);
   be_.router_fwd(probs_, lse_, expert_, gate_, logits_, ra_);
   be_.moe_assign(pos_, count_, demand_, expert_, n, S_, E, moe_capacity(m_.moe, n, phase));
 
@@ -202,6 +210,7 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   st.demand.assign(demand_h.begin(), demand_h.end());
   st.slots = static_cast<int64_t>(n) * S_;
   st.dropped = st.slots - rows;
+  rows_ = rows;
 
   be_.moe_permute(xp_, x, expert_, pos_, offset_, n, S_, d);
   if (P_ == 1) {
@@ -216,6 +225,7 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   }
   be_.zero(y, static_cast<size_t>(n) * d * sizeof(float));
   be_.moe_unpermute(y, yp_, gate_, expert_, pos_, offset_, n, S_, d);
+  round_(y, static_cast<size_t>(n) * d);
   const auto aux = be_.router_aux_fwd(probs_, lse_, demand_, ra_);
   st.aux = aux.aux;
   st.z = aux.z;
@@ -227,11 +237,13 @@ void MoeLayer::backward(float* dx, const float* dy, const Chunk& router,
   const int E = m_.moe.experts, d = m_.d_model, n = n_;
   check_experts(experts);
   be_.moe_unpermute_bwd(dyp_, dgate_, dy, yp_, gate_, expert_, pos_, offset_, n, S_, d);
+  round_(dyp_, static_cast<size_t>(rows_) * d);  // dgate stays fp32 (router)
   if (P_ == 1) {
     experts_bwd(experts);
   } else {
-    // Gradient traffic: fp16 on the wire gets the fixed gradient scale.
-    const float gs = grad_comm_scale(ex_.wire);
+    // Gradient traffic: fp16 on the wire gets the fixed gradient scale
+    // (not on top of the fp16 loss scale).
+    const float gs = grad_wire_scale(ex_.wire, ex_.grads);
     exchange_to_experts(dye_, dyp_, gs, "combine (backward)");
     experts_bwd(experts);
     exchange_from_experts(dxp_, dxe_, gs, "dispatch (backward)");
@@ -241,7 +253,7 @@ void MoeLayer::backward(float* dx, const float* dy, const Chunk& router,
                  static_cast<float>(m_.moe.aux_loss_coef * grad_scale),
                  static_cast<float>(m_.moe.z_loss_coef * grad_scale), ra_);
   linear_bwd(be_, dx, GradMode::Accumulate, router.grad_of("router.weight"), nullptr, dlogits_, x_,
-             router.param_of("router.weight"), n, d, E);
+             router.weight_of("router.weight"), n, d, E);
 }
 
 }  // namespace m6

@@ -19,8 +19,10 @@
 #include "core/backend/backend.h"
 #include "core/config/config.h"
 #include "core/model/device_arena.h"
+#include "core/model/mixed_precision.h"
 #include "core/model/params.h"
 #include "core/parallel/comm.h"
+#include "core/parallel/grad_buckets.h"
 
 namespace m6 {
 
@@ -41,6 +43,7 @@ int moe_capacity(const MoeConfig& moe, int n_tokens, Phase phase);
 struct MoeExchange {
   Comm* ep = nullptr;               // the EP group; null (or 1 rank): every expert is local
   CommDType wire = CommDType::F32;  // precision.comm of the token payloads
+  GradWire grads = GradWire::Unscaled;  // LossScaled: backward payloads carry the fp16 loss scale
 };
 
 class MoeLayer {
@@ -48,6 +51,9 @@ class MoeLayer {
   // max_tokens bounds N; layer (the logical layer) names the exchanges in
   // timeout messages ("layer 3 dispatch").
   MoeLayer(Backend& be, const ModelConfig& m, int max_tokens, int layer = -1, MoeExchange ex = {});
+  // precision.compute: expert activations, the combined output and the
+  // expert-side gradients are stored rounded; the router stays fp32.
+  void set_rounding(ActRound r) { round_ = r; }
 
   // y[N,d] = MoE(x[N,d]). Pointers to x must stay valid until backward.
   // router: the layer chunk holding moe.router.weight; experts: this rank's
@@ -79,6 +85,8 @@ class MoeLayer {
   int S_;
   int layer_;
   MoeExchange ex_;
+  ActRound round_;
+  int64_t rows_ = 0;  // kept rows of this rank's tokens (last forward)
   int P_ = 1, first_ = 0, El_ = 0;  // EP group size, first local expert, local experts
   int64_t max_rows_ = 0;            // rows the local experts can receive
   DeviceArena arena_;

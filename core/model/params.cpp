@@ -16,10 +16,10 @@ const ParamTensor& Chunk::tensor(const std::string& suffix) const {
   throw Error(fmt("chunk ", name, " has no tensor ", suffix));
 }
 
-float* Chunk::resident_compute() const {
-  M6_CHECK(compute != nullptr, "chunk ", name,
+float* Chunk::resident_streamed() const {
+  M6_CHECK(streamed != nullptr, "chunk ", name,
            " keeps its master weights on the host and was used before being streamed in");
-  return compute;
+  return streamed;
 }
 
 int layer_set(const ModelConfig& m, int layer) {

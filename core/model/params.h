@@ -42,17 +42,26 @@ struct Chunk {
   float* adam_v = nullptr;
   // Granular offload (core/model/offload.h): the master weights and/or the
   // Adam moments may live in the host arena. With a host master the layer
-  // computes on `compute`, a device copy streamed in before use.
+  // computes on `streamed`, a device copy streamed in before use (rounded
+  // under bf16/fp16 compute).
   bool adam_on_host = false;
   bool master_on_host = false;
+  float* streamed = nullptr;
+  // With precision.compute bf16|fp16, the rounded copy of a device-resident
+  // param (core/model/mixed_precision.h); null in fp32 and for host masters.
   float* compute = nullptr;
 
   const ParamTensor& tensor(const std::string& suffix) const;  // by name suffix ("fc1.weight")
-  // The weights the forward and backward compute with.
+  // The fp32 master weights as the device sees them: param, or the streamed
+  // copy of a host master.
   float* param_of(const std::string& suffix) const {
-    return (master_on_host ? resident_compute() : param) + tensor(suffix).offset;
+    return (master_on_host ? resident_streamed() : param) + tensor(suffix).offset;
   }
-  float* resident_compute() const;  // `compute`, checked to be streamed in
+  // The weights forward and backward compute with.
+  float* weight_of(const std::string& suffix) const {
+    return compute ? compute + tensor(suffix).offset : param_of(suffix);
+  }
+  float* resident_streamed() const;  // `streamed`, checked to be streamed in
   float* grad_of(const std::string& suffix) const { return grad + tensor(suffix).offset; }
 };
 

@@ -84,7 +84,7 @@ ChunkStorage::ChunkStorage(Backend& be, std::vector<Chunk>& chunks, const Offloa
     Chunk& c = chunks[i];
     c.master_on_host = place[i].master_on_host;
     c.adam_on_host = place[i].adam_on_host;
-    c.compute = nullptr;
+    c.streamed = c.compute = nullptr;
     c.param = (c.master_on_host ? host_ : arena_).floats(c.numel);
     c.grad = arena_.floats(c.numel);
     c.adam_m = (c.adam_on_host ? host_ : arena_).floats(c.numel);

@@ -43,9 +43,10 @@ GradBuckets::~GradBuckets() {
   if (staging_) be_.release(staging_);
 }
 
-void GradBuckets::all_reduce_sum(Comm& comm, CommDType wire, const std::string& what) {
+void GradBuckets::all_reduce_sum(Comm& comm, CommDType wire, const std::string& what,
+                                 GradWire g) {
   if (comm.size() == 1) return;  // nothing to add; every rank of a 1-rank group agrees
-  const float scale = grad_comm_scale(wire);
+  const float scale = grad_wire_scale(wire, g);
   for (size_t i = 0; i < buckets_.size(); ++i) {
     const Bucket& b = buckets_[i];
     CommLabel label(comm.activity(), fmt(what, " bucket ", i + 1, "/", buckets_.size(), " (",

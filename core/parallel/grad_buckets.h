@@ -22,6 +22,15 @@ struct GradSpan {
   size_t n = 0;
 };
 
+// Gradient payloads on an fp16 wire get the fixed kFp16GradCommScale so that
+// small values keep their precision -- unless they already carry the fp16
+// loss scale (precision.compute: fp16), which the dynamic scaler sizes so
+// that the scaled gradients fit fp16; a second scale would overflow them.
+enum class GradWire { Unscaled, LossScaled };
+inline float grad_wire_scale(CommDType wire, GradWire g) {
+  return g == GradWire::LossScaled ? 1.0f : grad_comm_scale(wire);
+}
+
 class GradBuckets {
  public:
   GradBuckets(Backend& be, std::vector<GradSpan> spans, size_t bucket_bytes = kGradBucketBytes);
@@ -32,7 +41,8 @@ class GradBuckets {
   // Sums every span over `comm` (in place) with the payload in `wire`
   // precision (fp16 with the fixed gradient scale). Collective over comm;
   // `what` labels the buckets in timeout messages ("dense grads").
-  void all_reduce_sum(Comm& comm, CommDType wire, const std::string& what);
+  void all_reduce_sum(Comm& comm, CommDType wire, const std::string& what,
+                      GradWire g = GradWire::Unscaled);
 
   size_t bucket_count() const { return buckets_.size(); }
   const std::vector<GradSpan>& spans() const { return spans_; }

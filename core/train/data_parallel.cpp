@@ -46,8 +46,8 @@ void GradSync::plan(const std::vector<Chunk>& chunks) {
 
 void GradSync::all_reduce(const std::vector<Chunk>& chunks) {
   plan(chunks);
-  dense_->all_reduce_sum(grid_.world(), wire_, "dense grads");
-  experts_->all_reduce_sum(grid_.edp(), wire_, "expert grads");
+  dense_->all_reduce_sum(grid_.world(), wire_, "dense grads", grad_wire_);
+  experts_->all_reduce_sum(grid_.edp(), wire_, "expert grads", grad_wire_);
 }
 
 double GradSync::global_norm(const std::vector<Chunk>& chunks) {

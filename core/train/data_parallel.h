@@ -30,6 +30,8 @@ class GradSync {
  public:
   GradSync(ProcessGrid& grid, Backend& be, CommDType wire, size_t bucket_bytes = kGradBucketBytes);
   ~GradSync();
+  // Gradients carry the fp16 loss scale: no fixed scale on an fp16 wire.
+  void set_grad_wire(GradWire g) { grad_wire_ = g; }
 
   // Sums the gradients of `chunks` over the ranks that hold each chunk.
   // Collective over the world. Re-plans the buckets when the chunks' buffers
@@ -45,6 +47,7 @@ class GradSync {
   ProcessGrid& grid_;
   Backend& be_;
   CommDType wire_;
+  GradWire grad_wire_ = GradWire::Unscaled;
   size_t bucket_bytes_;
   std::vector<const float*> planned_;  // grad pointers the buckets were built for
   std::unique_ptr<GradBuckets> dense_, experts_;

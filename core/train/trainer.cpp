@@ -18,6 +18,7 @@
 #include "core/parallel/grid.h"
 #include "core/train/data_parallel.h"
 #include "core/train/delink.h"
+#include "core/train/loss_scaler.h"
 #include "core/train/memory_check.h"
 #include "core/train/mfu.h"
 #include "core/train/optimizer.h"
@@ -157,12 +158,15 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   // resuming a checkpoint written after the delink). Checkpoints record it.
   Config run_cfg = resume_layout(cfg, opt.run_dir, parse_resume_flag(opt.resume));
   const MemoryPlan mem_plan = check_run_memory(run_cfg, world, *be);  // before any allocation
+  const GradWire grad_wire =
+      cfg.precision.compute == Precision::Fp16 ? GradWire::LossScaled : GradWire::Unscaled;
   Model model(run_cfg, *be, grid_experts(grid.layout(), E),
-              MoeExchange{grid.layout().ep > 1 ? &grid.ep() : nullptr, wire});
+              MoeExchange{grid.layout().ep > 1 ? &grid.ep() : nullptr, wire, grad_wire});
   model.init_params(cfg.train.seed);
   // Host pieces of the offloaded optimizer step; re-sized after a delink.
   auto staging = std::make_unique<HostStaging>(*be, model.chunks(), run_cfg.offload);
   GradSync grad_sync(grid, *be, wire);
+  grad_sync.set_grad_wire(grad_wire);
   CommMeter comm_meter(grid.activity());
   TrainState state;
   const ResumeResult resumed =
@@ -170,6 +174,10 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   if (resumed.resumed) state = resumed.state;
   SpikeGuard spike_guard(cfg.train.spike_guard.window, cfg.train.spike_guard.z_threshold);
   spike_guard.restore(state.spike_window);
+  LossScaler scaler(cfg.precision.loss_scale, cfg.precision.compute == Precision::Fp16
+                                                  ? LossScaler::Active::Yes
+                                                  : LossScaler::Active::No);
+  if (resumed.resumed) scaler.restore(state.loss_scaler);
 
   const ParamCounts pc = count_params(run_cfg.model);
   int moe_layers = 0;
@@ -241,6 +249,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   int64_t saved_step = resumed.resumed ? state.step : -1;
   auto save = [&] {
     state.spike_window = spike_guard.history();
+    state.loss_scaler = scaler.state();
     sum.checkpoint = save_checkpoint(opt.run_dir, run_cfg, state, *be, model.chunks(), comm);
     saved_step = state.step;
     log_info(fmt("checkpoint: ", sum.checkpoint));
@@ -273,17 +282,23 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     const auto t0 = Clock::now();
     model.zero_grads();
     double step_loss = 0;  // sum over this rank's micro-batches of the mean CE
+    // fp16: gradients carry the loss scale (a power of two: exact) until the optimizer.
+    const double loss_scale = scaler.scale();
     for (int a = 0; a < accum; ++a) {
       sample_train_batch(train_ds, cfg.train.seed, step, a * world + rank, micro_per_step, B, T,
                          batch);
       const MicroStats st = model.forward(batch, Phase::Train);
-      model.backward(grad_scale);
+      model.backward(static_cast<float>(grad_scale * loss_scale));
       iv.add_micro(st);
       step_loss += st.ce();
     }
     if (failpoint_hit(Failpoint::NanGrad, step, rank)) {
       const float nan = std::numeric_limits<float>::quiet_NaN();
       be->to_device(model.chunks().front().grad, &nan, sizeof nan);
+    }
+    if (failpoint_hit(Failpoint::Overflow, step, rank)) {
+      const float inf = std::numeric_limits<float>::infinity();
+      be->to_device(model.chunks().back().grad, &inf, sizeof inf);
     }
     if (failpoint_hit(Failpoint::NanLoss, step, rank)) step_loss = kNaN;
     if (failpoint_hit(Failpoint::SpikeLoss, step, rank)) step_loss *= 100.0;
@@ -295,7 +310,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
       CommLabel label(comm.activity(), "step loss");
       loss = comm.all_reduce_scalar(step_loss, ReduceOp::Sum) / micro_per_step;
     }
-    const double norm = grad_sync.global_norm(model.chunks());
+    const double norm = grad_sync.global_norm(model.chunks()) / loss_scale;
     // Skip decisions are agreed (max over ranks): a fault on one rank skips
     // the step everywhere, so weights and moments stay identical.
     int32_t skip[2] = {!std::isfinite(norm) || !std::isfinite(loss),
@@ -304,7 +319,23 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
       CommLabel label(comm.activity(), "skip decision");
       comm.all_reduce(skip, 2, CommDType::I32, ReduceOp::Max);
     }
-    if (skip[0] || skip[1]) {
+    // fp16: non-finite gradients under a finite loss are an overflow of the
+    // scaled gradients. The norm and the loss are world sums, so every rank
+    // takes this branch together: the step is skipped everywhere and the
+    // scale backs off (until it reaches precision.loss_scale.min, after
+    // which an overflow counts as any non-finite step).
+    const bool overflow = scaler.active() && skip[0] && std::isfinite(loss);
+    if (overflow && scaler.can_back_off()) {
+      ++state.skipped_steps;
+      ++iv.skipped;
+      scaler.update(true);
+      log_warn(fmt("step ", step + 1, ": fp16 gradient overflow (inf/NaN in the scaled gradients "
+                   "of some rank); update skipped on every rank, loss scale ", loss_scale, " -> ",
+                   scaler.scale()));
+      metrics.write_event("skip", {{"step", step + 1}, {"reason", "overflow"}, {"loss", loss},
+                                   {"loss_scale", scaler.scale()}});
+    } else if (skip[0] || skip[1]) {
+      if (overflow) scaler.update(true);
       ++state.skipped_steps;
       ++iv.skipped;
       const char* why = skip[0] ? "non-finite loss or gradient" : "loss spike";
@@ -322,9 +353,12 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     } else {
       state.consecutive_skips = 0;
       const double lr = lr_at(cfg.optim, cfg.train.steps, step);
-      adamw_step(*be, model.chunks(), cfg.optim, lr, clip_factor(cfg.optim, norm), ++state.adam_t,
+      adamw_step(*be, model.chunks(), cfg.optim, lr,
+                 static_cast<float>(clip_factor(cfg.optim, norm) / loss_scale), ++state.adam_t,
                  staging.get());
       spike_guard.accept(loss);
+      if (scaler.update(false))
+        metrics.write_event("loss_scale", {{"step", step + 1}, {"loss_scale", scaler.scale()}});
       iv.grad_norm += norm;
     }
     be->sync();

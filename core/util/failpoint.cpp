@@ -22,6 +22,7 @@ struct Name {
 };
 constexpr Name kNames[] = {
     {"nan_grad", Failpoint::NanGrad},
+    {"overflow", Failpoint::Overflow},
     {"nan_loss", Failpoint::NanLoss},
     {"spike_loss", Failpoint::SpikeLoss},
     {"signal", Failpoint::Signal},

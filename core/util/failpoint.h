@@ -15,6 +15,7 @@ namespace m6 {
 
 enum class Failpoint {
   NanGrad,           // nan_grad: poison one gradient element after backward
+  Overflow,          // overflow: one gradient element +inf, as an fp16 overflow leaves it
   NanLoss,           // nan_loss: the step's loss reads as NaN
   SpikeLoss,         // spike_loss: the step's loss reads 100x too high (spike guard tests)
   Signal,            // signal: raise(SIGTERM) at the start of the step

@@ -78,6 +78,12 @@ __global__ void all_finite_kernel(int* bad, const float* x, size_t n) {
   M6_GRID_STRIDE(i, n) if (!isfinite(x[i])) *bad = 1;
 }
 
+// The mixed-precision rounding epilogue: the same bit-level RNE as the CPU
+// reference (core/util/half_round.h compiled as device code).
+__global__ void round_half_kernel(float* x, size_t n, HalfType t) {
+  M6_GRID_STRIDE(i, n) x[i] = round_half(x[i], t);
+}
+
 }  // namespace
 
 void launch_gemm_scale_c(float* c, int ldc, int64_t stride_c, int m, int n, int batch, float beta,
@@ -131,6 +137,12 @@ void launch_sum(double* out, double* partial, const float* x, size_t n, bool squ
     M6_LAUNCH_CHECK();
   }
   sum_final_kernel<<<1, 1, 0, st>>>(out, partial, blocks);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_round_half(float* x, size_t n, HalfType t, cudaStream_t st) {
+  if (n == 0) return;
+  round_half_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(x, n, t);
   M6_LAUNCH_CHECK();
 }
 

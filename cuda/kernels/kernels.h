@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/util/half_round.h"
+
 namespace m6::cuda {
 
 // Device-side record of the first bad index an op met (a token id >= vocab,
@@ -34,6 +36,9 @@ void launch_sum(double* out, double* partial, const float* x, size_t n, bool squ
                 cudaStream_t st);
 // *bad = 1 if some element is NaN or +-Inf (bad must be zeroed before)
 void launch_all_finite(int* bad, const float* x, size_t n, cudaStream_t st);
+
+// x[i] = round_half(x[i], t) (core/util/half_round.h): bf16/fp16 RNE in place
+void launch_round_half(float* x, size_t n, HalfType t, cudaStream_t st);
 
 // ---- optimizer (adamw.cu) -------------------------------------------------------
 void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, double lr, double b1,

@@ -5,6 +5,9 @@
 # change that is allowed on resume (learning-rate schedule of a longer run,
 # checkpoint cadence, logging), and the spike guard's window carried across
 # the resume (a spike at step 26 is caught only if the window was restored).
+# And the same in fp16 (precision.compute): the loss scaler's state comes
+# back from the manifest, so overflows back off and clean steps grow the
+# scale at the same steps as in the uninterrupted run.
 source "$(dirname "$0")/ckpt_common.bash"
 
 # The spike guard rides along: window 8, z 4; spike_loss@25 makes step 26 a spike.
@@ -53,4 +56,36 @@ expect_rc 2 "$M6TRAIN" --config "$tmp/a.yaml" --run-dir "$tmp/split" > /dev/null
 grep -q "already holds checkpoints" "$tmp/again.err"
 # A finished run resumed again does nothing and succeeds.
 "$M6TRAIN" --config "$tmp/a.yaml" --run-dir "$tmp/split" --resume auto > /dev/null
+# fp16 with dynamic loss scaling: growth_interval 6 makes the scale grow on
+# both sides of the resume at step 20, and injected overflows at steps 13 and
+# 25 make it back off on each side; the split run must match bit for bit.
+write_config "$tmp/h.yaml" 40 $'checkpoint: {every: 10, keep: 2}\nprecision: {compute: fp16, loss_scale: {init: 1024, growth_interval: 6}}'
+export M6_FAILPOINTS=overflow@12,overflow@24
+"$M6TRAIN" --config "$tmp/h.yaml" --run-dir "$tmp/straight_h" > "$tmp/straight_h.log" 2>&1
+"$M6TRAIN" --config "$tmp/h.yaml" --run-dir "$tmp/split_h" --max-steps 20 > /dev/null 2>&1
+"$M6TRAIN" --config "$tmp/h.yaml" --run-dir "$tmp/split_h" --resume auto > "$tmp/split_h.log" 2>&1
+grep -q "resume: step 20 from" "$tmp/split_h.log"
+diff <(losses "$tmp/straight_h") <(losses "$tmp/split_h")
+test "$(losses "$tmp/split_h" | wc -l)" = 40
+same_digests "$tmp/straight_h/checkpoints/step_00000040" "$tmp/split_h/checkpoints/step_00000040"
+test "$(skips "$tmp/straight_h")" = "[13, 25]"
+test "$(skips "$tmp/split_h")" = "[13, 25]"
+$py - "$tmp/straight_h" "$tmp/split_h" <<'PY'
+import json, sys
+def scale_events(d):
+    return {r["step"]: r["loss_scale"] for r in map(json.loads, open(d + "/metrics.jsonl"))
+            if r["kind"] in ("loss_scale", "skip")}
+def scaler(d, step):
+    return json.load(open(f"{d}/checkpoints/step_{step:08d}/manifest.json"))["loss_scaler"]
+a, b = scale_events(sys.argv[1]), scale_events(sys.argv[2])
+assert a == b, (a, b)
+# 1024 grows after 6 clean steps (6, 12), backs off at the overflow of step 13,
+# grows again 6 clean steps later (19), ...
+assert a[6] == 2048 and a[12] == 4096 and a[13] == 2048 and a[19] == 4096 and a[25] == 2048, a
+s = scaler(sys.argv[2], 30)
+assert s["active"] and s["scale"] == 2048 and s["good_steps"] == 5, s
+assert scaler(sys.argv[1], 40) == scaler(sys.argv[2], 40)
+print("fp16 loss scale events:", a)
+PY
+unset M6_FAILPOINTS
 echo "ok: bit-exact resume on 1 rank"

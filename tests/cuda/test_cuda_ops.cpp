@@ -103,6 +103,25 @@ void test_dense(Backend& c, Backend& g) {
       expect_true("all_finite sees " + std::to_string(bad), !g.all_finite(x.fg(), 259));
     }
   }
+  {  // mixed-precision rounding: bit-exact with the CPU (one definition of RNE)
+    Twin t{c, g};
+    std::vector<float> v = randn(40003);
+    for (size_t i = 0; i < v.size(); ++i)  // normal, fp16-subnormal and large magnitudes
+      v[i] *= i % 3 == 0 ? 1000.0f : i % 3 == 1 ? 1e-6f : 1.0f;
+    for (HalfType h : {HalfType::BF16, HalfType::F16}) {
+      auto x = t.f(v);
+      c.round_half(x.fc(), v.size(), h);
+      g.round_half(x.fg(), v.size(), h);
+      t.check_f(h == HalfType::BF16 ? "round_half bf16" : "round_half fp16", x, kExact);
+      std::vector<float> big = {70000.0f, -1e30f, 0.0f};
+      auto y = t.f(big);
+      g.round_half(y.fg(), big.size(), h);
+      std::vector<float> back(big.size());
+      g.to_host(back.data(), y.fg(), big.size() * sizeof(float));
+      expect_true("round_half overflow", h == HalfType::F16 ? std::isinf(back[0]) && std::isinf(back[1])
+                                                            : !std::isinf(back[0]) && !std::isinf(back[1]));
+    }
+  }
   {  // AdamW, two steps
     Twin t{c, g};
     const size_t n = 4099;

@@ -56,6 +56,7 @@ class CpuBackend final : public Backend {
   double sum(const float* x, size_t n) override { return cpu::sum(x, n); }
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
   bool all_finite(const float* x, size_t n) override { return cpu::all_finite(x, n); }
+  void round_half(float* x, size_t n, HalfType t) override { cpu::round_half(x, n, t); }
 
   // ---- transformer ops --------------------------------------------------------
   void embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe, int B,

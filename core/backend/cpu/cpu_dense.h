@@ -196,6 +196,18 @@ bool all_finite(const T* x, size_t n) {
   return bad == 0;
 }
 
+// x[i] = the nearest bf16/fp16 value (ties to even): the mixed-precision
+// emulation stores a tensor "in half" by rounding its fp32 values in place.
+inline void round_half(float* x, size_t n, HalfType t) {
+  if (t == HalfType::BF16) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < static_cast<int64_t>(n); i++) x[i] = round_bf16(x[i]);
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < static_cast<int64_t>(n); i++) x[i] = round_f16(x[i]);
+  }
+}
+
 // Decoupled AdamW, n elements. The hyper-parameters arrive as float (AdamArgs);
 // the update is computed in double and stored as T.
 //   m = b1 m + (1-b1) g s ; v = b2 v + (1-b2) (g s)^2

@@ -29,7 +29,7 @@ TrainState sample_state(int64_t step) {
   st.adam_t = step - 1;
   st.skipped_steps = 1;
   st.consecutive_skips = 0;
-  st.loss_scaler = {512.0, 17, 2};
+  st.loss_scaler = {true, 512.0, 17, 2};
   st.spike_window = {3.25, 0.1 + 0.2, 1.0 / 3.0};  // values that need all 17 digits
   return st;
 }
@@ -103,6 +103,7 @@ TEST_CASE("checkpoint: weights, moments and state round-trip exactly", "[ckpt]")
   CHECK(got.tokens_seen == st.tokens_seen);
   CHECK(got.adam_t == st.adam_t);
   CHECK(got.skipped_steps == 1);
+  CHECK(got.loss_scaler.active);
   CHECK(got.loss_scaler.scale == 512.0);
   CHECK(got.loss_scaler.good_steps == 17);
   CHECK(got.loss_scaler.hysteresis_left == 2);
