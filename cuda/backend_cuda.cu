@@ -14,6 +14,7 @@
 #include "core/util/error.h"
 #include "cuda/check.h"
 #include "core/backend/cuda_factory.h"
+#include "cuda/backend_cuda.h"
 #include "cuda/kernels/kernels.h"
 
 namespace m6 {
@@ -83,6 +84,8 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   std::string name() const override { return name_; }
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
 
   // ---- memory ---------------------------------------------------------------
   void* alloc(size_t bytes) override {
@@ -365,6 +368,40 @@ int cuda_device_count() {
     return 0;
   }
   return n;
+}
+
+std::string cuda_device_uuid(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "";
+  }
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (int i = 0; i < 16; ++i) {
+    const auto b = static_cast<unsigned char>(prop.uuid.bytes[i]);
+    s += hex[b >> 4];
+    s += hex[b & 15];
+  }
+  return s;
+}
+
+cudaStream_t cuda_backend_stream(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  if (c == nullptr)
+    throw Error(fmt("expected the CUDA backend, got ", be.name(), " (a device communicator needs "
+                    "the CUDA backend's stream)"));
+  return c->stream();
+}
+
+void cuda_stall_stream(Backend& be, double seconds) {
+  cuda::launch_stall(seconds, cuda_backend_stream(be));
+}
+
+int cuda_backend_device(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  if (c == nullptr) throw Error(fmt("expected the CUDA backend, got ", be.name()));
+  return c->device();
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {

@@ -3,6 +3,7 @@
 // CUDA header (cuda/README.md).
 #pragma once
 #include <memory>
+#include <string>
 
 #include "core/backend/backend.h"
 
@@ -11,6 +12,14 @@ namespace m6 {
 // Number of visible CUDA devices; 0 when there is no driver or no device
 // (never throws).
 int cuda_device_count();
+
+// The UUID of device i as 32 hex digits ("" when it cannot be read): tells
+// apart two ranks that see different GPUs under the same index.
+std::string cuda_device_uuid(int device);
+
+// Test hook: enqueues a kernel that keeps `be`'s stream busy for `seconds`
+// (the NCCL timeout test stalls a collective with it).
+void cuda_stall_stream(Backend& be, double seconds);
 
 // The CUDA backend on `device` (0-based): one cuBLAS handle, one stream,
 // fp32 everywhere. Throws Error when the device cannot be used.

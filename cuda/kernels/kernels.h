@@ -89,4 +89,16 @@ void launch_router_bwd(float* dlogits, const float* dgate, const float* probs, c
                        float aux_coef, float z_coef, int N, int E, int G, int K, bool normalize,
                        cudaStream_t st);
 
+// ---- communication helpers (convert.cu) ------------------------------------------
+// Half-precision wire of the NCCL communicator: h[i] = half(x[i] * scale),
+// rounded to nearest even (bf16 when `bf16`, else IEEE fp16), as
+// core/parallel/half.h does on the host; and back, x[i] = float(h[i]) * scale.
+void launch_f32_to_half(uint16_t* h, const float* x, size_t n, bool bf16, float scale,
+                        cudaStream_t st);
+void launch_half_to_f32(float* x, const uint16_t* h, size_t n, bool bf16, float scale,
+                        cudaStream_t st);
+// Test hook: one thread spinning on the GPU clock for `seconds`, which stalls
+// the stream (the timeout test of the NCCL communicator).
+void launch_stall(double seconds, cudaStream_t st);
+
 }  // namespace m6::cuda

@@ -217,8 +217,30 @@ void test_model_step(Backend& c, Backend& g);  // test_cuda_moe.cpp
 
 // --cpu-vs-cpu: a second CpuBackend stands in for CUDA, which checks this
 // harness (buffer sizes, the flow of the MoE checks) on a machine without a GPU.
+//
+// --compute fp32|bf16|fp16: the compute precision of both backends (default
+// fp32). This build's backends compute in fp32 only: bf16/fp16 exit 2 with a
+// message, so that scripts/gpu-check.sh reports them as missing rather than
+// passing an fp32 run under their name.
 int main(int argc, char** argv) {
-  const bool cpu_vs_cpu = argc > 1 && std::strcmp(argv[1], "--cpu-vs-cpu") == 0;
+  bool cpu_vs_cpu = false;
+  std::string compute = "fp32";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--cpu-vs-cpu") {
+      cpu_vs_cpu = true;
+    } else if (a == "--compute" && i + 1 < argc) {
+      compute = argv[++i];
+    } else {
+      std::printf("usage: %s [--cpu-vs-cpu] [--compute fp32|bf16|fp16]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (compute != "fp32") {
+    std::printf("--compute %s: this build's op tests run fp32 only (no compute-precision "
+                "switch in the backends yet)\n", compute.c_str());
+    return 2;
+  }
   if (!cpu_vs_cpu && cuda_device_count() == 0) {
     std::printf("no CUDA device: skipping [cuda] tests\n");
     return 77;
