@@ -8,11 +8,14 @@
 // (crossentropy targets, moe_assign experts) read a device flag back and throw.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "core/backend/backend.h"
 #include "core/util/error.h"
 #include "cuda/check.h"
+#include "cuda/gemm_lt.h"
 #include "core/backend/cuda_factory.h"
 #include "cuda/backend_cuda.h"
 #include "cuda/kernels/kernels.h"
@@ -56,24 +59,29 @@ void check_attention(int B, int T, int H, int d) {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  CudaBackend(int device, const CudaBackendOptions& opt)
+      : device_(device), bf16_(opt.bf16_tensor_cores) {
     M6_CUDA_CHECK(cudaSetDevice(device));
     M6_CUDA_CHECK(cudaStreamCreate(&stream_));
     M6_CUBLAS_CHECK(cublasCreate(&blas_));
     M6_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
-    // Plain fp32 GEMMs (no TF32): the CUDA ops are compared with the CPU
-    // reference at fp32 tolerances.
-    M6_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH));
+    // fp32: plain fp32 GEMMs (no TF32), compared with the CPU reference at
+    // fp32 tolerances. bf16: tensor cores on operands rounded to bf16, fp32
+    // accumulation (CUBLAS_COMPUTE_32F_FAST_16BF).
+    M6_CUBLAS_CHECK(cublasSetMathMode(blas_, bf16_ ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH));
+    lt_ = std::make_unique<cuda::LtLinear>();
     M6_CUDA_CHECK(cudaMalloc(&bad_, sizeof(BadIndex)));
     M6_CUDA_CHECK(cudaMalloc(&scalars_, 2 * sizeof(double)));
     M6_CUDA_CHECK(cudaMalloc(&flag_, sizeof(int)));
     cudaDeviceProp prop{};
     M6_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    name_ = fmt("cuda(", device, ": ", prop.name, ")");
+    name_ = fmt("cuda(", device, ": ", prop.name, bf16_ ? ", bf16 tensor cores" : "", ")");
   }
   ~CudaBackend() override {
     // Destructors must not throw: errors here are ignored.
     cudaFree(partial_);
+    cudaFree(adam_table_);
+    lt_.reset();
     cudaFree(flag_);
     cudaFree(scalars_);
     cudaFree(bad_);
@@ -151,9 +159,25 @@ class CudaBackend final : public Backend {
       return;
     }
     const float alpha = g.alpha, beta = g.beta;
+    if (bf16_) {
+      M6_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b,
+          CUDA_R_32F, ldb, g.stride_b, g.a, CUDA_R_32F, lda, g.stride_a, &beta, g.c, CUDA_R_32F,
+          ldc, g.stride_c, g.batch, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
+      return;
+    }
     M6_CUBLAS_CHECK(cublasSgemmStridedBatched(
         blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b, ldb,
         g.stride_b, g.a, lda, g.stride_a, &beta, g.c, ldc, g.stride_c, g.batch));
+  }
+  // The linear layer on cuBLASLt with the bias (and GELU) as epilogues; the
+  // reference sequence (gemm, add_bias, gelu_fwd) where cuBLASLt has no
+  // algorithm for the shape.
+  void linear_fwd(float* y, float* act, const float* x, const float* w, const float* b, int n,
+                  int in, int out) override {
+    check_nonneg("linear_fwd", n, in, out);
+    if (n > 0 && in > 0 && out > 0 && lt_->run(y, act, x, w, b, n, in, out, bf16_, stream_)) return;
+    Backend::linear_fwd(y, act, x, w, b, n, in, out);
   }
   void add_bias(float* y, const float* b, int n, int c) override {
     check_nonneg("add_bias", n, c);
@@ -315,6 +339,50 @@ class CudaBackend final : public Backend {
     cuda::launch_adamw(p, g, m, v, n, a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.grad_scale,
                        bc1, bc2, stream_);
   }
+  // One launch for every tensor. The table (pointers, sizes, chunks) is the
+  // same every step: it is uploaded again only when it changes, so a step
+  // allocates and copies nothing here.
+  void adamw_multi(const AdamTensor* ts, size_t count, const AdamArgs& a) override {
+    if (a.t < 1) throw Error(fmt("adamw: step t (", a.t, ") must be >= 1"));
+    std::vector<cuda::AdamTensorDev> table(count);
+    std::vector<int32_t> chunk_tensor;
+    std::vector<int64_t> chunk_start;
+    for (size_t i = 0; i < count; ++i) {
+      table[i] = {ts[i].p, ts[i].g, ts[i].m, ts[i].v, ts[i].n,
+                  static_cast<double>(ts[i].weight_decay)};
+      for (size_t at = 0; at < ts[i].n; at += cuda::kAdamChunk) {
+        chunk_tensor.push_back(static_cast<int32_t>(i));
+        chunk_start.push_back(static_cast<int64_t>(at));
+      }
+    }
+    const size_t tb = count * sizeof(cuda::AdamTensorDev);
+    const size_t cb = chunk_tensor.size() * (sizeof(int32_t) + sizeof(int64_t));
+    const bool same = tb == adam_table_host_.size() && cb + tb <= adam_table_bytes_ &&
+                      std::memcmp(adam_table_host_.data(), table.data(), tb) == 0 &&
+                      adam_chunks_ == static_cast<int64_t>(chunk_tensor.size());
+    if (!same) {
+      if (tb + cb + 16 > adam_table_bytes_) {
+        if (adam_table_ != nullptr) release(adam_table_);
+        adam_table_bytes_ = tb + cb + 16;
+        adam_table_ = static_cast<char*>(alloc(adam_table_bytes_));
+      }
+      // Layout: [int64 starts][table][int32 tensors], each 8-byte aligned.
+      const size_t sb = chunk_start.size() * sizeof(int64_t);
+      to_device(adam_table_, chunk_start.data(), sb);
+      to_device(adam_table_ + sb, table.data(), tb);
+      to_device(adam_table_ + sb + tb, chunk_tensor.data(), chunk_tensor.size() * sizeof(int32_t));
+      adam_table_host_.assign(reinterpret_cast<const char*>(table.data()),
+                              reinterpret_cast<const char*>(table.data()) + tb);
+      adam_chunks_ = static_cast<int64_t>(chunk_tensor.size());
+    }
+    const size_t sb = static_cast<size_t>(adam_chunks_) * sizeof(int64_t);
+    const double bc1 = 1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.t));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.t));
+    cuda::launch_adamw_multi(reinterpret_cast<const cuda::AdamTensorDev*>(adam_table_ + sb),
+                             reinterpret_cast<const int32_t*>(adam_table_ + sb + tb),
+                             reinterpret_cast<const int64_t*>(adam_table_), adam_chunks_, a.lr,
+                             a.beta1, a.beta2, a.eps, a.grad_scale, bc1, bc2, stream_);
+  }
 
  private:
   template <class... Ints>
@@ -348,6 +416,8 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  bool bf16_ = false;
+  std::unique_ptr<cuda::LtLinear> lt_;  // created on the device, in the constructor
   std::string name_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
@@ -356,6 +426,10 @@ class CudaBackend final : public Backend {
   int* flag_ = nullptr;
   double* partial_ = nullptr;
   size_t partial_cap_ = 0;
+  char* adam_table_ = nullptr;  // adamw_multi's chunk table on the device
+  size_t adam_table_bytes_ = 0;
+  std::vector<char> adam_table_host_;
+  int64_t adam_chunks_ = 0;
 };
 
 }  // namespace
@@ -404,12 +478,12 @@ int cuda_backend_device(Backend& be) {
   return c->device();
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
+std::unique_ptr<Backend> make_cuda_backend(int device, const CudaBackendOptions& opt) {
   const int n = cuda_device_count();
   if (device < 0 || device >= n)
     throw Error(fmt("cuda backend: device ", device, " is not visible (", n,
                     " CUDA device(s) found; check CUDA_VISIBLE_DEVICES and the driver)"));
-  return std::make_unique<CudaBackend>(device);
+  return std::make_unique<CudaBackend>(device, opt);
 }
 
 }  // namespace m6

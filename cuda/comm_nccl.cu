@@ -15,6 +15,8 @@
 #include <nccl.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <exception>
 #include <string>
 #include <vector>
@@ -97,7 +99,7 @@ class NcclComm final : public Comm {
     // Never wait on a peer here: after a failure (a timeout, an exception on
     // its way out) the communicator is aborted, which returns at once.
     if (!aborted_) {
-      if (activity().broken || std::uncaught_exceptions() > 0)
+      if (activity().broken || std::uncaught_exceptions() > 0 || !finalize())
         ncclCommAbort(comm_);
       else
         ncclCommDestroy(comm_);
@@ -254,6 +256,26 @@ class NcclComm final : public Comm {
                           activity().label.empty() ? "unlabelled" : activity().label, ") on the ",
                           role(), " communicator (", size_, " ranks): ", ncclGetErrorString(r),
                           last.empty() ? "" : ": " + last, "; aborting the job"));
+  }
+  // Completes the communicator's outstanding work (ncclCommFinalize, polled
+  // up to the timeout); false when it failed or did not finish in time.
+  bool finalize() {
+    if (ncclCommFinalize(comm_) != ncclSuccess) {
+      ncclResult_t st = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &st);
+      if (st != ncclInProgress) return false;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    for (;;) {
+      ncclResult_t st = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &st);
+      if (st == ncclSuccess) return true;
+      if (st != ncclInProgress) return false;
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() >
+          activity().timeout_s)
+        return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
   }
   void abort_comm() {
     activity().broken = true;

@@ -63,6 +63,23 @@ class Backend {
   virtual void add(float* y, const float* a, const float* b, size_t n) = 0; // y = a + b
   virtual void axpy(float* y, float alpha, const float* x, size_t n) = 0;   // y += alpha x
   virtual void scale(float* x, float s, size_t n) = 0;                      // x *= s
+  // The linear layer: y[n,out] = x[n,in] w[out,in]^T + b[out] (b may be null);
+  // with `act` non-null also act[n,out] = gelu_tanh(y), y keeping the
+  // pre-activation for backward. This default (gemm, add_bias, gelu_fwd) is
+  // the reference; the CUDA backend fuses the bias and the GELU into the GEMM
+  // (cuBLASLt epilogues) where the shape allows.
+  virtual void linear_fwd(float* y, float* act, const float* x, const float* w, const float* b,
+                          int n, int in, int out) {
+    GemmArgs g;
+    g.trans_b = Trans::Yes;
+    g.m = n, g.n = out, g.k = in;
+    g.a = x, g.lda = in;
+    g.b = w, g.ldb = in;
+    g.c = y, g.ldc = out;
+    gemm(g);
+    if (b) add_bias(y, b, n, out);
+    if (act) gelu_fwd(act, y, static_cast<size_t>(n) * out);
+  }
   virtual double sum(const float* x, size_t n) = 0;
   virtual double sum_squares(const float* x, size_t n) = 0;
   virtual bool all_finite(const float* x, size_t n) = 0;
@@ -157,6 +174,25 @@ class Backend {
   };
   virtual void adamw(float* p, const float* g, float* m, float* v, size_t n,
                      const AdamArgs& a) = 0;
+  // One AdamW update of many tensors (the optimizer step): the update of
+  // adamw() on each, with its own weight decay (a.weight_decay is ignored).
+  // This default is the reference; the CUDA backend updates every tensor in
+  // one launch (a multi-tensor kernel) with the same arithmetic.
+  struct AdamTensor {
+    float* p;
+    const float* g;
+    float* m;
+    float* v;
+    size_t n;
+    float weight_decay;
+  };
+  virtual void adamw_multi(const AdamTensor* ts, size_t count, const AdamArgs& a) {
+    for (size_t i = 0; i < count; ++i) {
+      AdamArgs b = a;
+      b.weight_decay = ts[i].weight_decay;
+      adamw(ts[i].p, ts[i].g, ts[i].m, ts[i].v, ts[i].n, b);
+    }
+  }
 };
 
 // The CPU reference backend (OpenBLAS GEMMs, OpenMP loops). threads <= 0: all cores.

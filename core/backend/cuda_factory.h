@@ -21,8 +21,15 @@ std::string cuda_device_uuid(int device);
 // (the NCCL timeout test stalls a collective with it).
 void cuda_stall_stream(Backend& be, double seconds);
 
+struct CudaBackendOptions {
+  // GEMMs on the tensor cores with operands rounded to bf16 and fp32
+  // accumulation (exact conversion when the values are bf16 already, as under
+  // precision.compute: bf16); false: plain fp32 GEMMs.
+  bool bf16_tensor_cores = false;
+};
+
 // The CUDA backend on `device` (0-based): one cuBLAS handle, one stream,
-// fp32 everywhere. Throws Error when the device cannot be used.
-std::unique_ptr<Backend> make_cuda_backend(int device);
+// fp32 storage. Throws Error when the device cannot be used.
+std::unique_ptr<Backend> make_cuda_backend(int device, const CudaBackendOptions& opt = {});
 
 }  // namespace m6

@@ -157,8 +157,8 @@ MicroStats Model::forward(const Batch& batch, Phase phase) {
     if (moe_[l]) {
       st.moe.push_back(moe_[l]->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase));
     } else {
-      linear_fwd(be_, a.fc1_pre, a.ln2_out, c.param_of("fc1.weight"), c.param_of("fc1.bias"), N, d, F);
-      be_.gelu_fwd(a.fc1_act, a.fc1_pre, static_cast<size_t>(N) * F);
+      linear_gelu_fwd(be_, a.fc1_act, a.fc1_pre, a.ln2_out, c.param_of("fc1.weight"),
+                      c.param_of("fc1.bias"), N, d, F);
       linear_fwd(be_, dtmp_, a.fc1_act, c.param_of("fc2.weight"), c.param_of("fc2.bias"), N, F, d);
     }
     be_.add(residual_[l + 1], a.res1, dtmp_, static_cast<size_t>(N) * d);

@@ -152,9 +152,8 @@ void MoeLayer::experts_fwd(const std::vector<const Chunk*>& experts) {
     const int le = c->expert - first_, r = erows_[le];
     if (r == 0) continue;
     const size_t o = eoff_[le];
-    linear_fwd(be_, he_pre_ + o * F, xe_ + o * d, c->param_of("fc1.weight"),
-               c->param_of("fc1.bias"), r, d, F);
-    be_.gelu_fwd(he_act_ + o * F, he_pre_ + o * F, static_cast<size_t>(r) * F);
+    linear_gelu_fwd(be_, he_act_ + o * F, he_pre_ + o * F, xe_ + o * d,
+                    c->param_of("fc1.weight"), c->param_of("fc1.bias"), r, d, F);
     linear_fwd(be_, ye_ + o * d, he_act_ + o * F, c->param_of("fc2.weight"),
                c->param_of("fc2.bias"), r, F, d);
   }

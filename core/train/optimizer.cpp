@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace m6 {
 
@@ -30,13 +31,15 @@ void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, d
   a.eps = static_cast<float>(o.eps);
   a.grad_scale = grad_scale;
   a.t = t;
-  for (auto& c : chunks) {
-    for (const auto& tn : c.tensors) {
-      a.weight_decay = tn.decay ? static_cast<float>(o.weight_decay) : 0.0f;
-      be.adamw(c.param + tn.offset, c.grad + tn.offset, c.adam_m + tn.offset,
-               c.adam_v + tn.offset, tn.numel, a);
-    }
-  }
+  a.weight_decay = 0.0f;  // per tensor below
+  // Every tensor in one call: one launch on the GPU (multi-tensor AdamW).
+  std::vector<Backend::AdamTensor> ts;
+  for (auto& c : chunks)
+    for (const auto& tn : c.tensors)
+      ts.push_back({c.param + tn.offset, c.grad + tn.offset, c.adam_m + tn.offset,
+                    c.adam_v + tn.offset, static_cast<size_t>(tn.numel),
+                    tn.decay ? static_cast<float>(o.weight_decay) : 0.0f});
+  be.adamw_multi(ts.data(), ts.size(), a);
 }
 
 float clip_factor(const OptimConfig& o, double grad_norm) {

@@ -70,7 +70,10 @@ DevicePlan plan_run_devices(const Config& cfg, Comm& world) {
 
 std::unique_ptr<Backend> make_planned_backend(const Config& cfg, const DevicePlan& plan) {
 #ifdef M6_HAVE_CUDA
-  if (plan.cuda) return make_cuda_backend(plan.device);
+  // precision.compute bf16: GEMMs on the tensor cores (operands rounded to
+  // bf16, fp32 accumulation).
+  if (plan.cuda)
+    return make_cuda_backend(plan.device, {cfg.precision.compute == Precision::Bf16});
 #endif
   M6_CHECK(!plan.cuda, "a CUDA device was planned in a build without CUDA");
   return make_cpu_backend(cfg.train.threads);

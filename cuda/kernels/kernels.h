@@ -40,6 +40,24 @@ void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, double
                   double b2, double eps, double wd, double grad_scale, double bc1, double bc2,
                   cudaStream_t st);
 
+// Multi-tensor AdamW: one launch for a table of tensors (device memory), cut
+// into chunks of kAdamChunk elements; chunk c is elements
+// [chunk_start[c], +kAdamChunk) of tensor chunk_tensor[c]. Same arithmetic as
+// launch_adamw, weight decay per tensor.
+struct AdamTensorDev {
+  float* p;
+  const float* g;
+  float* m;
+  float* v;
+  size_t n;
+  double weight_decay;
+};
+constexpr int64_t kAdamChunk = 16384;
+void launch_adamw_multi(const AdamTensorDev* ts, const int32_t* chunk_tensor,
+                        const int64_t* chunk_start, int64_t chunks, double lr, double b1,
+                        double b2, double eps, double grad_scale, double bc1, double bc2,
+                        cudaStream_t st);
+
 // ---- transformer (transformer.cu) ----------------------------------------------
 void launch_embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe,
                           int B, int T, int d, cudaStream_t st);

@@ -19,6 +19,7 @@
 
 #include "core/backend/backend.h"
 #include "core/backend/cuda_factory.h"
+#include "core/parallel/half.h"
 #include "tests/cuda/cuda_test_util.h"
 
 using namespace m6;
@@ -115,6 +116,80 @@ void test_dense(Backend& c, Backend& g) {
     t.check_f("adamw p", p, kElem);
     t.check_f("adamw m", m, kElem);
     t.check_f("adamw v", v, kElem);
+  }
+  // Multi-tensor AdamW (one launch on the GPU) against the CPU reference,
+  // which is adamw() per tensor: sizes across the chunk boundary (16384), an
+  // empty tensor, per-tensor weight decay; three steps, the second with the
+  // same table (the GPU reuses its uploaded table), the third with one tensor
+  // left out (the table changes).
+  {
+    Twin t{c, g};
+    const std::vector<size_t> sizes = {1, 257, 16384, 16385, 0, 40000};
+    std::vector<Twin::Buf> P, G, M, V;
+    for (size_t n : sizes) {
+      P.push_back(t.f(randn(n + 1)));
+      G.push_back(t.f(randn(n + 1)));
+      M.push_back(t.zeros_f(n + 1));
+      V.push_back(t.zeros_f(n + 1));
+    }
+    auto table = [&](bool gpu, size_t count) {
+      std::vector<Backend::AdamTensor> ts;
+      for (size_t i = 0; i < count; ++i)
+        ts.push_back({gpu ? P[i].fg() : P[i].fc(), gpu ? G[i].fg() : G[i].fc(),
+                      gpu ? M[i].fg() : M[i].fc(), gpu ? V[i].fg() : V[i].fc(), sizes[i],
+                      i % 2 ? 0.0f : 0.1f});
+      return ts;
+    };
+    for (int64_t step = 1; step <= 3; ++step) {
+      const size_t count = step == 3 ? sizes.size() - 1 : sizes.size();
+      const Backend::AdamArgs a{3e-3f, 0.9f, 0.95f, 1e-8f, 123.0f /* ignored */, 0.5f, step};
+      const auto tc = table(false, count), tg = table(true, count);
+      c.adamw_multi(tc.data(), tc.size(), a);
+      g.adamw_multi(tg.data(), tg.size(), a);
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const std::string s = " n" + std::to_string(sizes[i]);
+      t.check_f("adamw_multi p" + s, P[i], kElem);  // element n (past the tensor) untouched
+      t.check_f("adamw_multi m" + s, M[i], kElem);
+      t.check_f("adamw_multi v" + s, V[i], kElem);
+    }
+  }
+}
+
+// ---- linear layer (cuBLASLt with bias / GELU epilogues on the GPU) ------------------
+// linear_fwd against the reference sequence (gemm, add_bias, gelu_fwd):
+// shapes whose GELU pre-activation width is a multiple of 8 take the fused
+// epilogue, others (257) the fallback; `shift` offsets every pointer by one
+// float (4-byte aligned operands, as an expert's rows inside a buffer).
+void test_linear(Backend& c, Backend& g, Backend& g_bf16) {
+  struct Case { int n, in, out; bool bias, gelu; int shift; };
+  const Case cases[] = {{1, 8, 16, true, true, 0},    {37, 259, 257, true, true, 0},
+                        {64, 256, 768, true, true, 0}, {5, 24, 72, false, true, 1},
+                        {33, 96, 40, true, false, 1},  {7, 64, 256, false, false, 0},
+                        {0, 8, 8, true, true, 0}};
+  for (bool half : {false, true}) {
+    Backend& gg = half ? g_bf16 : g;
+    for (const Case& k : cases) {
+      Twin t{c, gg};
+      const size_t nx = static_cast<size_t>(k.n) * k.in + 1, nw = static_cast<size_t>(k.out) * k.in + 1;
+      const size_t ny = static_cast<size_t>(k.n) * k.out + 1;
+      std::vector<float> hx = randn(nx), hw = randn(nw, 0.2f), hb = randn(k.out + 1);
+      if (half)  // bf16 operands: the tensor cores' conversion is then exact
+        for (auto* v : {&hx, &hw, &hb})
+          for (float& e : *v) e = bf16_to_f32(f32_to_bf16(e));
+      auto x = t.f(hx), w = t.f(hw), b = t.f(hb), y = t.zeros_f(ny), act = t.zeros_f(ny);
+      const int s = k.shift;
+      c.linear_fwd(y.fc() + s, k.gelu ? act.fc() + s : nullptr, x.fc() + s, w.fc() + s,
+                   k.bias ? b.fc() + s : nullptr, k.n, k.in, k.out);
+      gg.linear_fwd(y.fg() + s, k.gelu ? act.fg() + s : nullptr, x.fg() + s, w.fg() + s,
+                    k.bias ? b.fg() + s : nullptr, k.n, k.in, k.out);
+      char name[128];
+      std::snprintf(name, sizeof name, "linear_fwd%s n%d in%d out%d%s%s%s", half ? " bf16" : "",
+                    k.n, k.in, k.out, k.bias ? " bias" : "", k.gelu ? " gelu" : "",
+                    s ? " unaligned" : "");
+      t.check_f(std::string(name) + " y", y, kGemm);
+      if (k.gelu) t.check_f(std::string(name) + " act", act, kGemm);
+    }
   }
 }
 
@@ -250,6 +325,10 @@ int main(int argc, char** argv) {
     auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0);
     std::printf("comparing %s against %s\n", gpu->name().c_str(), cpu->name().c_str());
     test_dense(*cpu, *gpu);
+    {
+      auto gpu_bf16 = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {true});
+      test_linear(*cpu, *gpu, *gpu_bf16);
+    }
     test_transformer(*cpu, *gpu);
     test_moe(*cpu, *gpu);
     test_model_step(*cpu, *gpu);
