@@ -69,7 +69,7 @@ class CudaBackend final : public Backend {
     // fp32 tolerances. bf16: tensor cores on operands rounded to bf16, fp32
     // accumulation (CUBLAS_COMPUTE_32F_FAST_16BF).
     M6_CUBLAS_CHECK(cublasSetMathMode(blas_, bf16_ ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH));
-    lt_ = std::make_unique<cuda::LtLinear>();
+    lt_ = std::make_unique<cuda::LtLinear>(opt.deterministic);
     M6_CUDA_CHECK(cudaMalloc(&bad_, sizeof(BadIndex)));
     M6_CUDA_CHECK(cudaMalloc(&scalars_, 2 * sizeof(double)));
     M6_CUDA_CHECK(cudaMalloc(&flag_, sizeof(int)));
@@ -81,6 +81,7 @@ class CudaBackend final : public Backend {
     // Destructors must not throw: errors here are ignored.
     cudaFree(partial_);
     cudaFree(adam_table_);
+    cudaFree(group_table_);
     lt_.reset();
     cudaFree(flag_);
     cudaFree(scalars_);
@@ -179,6 +180,73 @@ class CudaBackend final : public Backend {
     if (n > 0 && in > 0 && out > 0 && lt_->run(y, act, x, w, b, n, in, out, bf16_, stream_)) return;
     Backend::linear_fwd(y, act, x, w, b, n, in, out);
   }
+  // Every group's GEMM in one cublasGemmGroupedBatchedEx call (the
+  // pointer arrays go to the device each call: the experts' row counts change
+  // every step), then one kernel for the biases and the GELU.
+  void linear_fwd_grouped(float* y, float* act, const float* x, const LinearGroup* g, int count,
+                          int in, int out) override {
+    check_nonneg("linear_fwd_grouped", count, in, out);
+    std::vector<const void*> a, b;
+    std::vector<void*> c;
+    std::vector<const float*> bias;
+    std::vector<int64_t> row, prefix = {0};
+    for (int i = 0; i < count; ++i) {
+      if (g[i].rows < 0 || g[i].row < 0)
+        throw Error(fmt("linear_fwd_grouped: group ", i, " has rows ", g[i].rows, " at row ",
+                        g[i].row));
+      if (g[i].rows == 0) continue;
+      const size_t o = static_cast<size_t>(g[i].row);
+      a.push_back(g[i].w);
+      b.push_back(x + o * in);
+      c.push_back(y + o * out);
+      bias.push_back(g[i].b);
+      row.push_back(g[i].row);
+      prefix.push_back(prefix.back() + g[i].rows);
+    }
+    const int G = static_cast<int>(a.size());
+    if (G == 0 || out == 0) return;
+    if (in == 0) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
+    // Device table: [A][B][C][bias] pointers, [row][prefix] int64.
+    const size_t pb = static_cast<size_t>(G) * sizeof(void*);
+    const size_t bytes = 4 * pb + (2 * static_cast<size_t>(G) + 1) * sizeof(int64_t);
+    if (bytes > group_table_bytes_) {
+      if (group_table_ != nullptr) release(group_table_);
+      group_table_bytes_ = std::max<size_t>(bytes, 4096);
+      group_table_ = static_cast<char*>(alloc(group_table_bytes_));
+    }
+    std::vector<char> host(bytes);
+    std::memcpy(host.data(), a.data(), pb);
+    std::memcpy(host.data() + pb, b.data(), pb);
+    std::memcpy(host.data() + 2 * pb, c.data(), pb);
+    std::memcpy(host.data() + 3 * pb, bias.data(), pb);
+    std::memcpy(host.data() + 4 * pb, row.data(), G * sizeof(int64_t));
+    std::memcpy(host.data() + 4 * pb + G * sizeof(int64_t), prefix.data(),
+                (G + 1) * sizeof(int64_t));
+    M6_CUDA_CHECK(cudaMemcpyAsync(group_table_, host.data(), bytes, cudaMemcpyHostToDevice, stream_));
+    // Row-major y_i[rows,out] = x_i[rows,in] w_i^T is column-major
+    // Y^T[out,rows] = W[out,in] X^T: A = w (op T, ld in), B = x (op N, ld in).
+    std::vector<cublasOperation_t> ta(G, CUBLAS_OP_T), tb(G, CUBLAS_OP_N);
+    std::vector<int> m(G, out), n(G), k(G, in), lda(G, in), ldb(G, in), ldc(G, out), size(G, 1);
+    for (int i = 0; i < G; ++i) n[i] = static_cast<int>(prefix[i + 1] - prefix[i]);
+    std::vector<float> alpha(G, 1.0f), beta(G, 0.0f);
+    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        blas_, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
+        reinterpret_cast<const void* const*>(group_table_), CUDA_R_32F, lda.data(),
+        reinterpret_cast<const void* const*>(group_table_ + pb), CUDA_R_32F, ldb.data(),
+        beta.data(), reinterpret_cast<void* const*>(group_table_ + 2 * pb), CUDA_R_32F, ldc.data(),
+        G, size.data(), bf16_ ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // an older cuBLAS: one GEMM per group
+      M6_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` must outlive the copy above
+      return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
+    }
+    M6_CUBLAS_CHECK(st);
+    cuda::launch_grouped_bias_act(y, act, reinterpret_cast<const float* const*>(group_table_ + 3 * pb),
+                                  reinterpret_cast<const int64_t*>(group_table_ + 4 * pb),
+                                  reinterpret_cast<const int64_t*>(group_table_ + 4 * pb + G * 8),
+                                  G, prefix.back(), out, stream_);
+    // `host` is pageable: cudaMemcpyAsync has copied it before returning.
+  }
+
   void add_bias(float* y, const float* b, int n, int c) override {
     check_nonneg("add_bias", n, c);
     cuda::launch_add_bias(y, b, n, c, stream_);
@@ -426,6 +494,8 @@ class CudaBackend final : public Backend {
   int* flag_ = nullptr;
   double* partial_ = nullptr;
   size_t partial_cap_ = 0;
+  char* group_table_ = nullptr;  // linear_fwd_grouped's pointer table on the device
+  size_t group_table_bytes_ = 0;
   char* adam_table_ = nullptr;  // adamw_multi's chunk table on the device
   size_t adam_table_bytes_ = 0;
   std::vector<char> adam_table_host_;

@@ -27,7 +27,7 @@ constexpr size_t kWorkspaceBytes = 32u << 20;
 
 }  // namespace
 
-LtLinear::LtLinear() {
+LtLinear::LtLinear(bool deterministic) : deterministic_(deterministic) {
   lt_check(cublasLtCreate(&lt_), "cublasLtCreate");
   M6_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
   workspace_bytes_ = kWorkspaceBytes;
@@ -80,6 +80,11 @@ LtLinear::Plan& LtLinear::plan(const Key& k) {
                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
     cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof align);
+  if (deterministic_) {  // no split-K reduction: the same sums in the same order every run
+    const uint32_t none = CUBLASLT_REDUCTION_SCHEME_NONE;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &none,
+                                         sizeof none);
+  }
   cublasLtMatmulHeuristicResult_t r{};
   int found = 0;
   const cublasStatus_t s =

@@ -18,7 +18,7 @@ namespace m6::cuda {
 
 class LtLinear {
  public:
-  LtLinear();
+  explicit LtLinear(bool deterministic);
   ~LtLinear();
   LtLinear(const LtLinear&) = delete;
   LtLinear& operator=(const LtLinear&) = delete;
@@ -40,6 +40,7 @@ class LtLinear {
   using Key = std::tuple<int, int, int, int, bool, bool>;
   Plan& plan(const Key& k);
 
+  bool deterministic_ = false;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;

@@ -80,6 +80,27 @@ class Backend {
     if (b) add_bias(y, b, n, out);
     if (act) gelu_fwd(act, y, static_cast<size_t>(n) * out);
   }
+  // One linear layer per group of rows (the experts of an MoE layer, each
+  // over its block): group i maps rows [row, row + rows) of x[., in] to the
+  // same rows of y[., out] (and act) through w [out,in] and b [out] (may be
+  // null), as linear_fwd. Rows outside every group are left alone. This
+  // default (linear_fwd per group) is the reference; the CUDA backend runs
+  // every group's GEMM in one grouped cuBLAS call, then one bias/GELU kernel.
+  struct LinearGroup {
+    const float* w;
+    const float* b;
+    int64_t row;
+    int rows;
+  };
+  virtual void linear_fwd_grouped(float* y, float* act, const float* x, const LinearGroup* g,
+                                  int count, int in, int out) {
+    for (int i = 0; i < count; ++i) {
+      if (g[i].rows <= 0) continue;
+      const size_t o = static_cast<size_t>(g[i].row);
+      linear_fwd(y + o * out, act ? act + o * out : nullptr, x + o * in, g[i].w, g[i].b,
+                 g[i].rows, in, out);
+    }
+  }
   virtual double sum(const float* x, size_t n) = 0;
   virtual double sum_squares(const float* x, size_t n) = 0;
   virtual bool all_finite(const float* x, size_t n) = 0;

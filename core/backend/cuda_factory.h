@@ -26,6 +26,10 @@ struct CudaBackendOptions {
   // accumulation (exact conversion when the values are bf16 already, as under
   // precision.compute: bf16); false: plain fp32 GEMMs.
   bool bf16_tensor_cores = false;
+  // Bitwise-reproducible results run to run (the parity tests): cuBLASLt may
+  // not split K across blocks (no reduction scheme); cuBLAS never uses
+  // atomics (its default); every m6train kernel is deterministic anyway.
+  bool deterministic = false;
 };
 
 // The CUDA backend on `device` (0-based): one cuBLAS handle, one stream,

@@ -148,15 +148,18 @@ void MoeLayer::exchange_from_experts(float* dst, const float* src, float scale, 
 
 void MoeLayer::experts_fwd(const std::vector<const Chunk*>& experts) {
   const int d = m_.d_model, F = m_.d_ff;
+  // Every local expert over its block of rows in one grouped call per layer
+  // of the FFN (one launch on the GPU, Backend::linear_fwd_grouped).
+  std::vector<Backend::LinearGroup> g1, g2;
   for (const Chunk* c : experts) {
     const int le = c->expert - first_, r = erows_[le];
     if (r == 0) continue;
-    const size_t o = eoff_[le];
-    linear_gelu_fwd(be_, he_act_ + o * F, he_pre_ + o * F, xe_ + o * d,
-                    c->param_of("fc1.weight"), c->param_of("fc1.bias"), r, d, F);
-    linear_fwd(be_, ye_ + o * d, he_act_ + o * F, c->param_of("fc2.weight"),
-               c->param_of("fc2.bias"), r, F, d);
+    g1.push_back({c->param_of("fc1.weight"), c->param_of("fc1.bias"), eoff_[le], r});
+    g2.push_back({c->param_of("fc2.weight"), c->param_of("fc2.bias"), eoff_[le], r});
   }
+  if (g1.empty()) return;
+  be_.linear_fwd_grouped(he_pre_, he_act_, xe_, g1.data(), static_cast<int>(g1.size()), d, F);
+  be_.linear_fwd_grouped(ye_, nullptr, he_act_, g2.data(), static_cast<int>(g2.size()), F, d);
 }
 
 void MoeLayer::experts_bwd(const std::vector<const Chunk*>& experts) {

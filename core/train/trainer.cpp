@@ -41,7 +41,8 @@ std::unique_ptr<Backend> make_backend(const Config& cfg) {
   if (cfg.train.device == DeviceKind::Cuda && devices == 0)
     throw ConfigError(fmt(cfg.source, ": train.device: cuda was asked for, but no CUDA device is "
                           "visible (cuda_device_count() = 0); use train.device: cpu or auto"));
-  if (cfg.train.device != DeviceKind::Cpu && devices > 0) return make_cuda_backend(0);
+  if (cfg.train.device != DeviceKind::Cpu && devices > 0)
+    return make_cuda_backend(0, {cfg.precision.compute == Precision::Bf16});
 #else
   if (cfg.train.device == DeviceKind::Cuda)
     throw ConfigError(fmt(cfg.source, ": train.device: cuda was asked for, but this m6train has no "

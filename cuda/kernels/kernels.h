@@ -35,6 +35,14 @@ void launch_sum(double* out, double* partial, const float* x, size_t n, bool squ
 // *bad = 1 if some element is NaN or +-Inf (bad must be zeroed before)
 void launch_all_finite(int* bad, const float* x, size_t n, cudaStream_t st);
 
+// Bias (and GELU) of grouped linear layers (linear_fwd_grouped): group i
+// covers rows [row[i], row[i] + prefix[i+1] - prefix[i]) of y[., out]; y +=
+// bias[i] (null: none), then act = gelu_tanh(y) when act is not null.
+// prefix[count] = the total rows.
+void launch_grouped_bias_act(float* y, float* act, const float* const* bias,
+                             const int64_t* row, const int64_t* prefix, int count,
+                             int64_t total_rows, int out, cudaStream_t st);
+
 // ---- optimizer (adamw.cu) -------------------------------------------------------
 void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, double lr, double b1,
                   double b2, double eps, double wd, double grad_scale, double bc1, double bc2,

@@ -189,6 +189,58 @@ void test_linear(Backend& c, Backend& g, Backend& g_bf16) {
                     s ? " unaligned" : "");
       t.check_f(std::string(name) + " y", y, kGemm);
       if (k.gelu) t.check_f(std::string(name) + " act", act, kGemm);
+      {  // deterministic mode: a second run gives the same bits
+        std::vector<float> first(ny), second(ny);
+        gg.to_host(first.data(), y.g, ny * 4);
+        gg.linear_fwd(y.fg() + s, k.gelu ? act.fg() + s : nullptr, x.fg() + s, w.fg() + s,
+                      k.bias ? b.fg() + s : nullptr, k.n, k.in, k.out);
+        gg.to_host(second.data(), y.g, ny * 4);
+        expect_true(std::string(name) + " reproducible bit for bit",
+                    std::memcmp(first.data(), second.data(), ny * 4) == 0);
+      }
+    }
+  }
+}
+
+// The experts' grouped linear (one grouped cuBLAS call + one bias/GELU kernel
+// on the GPU) against linear_fwd per group: empty groups, a group without
+// bias, gaps between the groups' rows (left untouched), GELU on and off.
+void test_linear_grouped(Backend& c, Backend& g, Backend& g_bf16) {
+  for (bool half : {false, true}) {
+    Backend& gg = half ? g_bf16 : g;
+    for (auto [in, out, gelu] : {std::tuple{24, 72, true}, std::tuple{40, 257, false}}) {
+      Twin t{c, gg};
+      const int rows[] = {3, 0, 17, 1, 40}, gap = 2;
+      const int E = 5;
+      int64_t total = 0;
+      std::vector<int64_t> at(E);
+      for (int e = 0; e < E; ++e) at[e] = total, total += rows[e] + gap;
+      std::vector<float> hx = randn(static_cast<size_t>(total) * in);
+      std::vector<std::vector<float>> hw(E), hb(E);
+      for (int e = 0; e < E; ++e) hw[e] = randn(static_cast<size_t>(out) * in, 0.2f), hb[e] = randn(out);
+      if (half) {
+        for (float& v : hx) v = bf16_to_f32(f32_to_bf16(v));
+        for (int e = 0; e < E; ++e)
+          for (auto* vec : {&hw[e], &hb[e]})
+            for (float& v : *vec) v = bf16_to_f32(f32_to_bf16(v));
+      }
+      auto x = t.f(hx);
+      std::vector<Twin::Buf> w, b;
+      for (int e = 0; e < E; ++e) w.push_back(t.f(hw[e])), b.push_back(t.f(hb[e]));
+      const std::vector<float> poison(static_cast<size_t>(total) * out, 7.0f);
+      auto y = t.f(poison), act = t.f(poison);
+      std::vector<Backend::LinearGroup> gc, gg_;
+      for (int e = 0; e < E; ++e) {
+        gc.push_back({w[e].fc(), e == 3 ? nullptr : b[e].fc(), at[e], rows[e]});
+        gg_.push_back({w[e].fg(), e == 3 ? nullptr : b[e].fg(), at[e], rows[e]});
+      }
+      c.linear_fwd_grouped(y.fc(), gelu ? act.fc() : nullptr, x.fc(), gc.data(), E, in, out);
+      gg.linear_fwd_grouped(y.fg(), gelu ? act.fg() : nullptr, x.fg(), gg_.data(), E, in, out);
+      char name[96];
+      std::snprintf(name, sizeof name, "linear_fwd_grouped%s in%d out%d%s", half ? " bf16" : "",
+                    in, out, gelu ? " gelu" : "");
+      t.check_f(std::string(name) + " y", y, kGemm);
+      if (gelu) t.check_f(std::string(name) + " act", act, kGemm);
     }
   }
 }
@@ -322,12 +374,13 @@ int main(int argc, char** argv) {
   }
   try {
     auto cpu = make_cpu_backend(2);
-    auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0);
+    auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {false, true});
     std::printf("comparing %s against %s\n", gpu->name().c_str(), cpu->name().c_str());
     test_dense(*cpu, *gpu);
     {
-      auto gpu_bf16 = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {true});
+      auto gpu_bf16 = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {true, true});
       test_linear(*cpu, *gpu, *gpu_bf16);
+      test_linear_grouped(*cpu, *gpu, *gpu_bf16);
     }
     test_transformer(*cpu, *gpu);
     test_moe(*cpu, *gpu);
