@@ -290,6 +290,13 @@ class CudaBackend final : public Backend {
     if (d == 0 && N > 0) throw Error(fmt("layernorm_fwd: width d (", d, ") must be > 0"));
     cuda::launch_layernorm_fwd(y, mean, rstd, x, w, b, N, d, stream_);
   }
+  void add_layernorm_fwd(float* x_out, float* y, float* mean, float* rstd, const float* x,
+                         const float* delta, const float* w, const float* b, int N,
+                         int d) override {
+    check_nonneg("add_layernorm_fwd", N, d);
+    if (d == 0 && N > 0) throw Error(fmt("add_layernorm_fwd: width d (", d, ") must be > 0"));
+    cuda::launch_add_layernorm_fwd(x_out, y, mean, rstd, x, delta, w, b, N, d, stream_);
+  }
   void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                      const float* mean, const float* rstd, const float* w, int N, int d) override {
     check_nonneg("layernorm_bwd", N, d);

@@ -115,6 +115,16 @@ class Backend {
   // y[N,d] = (x - mean) * rstd * w + b; mean[N], rstd[N] saved for backward; eps 1e-5
   virtual void layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
                              const float* b, int N, int d) = 0;
+  // The residual add and the LayerNorm after it: x_out[N,d] = x + delta, then
+  // layernorm_fwd of x_out into y, mean, rstd. This default (add, then
+  // layernorm_fwd) is the reference; the CUDA backend does both in one pass
+  // over each row.
+  virtual void add_layernorm_fwd(float* x_out, float* y, float* mean, float* rstd, const float* x,
+                                 const float* delta, const float* w, const float* b, int N,
+                                 int d) {
+    add(x_out, x, delta, static_cast<size_t>(N) * d);
+    layernorm_fwd(y, mean, rstd, x_out, w, b, N, d);
+  }
   // dx[N,d] +=, dw[d] +=, db[d] +=
   virtual void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                              const float* mean, const float* rstd, const float* w, int N,

@@ -151,9 +151,8 @@ MicroStats Model::forward(const Batch& batch, Phase phase) {
     linear_fwd(be_, a.qkv, a.ln1_out, c.param_of("qkv.weight"), c.param_of("qkv.bias"), N, d, 3 * d);
     be_.attention_fwd(a.atty, a.att, a.qkv, B, T, H, d);
     linear_fwd(be_, dtmp_, a.atty, c.param_of("proj.weight"), c.param_of("proj.bias"), N, d, d);
-    be_.add(a.res1, x, dtmp_, static_cast<size_t>(N) * d);
-    be_.layernorm_fwd(a.ln2_out, a.ln2_mean, a.ln2_rstd, a.res1, c.param_of("ln2.weight"),
-                      c.param_of("ln2.bias"), N, d);
+    be_.add_layernorm_fwd(a.res1, a.ln2_out, a.ln2_mean, a.ln2_rstd, x, dtmp_,
+                          c.param_of("ln2.weight"), c.param_of("ln2.bias"), N, d);
     if (moe_[l]) {
       st.moe.push_back(moe_[l]->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase));
     } else {

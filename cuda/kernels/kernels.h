@@ -73,6 +73,10 @@ void launch_embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32
                           int T, int d, cudaStream_t st);
 void launch_layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
                           const float* b, int N, int d, cudaStream_t st);
+// xo = x + delta, then layernorm_fwd of xo (one pass per row)
+void launch_add_layernorm_fwd(float* xo, float* y, float* mean, float* rstd, const float* x,
+                              const float* delta, const float* w, const float* b, int N, int d,
+                              cudaStream_t st);
 void launch_layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                           const float* mean, const float* rstd, const float* w, int N, int d,
                           cudaStream_t st);

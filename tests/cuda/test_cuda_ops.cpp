@@ -245,6 +245,34 @@ void test_linear_grouped(Backend& c, Backend& g, Backend& g_bf16) {
   }
 }
 
+// The residual add fused with the LayerNorm after it, against the CPU's add +
+// layernorm_fwd, and against the same backend's two separate ops bit for bit.
+void test_add_layernorm(Backend& c, Backend& g) {
+  for (auto [N, d] : {std::pair{1, 259}, std::pair{257, 768}, std::pair{3, 8}}) {
+    Twin t{c, g};
+    const size_t nd = static_cast<size_t>(N) * d;
+    auto x = t.f(randn(nd)), delta = t.f(randn(nd, 0.5f)), w = t.f(randn(d)), b = t.f(randn(d));
+    auto xo = t.zeros_f(nd), y = t.zeros_f(nd), mean = t.zeros_f(N), rstd = t.zeros_f(N);
+    auto xo2 = t.zeros_f(nd), y2 = t.zeros_f(nd), mean2 = t.zeros_f(N), rstd2 = t.zeros_f(N);
+    c.add_layernorm_fwd(xo.fc(), y.fc(), mean.fc(), rstd.fc(), x.fc(), delta.fc(), w.fc(), b.fc(),
+                        N, d);
+    g.add_layernorm_fwd(xo.fg(), y.fg(), mean.fg(), rstd.fg(), x.fg(), delta.fg(), w.fg(), b.fg(),
+                        N, d);
+    const std::string s = " N" + std::to_string(N) + " d" + std::to_string(d);
+    t.check_f("add_layernorm_fwd x_out" + s, xo, kElem);
+    t.check_f("add_layernorm_fwd y" + s, y, kReduce);
+    t.check_f("add_layernorm_fwd mean" + s, mean, kReduce);
+    t.check_f("add_layernorm_fwd rstd" + s, rstd, kReduce);
+    g.add(xo2.fg(), x.fg(), delta.fg(), nd);
+    g.layernorm_fwd(y2.fg(), mean2.fg(), rstd2.fg(), xo2.fg(), w.fg(), b.fg(), N, d);
+    std::vector<float> a1(nd), a2(nd);
+    g.to_host(a1.data(), y.g, nd * 4);
+    g.to_host(a2.data(), y2.g, nd * 4);
+    expect_true("add_layernorm_fwd = add + layernorm_fwd bit for bit" + s,
+                std::memcmp(a1.data(), a2.data(), nd * 4) == 0);
+  }
+}
+
 // ---- transformer ----------------------------------------------------------------
 void test_transformer(Backend& c, Backend& g) {
   for (auto [B, T, d] : {std::tuple{1, 1, 8}, std::tuple{2, 5, 259}}) {
@@ -381,6 +409,7 @@ int main(int argc, char** argv) {
       auto gpu_bf16 = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {true, true});
       test_linear(*cpu, *gpu, *gpu_bf16);
       test_linear_grouped(*cpu, *gpu, *gpu_bf16);
+      test_add_layernorm(*cpu, *gpu);
     }
     test_transformer(*cpu, *gpu);
     test_moe(*cpu, *gpu);
