@@ -8,12 +8,16 @@
 // (crossentropy targets, moe_assign experts) read a device flag back and throw.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "core/backend/backend.h"
 #include "core/util/error.h"
 #include "cuda/check.h"
+#include "cuda/gemm_lt.h"
 #include "core/backend/cuda_factory.h"
+#include "cuda/backend_cuda.h"
 #include "cuda/kernels/kernels.h"
 
 namespace m6 {
@@ -55,24 +59,30 @@ void check_attention(int B, int T, int H, int d) {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  CudaBackend(int device, const CudaBackendOptions& opt)
+      : device_(device), bf16_(opt.bf16_tensor_cores) {
     M6_CUDA_CHECK(cudaSetDevice(device));
     M6_CUDA_CHECK(cudaStreamCreate(&stream_));
     M6_CUBLAS_CHECK(cublasCreate(&blas_));
     M6_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
-    // Plain fp32 GEMMs (no TF32): the CUDA ops are compared with the CPU
-    // reference at fp32 tolerances.
-    M6_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH));
+    // fp32: plain fp32 GEMMs (no TF32), compared with the CPU reference at
+    // fp32 tolerances. bf16: tensor cores on operands rounded to bf16, fp32
+    // accumulation (CUBLAS_COMPUTE_32F_FAST_16BF).
+    M6_CUBLAS_CHECK(cublasSetMathMode(blas_, bf16_ ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH));
+    lt_ = std::make_unique<cuda::LtLinear>(opt.deterministic);
     M6_CUDA_CHECK(cudaMalloc(&bad_, sizeof(BadIndex)));
     M6_CUDA_CHECK(cudaMalloc(&scalars_, 2 * sizeof(double)));
     M6_CUDA_CHECK(cudaMalloc(&flag_, sizeof(int)));
     cudaDeviceProp prop{};
     M6_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    name_ = fmt("cuda(", device, ": ", prop.name, ")");
+    name_ = fmt("cuda(", device, ": ", prop.name, bf16_ ? ", bf16 tensor cores" : "", ")");
   }
   ~CudaBackend() override {
     // Destructors must not throw: errors here are ignored.
     cudaFree(partial_);
+    cudaFree(adam_table_);
+    cudaFree(group_table_);
+    lt_.reset();
     cudaFree(flag_);
     cudaFree(scalars_);
     cudaFree(bad_);
@@ -83,6 +93,8 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   std::string name() const override { return name_; }
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
 
   // ---- memory ---------------------------------------------------------------
   void* alloc(size_t bytes) override {
@@ -148,10 +160,93 @@ class CudaBackend final : public Backend {
       return;
     }
     const float alpha = g.alpha, beta = g.beta;
+    if (bf16_) {
+      M6_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b,
+          CUDA_R_32F, ldb, g.stride_b, g.a, CUDA_R_32F, lda, g.stride_a, &beta, g.c, CUDA_R_32F,
+          ldc, g.stride_c, g.batch, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
+      return;
+    }
     M6_CUBLAS_CHECK(cublasSgemmStridedBatched(
         blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b, ldb,
         g.stride_b, g.a, lda, g.stride_a, &beta, g.c, ldc, g.stride_c, g.batch));
   }
+  // The linear layer on cuBLASLt with the bias (and GELU) as epilogues; the
+  // reference sequence (gemm, add_bias, gelu_fwd) where cuBLASLt has no
+  // algorithm for the shape.
+  void linear_fwd(float* y, float* act, const float* x, const float* w, const float* b, int n,
+                  int in, int out) override {
+    check_nonneg("linear_fwd", n, in, out);
+    if (n > 0 && in > 0 && out > 0 && lt_->run(y, act, x, w, b, n, in, out, bf16_, stream_)) return;
+    Backend::linear_fwd(y, act, x, w, b, n, in, out);
+  }
+  // Every group's GEMM in one cublasGemmGroupedBatchedEx call (the
+  // pointer arrays go to the device each call: the experts' row counts change
+  // every step), then one kernel for the biases and the GELU.
+  void linear_fwd_grouped(float* y, float* act, const float* x, const LinearGroup* g, int count,
+                          int in, int out) override {
+    check_nonneg("linear_fwd_grouped", count, in, out);
+    std::vector<const void*> a, b;
+    std::vector<void*> c;
+    std::vector<const float*> bias;
+    std::vector<int64_t> row, prefix = {0};
+    for (int i = 0; i < count; ++i) {
+      if (g[i].rows < 0 || g[i].row < 0)
+        throw Error(fmt("linear_fwd_grouped: group ", i, " has rows ", g[i].rows, " at row ",
+                        g[i].row));
+      if (g[i].rows == 0) continue;
+      const size_t o = static_cast<size_t>(g[i].row);
+      a.push_back(g[i].w);
+      b.push_back(x + o * in);
+      c.push_back(y + o * out);
+      bias.push_back(g[i].b);
+      row.push_back(g[i].row);
+      prefix.push_back(prefix.back() + g[i].rows);
+    }
+    const int G = static_cast<int>(a.size());
+    if (G == 0 || out == 0) return;
+    if (in == 0) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
+    // Device table: [A][B][C][bias] pointers, [row][prefix] int64.
+    const size_t pb = static_cast<size_t>(G) * sizeof(void*);
+    const size_t bytes = 4 * pb + (2 * static_cast<size_t>(G) + 1) * sizeof(int64_t);
+    if (bytes > group_table_bytes_) {
+      if (group_table_ != nullptr) release(group_table_);
+      group_table_bytes_ = std::max<size_t>(bytes, 4096);
+      group_table_ = static_cast<char*>(alloc(group_table_bytes_));
+    }
+    std::vector<char> host(bytes);
+    std::memcpy(host.data(), a.data(), pb);
+    std::memcpy(host.data() + pb, b.data(), pb);
+    std::memcpy(host.data() + 2 * pb, c.data(), pb);
+    std::memcpy(host.data() + 3 * pb, bias.data(), pb);
+    std::memcpy(host.data() + 4 * pb, row.data(), G * sizeof(int64_t));
+    std::memcpy(host.data() + 4 * pb + G * sizeof(int64_t), prefix.data(),
+                (G + 1) * sizeof(int64_t));
+    M6_CUDA_CHECK(cudaMemcpyAsync(group_table_, host.data(), bytes, cudaMemcpyHostToDevice, stream_));
+    // Row-major y_i[rows,out] = x_i[rows,in] w_i^T is column-major
+    // Y^T[out,rows] = W[out,in] X^T: A = w (op T, ld in), B = x (op N, ld in).
+    std::vector<cublasOperation_t> ta(G, CUBLAS_OP_T), tb(G, CUBLAS_OP_N);
+    std::vector<int> m(G, out), n(G), k(G, in), lda(G, in), ldb(G, in), ldc(G, out), size(G, 1);
+    for (int i = 0; i < G; ++i) n[i] = static_cast<int>(prefix[i + 1] - prefix[i]);
+    std::vector<float> alpha(G, 1.0f), beta(G, 0.0f);
+    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        blas_, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
+        reinterpret_cast<const void* const*>(group_table_), CUDA_R_32F, lda.data(),
+        reinterpret_cast<const void* const*>(group_table_ + pb), CUDA_R_32F, ldb.data(),
+        beta.data(), reinterpret_cast<void* const*>(group_table_ + 2 * pb), CUDA_R_32F, ldc.data(),
+        G, size.data(), bf16_ ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // an older cuBLAS: one GEMM per group
+      M6_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` must outlive the copy above
+      return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
+    }
+    M6_CUBLAS_CHECK(st);
+    cuda::launch_grouped_bias_act(y, act, reinterpret_cast<const float* const*>(group_table_ + 3 * pb),
+                                  reinterpret_cast<const int64_t*>(group_table_ + 4 * pb),
+                                  reinterpret_cast<const int64_t*>(group_table_ + 4 * pb + G * 8),
+                                  G, prefix.back(), out, stream_);
+    // `host` is pageable: cudaMemcpyAsync has copied it before returning.
+  }
+
   void add_bias(float* y, const float* b, int n, int c) override {
     check_nonneg("add_bias", n, c);
     cuda::launch_add_bias(y, b, n, c, stream_);
@@ -197,6 +292,13 @@ class CudaBackend final : public Backend {
     check_nonneg("layernorm_fwd", N, d);
     if (d == 0 && N > 0) throw Error(fmt("layernorm_fwd: width d (", d, ") must be > 0"));
     cuda::launch_layernorm_fwd(y, mean, rstd, x, w, b, N, d, stream_);
+  }
+  void add_layernorm_fwd(float* x_out, float* y, float* mean, float* rstd, const float* x,
+                         const float* delta, const float* w, const float* b, int N,
+                         int d) override {
+    check_nonneg("add_layernorm_fwd", N, d);
+    if (d == 0 && N > 0) throw Error(fmt("add_layernorm_fwd: width d (", d, ") must be > 0"));
+    cuda::launch_add_layernorm_fwd(x_out, y, mean, rstd, x, delta, w, b, N, d, stream_);
   }
   void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                      const float* mean, const float* rstd, const float* w, int N, int d) override {
@@ -315,6 +417,50 @@ class CudaBackend final : public Backend {
     cuda::launch_adamw(p, g, m, v, n, a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.grad_scale,
                        bc1, bc2, stream_);
   }
+  // One launch for every tensor. The table (pointers, sizes, chunks) is the
+  // same every step: it is uploaded again only when it changes, so a step
+  // allocates and copies nothing here.
+  void adamw_multi(const AdamTensor* ts, size_t count, const AdamArgs& a) override {
+    if (a.t < 1) throw Error(fmt("adamw: step t (", a.t, ") must be >= 1"));
+    std::vector<cuda::AdamTensorDev> table(count);
+    std::vector<int32_t> chunk_tensor;
+    std::vector<int64_t> chunk_start;
+    for (size_t i = 0; i < count; ++i) {
+      table[i] = {ts[i].p, ts[i].g, ts[i].m, ts[i].v, ts[i].n,
+                  static_cast<double>(ts[i].weight_decay)};
+      for (size_t at = 0; at < ts[i].n; at += cuda::kAdamChunk) {
+        chunk_tensor.push_back(static_cast<int32_t>(i));
+        chunk_start.push_back(static_cast<int64_t>(at));
+      }
+    }
+    const size_t tb = count * sizeof(cuda::AdamTensorDev);
+    const size_t cb = chunk_tensor.size() * (sizeof(int32_t) + sizeof(int64_t));
+    const bool same = tb == adam_table_host_.size() && cb + tb <= adam_table_bytes_ &&
+                      std::memcmp(adam_table_host_.data(), table.data(), tb) == 0 &&
+                      adam_chunks_ == static_cast<int64_t>(chunk_tensor.size());
+    if (!same) {
+      if (tb + cb + 16 > adam_table_bytes_) {
+        if (adam_table_ != nullptr) release(adam_table_);
+        adam_table_bytes_ = tb + cb + 16;
+        adam_table_ = static_cast<char*>(alloc(adam_table_bytes_));
+      }
+      // Layout: [int64 starts][table][int32 tensors], each 8-byte aligned.
+      const size_t sb = chunk_start.size() * sizeof(int64_t);
+      to_device(adam_table_, chunk_start.data(), sb);
+      to_device(adam_table_ + sb, table.data(), tb);
+      to_device(adam_table_ + sb + tb, chunk_tensor.data(), chunk_tensor.size() * sizeof(int32_t));
+      adam_table_host_.assign(reinterpret_cast<const char*>(table.data()),
+                              reinterpret_cast<const char*>(table.data()) + tb);
+      adam_chunks_ = static_cast<int64_t>(chunk_tensor.size());
+    }
+    const size_t sb = static_cast<size_t>(adam_chunks_) * sizeof(int64_t);
+    const double bc1 = 1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.t));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.t));
+    cuda::launch_adamw_multi(reinterpret_cast<const cuda::AdamTensorDev*>(adam_table_ + sb),
+                             reinterpret_cast<const int32_t*>(adam_table_ + sb + tb),
+                             reinterpret_cast<const int64_t*>(adam_table_), adam_chunks_, a.lr,
+                             a.beta1, a.beta2, a.eps, a.grad_scale, bc1, bc2, stream_);
+  }
 
  private:
   template <class... Ints>
@@ -348,6 +494,8 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  bool bf16_ = false;
+  std::unique_ptr<cuda::LtLinear> lt_;  // created on the device, in the constructor
   std::string name_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
@@ -356,6 +504,12 @@ class CudaBackend final : public Backend {
   int* flag_ = nullptr;
   double* partial_ = nullptr;
   size_t partial_cap_ = 0;
+  char* group_table_ = nullptr;  // linear_fwd_grouped's pointer table on the device
+  size_t group_table_bytes_ = 0;
+  char* adam_table_ = nullptr;  // adamw_multi's chunk table on the device
+  size_t adam_table_bytes_ = 0;
+  std::vector<char> adam_table_host_;
+  int64_t adam_chunks_ = 0;
 };
 
 }  // namespace
@@ -370,12 +524,46 @@ int cuda_device_count() {
   return n;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
+std::string cuda_device_uuid(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "";
+  }
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (int i = 0; i < 16; ++i) {
+    const auto b = static_cast<unsigned char>(prop.uuid.bytes[i]);
+    s += hex[b >> 4];
+    s += hex[b & 15];
+  }
+  return s;
+}
+
+cudaStream_t cuda_backend_stream(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  if (c == nullptr)
+    throw Error(fmt("expected the CUDA backend, got ", be.name(), " (a device communicator needs "
+                    "the CUDA backend's stream)"));
+  return c->stream();
+}
+
+void cuda_stall_stream(Backend& be, double seconds) {
+  cuda::launch_stall(seconds, cuda_backend_stream(be));
+}
+
+int cuda_backend_device(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  if (c == nullptr) throw Error(fmt("expected the CUDA backend, got ", be.name()));
+  return c->device();
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device, const CudaBackendOptions& opt) {
   const int n = cuda_device_count();
   if (device < 0 || device >= n)
     throw Error(fmt("cuda backend: device ", device, " is not visible (", n,
                     " CUDA device(s) found; check CUDA_VISIBLE_DEVICES and the driver)"));
-  return std::make_unique<CudaBackend>(device);
+  return std::make_unique<CudaBackend>(device, opt);
 }
 
 }  // namespace m6

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Builds the CUDA build on THIS machine (nvcc + the CUDA libraries, no GPU
 # needed) and packs what a GPU machine with only the driver, CUDA and Python
-# needs to run it into bundle/:
-#   bundle/bin/m6train, bundle/bin/test_cuda_ops   the binaries
-#   bundle/lib/*.so*                               every shared library they
-#       load that is not part of glibc or the driver (ldd): yaml-cpp, OpenBLAS,
-#       gomp, gfortran, libstdc++, Open MPI's libmpi and its dependencies,
-#       cuBLAS/cuBLASLt, cudart when dynamic, ...
-#   bundle/run                                     wrapper: LD_LIBRARY_PATH=bundle/lib
-#   bundle/configs, bundle/scripts/gpu-check.sh    for the check run
+# needs to run it into bundle/ (well under 60 MB):
+#   bundle/bin/m6train, test_cuda_ops, test_cuda_nccl   the binaries
+#   bundle/lib/*.so*     every shared library they load that is neither glibc's,
+#       the driver's, nor one of the large CUDA libraries: yaml-cpp, OpenBLAS,
+#       gomp, gfortran, Open MPI's libmpi and its dependencies, cudart, ...
+#   bundle/lib/fallback/ libstdc++ and libgcc_s, used only when the target's
+#       own are older than the build's (a newer system one must win, since the
+#       target's cuBLAS and NCCL are loaded into the same process)
+#   bundle/run           wrapper: finds cuBLAS, cuBLASLt and NCCL on the target
+#       (ldconfig, /usr/local/cuda, the nvidia-* wheels of its Python, e.g.
+#       PyTorch's) and runs bundle/bin/PROGRAM with them
+#   bundle/configs, bundle/tests/ref, bundle/scripts   for the check run
+# cuBLAS/cuBLASLt (over 500 MB) and NCCL (over 200 MB) are NOT carried: the
+# target's are used, found at run time.
 # Single-rank runs do not need an MPI launcher (m6train calls MPI_Init only
 # when it finds one, core/parallel/mpi_session.h), but libmpi is linked in and
-# must still load: it is bundled, without Open MPI's plugins (multi-rank CUDA
-# needs NCCL, not built yet, and is refused anyway).
+# must still load: it is bundled, without Open MPI's plugins.
 # Usage: scripts/gpu-bundle.sh [BUILD_DIR=build-gpu] [BUNDLE_DIR=bundle]
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,48 +26,94 @@ out=${2:-$src/bundle}
 jobs=${M6_JOBS:-2}
 
 cmake -S "$src" -B "$build" -G Ninja -DM6_CUDA=ON -DM6_TESTS=ON
-ninja -C "$build" -j"$jobs" m6train test_cuda_ops
+ninja -C "$build" -j"$jobs" m6train test_cuda_ops test_cuda_nccl
 
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/scripts"
 cp "$build/m6train" "$out/bin/"
-cp "$build/tests/test_cuda_ops" "$out/bin/"
+cp "$build/tests/test_cuda_ops" "$build/tests/test_cuda_nccl" "$out/bin/"
 cp -r "$src/configs" "$out/"
-cp "$src/scripts/gpu-check.sh" "$out/scripts/"
+mkdir -p "$out/tests/ref"
+cp -r "$src/tests/ref/configs" "$src/tests/ref/safetensors_io.py" "$out/tests/ref/"
+cp "$src/scripts/gpu-check.sh" "$src/scripts/gpu_compare.py" "$src/scripts/bench-gpu.sh" \
+  "$src/scripts/bench_torch_gpu.py" "$out/scripts/"
+cp "$src/README.md" "$out/"
+git -C "$src" rev-parse --short HEAD > "$out/COMMIT" 2> /dev/null || echo unknown > "$out/COMMIT"
 
 # Libraries to leave to the target machine: glibc's own (they must match its
-# kernel and loader) and the NVIDIA driver (libcuda must come from the driver).
-skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libresolv\.so|libutil\.so|libcuda\.so|libnvidia)'
+# kernel and loader), the NVIDIA driver (libcuda must come from the driver),
+# and the large CUDA libraries (cuBLAS, cuBLASLt, NCCL), which the target's
+# CUDA or PyTorch install provides.
+skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libresolv\.so|libutil\.so|libcuda\.so|libnvidia|libcublas|libcublasLt|libnccl)'
+fallback='^(libstdc\+\+\.so|libgcc_s\.so)'
+mkdir -p "$out/lib/fallback"
 for bin in "$out"/bin/*; do
   ldd "$bin" | awk '/=> \// {print $1, $3}'
 done | sort -u | while read -r name path; do
   if [[ "$name" =~ $skip ]]; then continue; fi
+  if [[ "$name" =~ $fallback ]]; then cp -L "$path" "$out/lib/fallback/$name"; continue; fi
   cp -L "$path" "$out/lib/$name"
 done
-# cuBLAS loads cuBLASLt by name at run time on some versions: take it when present.
-for extra in libcublasLt.so.13 libcublasLt.so.12; do
-  p=$(ldconfig -p | awk -v n="$extra" '$1 == n {print $NF; exit}')
-  if [[ -z "$p" && -e /usr/local/cuda/lib64/$extra ]]; then p=/usr/local/cuda/lib64/$extra; fi
-  if [[ -n "$p" && ! -e "$out/lib/$extra" ]]; then cp -L "$p" "$out/lib/$extra"; fi
-done
+# The newest GLIBCXX version the build's libstdc++ provides: the run wrapper
+# keeps the target's own libstdc++ when it has it.
+grep -ao 'GLIBCXX_3\.4\.[0-9]*' "$out/lib/fallback/libstdc++.so.6" | sort -t. -k3 -n | tail -1 \
+  > "$out/lib/fallback/glibcxx" || true
 
 cat > "$out/run" <<'RUN'
 #!/usr/bin/env bash
-# bundle/run PROGRAM [ARGS...]: runs bundle/bin/PROGRAM with the bundled libraries.
+# bundle/run PROGRAM [ARGS...]: runs bundle/bin/PROGRAM with the bundled
+# libraries and the target's cuBLAS, cuBLASLt and NCCL.
 here=$(cd "$(dirname "$0")" && pwd)
 prog=$1
 shift
-export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+dirs="$here/lib"
+# libstdc++: the target's when it is at least as new as the build's.
+need=$(cat "$here/lib/fallback/glibcxx" 2>/dev/null)
+sys=$(ldconfig -p 2>/dev/null | awk '$1 == "libstdc++.so.6" {print $NF; exit}')
+if [[ -z "$sys" || ( -n "$need" && -z $(grep -ao "$need" "$sys" 2>/dev/null | head -1) ) ]]; then
+  dirs="$dirs:$here/lib/fallback"
+fi
+# cuBLAS/cuBLASLt/NCCL: the loader's cache, the CUDA toolkit, then the nvidia
+# wheels of the Python on the PATH (PyTorch's).
+find_lib() {
+  local name=$1 p
+  p=$(ldconfig -p 2>/dev/null | awk -v n="$name" '$1 == n {print $NF; exit}')
+  if [[ -n "$p" ]]; then return 0; fi
+  for d in ${CUDA_HOME:-/usr/local/cuda}/lib64 ${CUDA_HOME:-/usr/local/cuda}/targets/x86_64-linux/lib \
+           /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu; do
+    if [[ -e "$d/$name" ]]; then echo "$d"; return 0; fi
+  done
+  local roots
+  roots=$(python3 -c 'import nvidia, sys; print(" ".join(nvidia.__path__))' 2>/dev/null)
+  for r in $roots; do
+    p=$(find "$r" -name "$name" 2>/dev/null | head -1)
+    if [[ -n "$p" ]]; then dirname "$p"; return 0; fi
+  done
+  echo "bundle/run: $name not found (CUDA toolkit or PyTorch's nvidia wheels)" >&2
+}
+for lib in libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+  d=$(find_lib "$lib")
+  if [[ -n "$d" && ":$dirs:" != *":$d:"* ]]; then dirs="$dirs:$d"; fi
+done
+export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 exec "$here/bin/$prog" "$@"
 RUN
 chmod +x "$out/run"
 
 echo "bundle: $out"
-du -sh "$out/lib" "$out/bin"
+du -sh "$out"
 ls "$out/lib"
-# The bundled binaries must resolve every library from bundle/lib or glibc.
-if LD_LIBRARY_PATH="$out/lib" ldd "$out/bin/m6train" | grep -q "not found"; then
+total=$(du -sm "$out" | cut -f1)
+if ((total >= 60)); then
+  echo "gpu-bundle: the bundle is ${total} MB, over the 60 MB limit" >&2
+  exit 1
+fi
+# Every library must resolve from bundle/lib, glibc, or (on the target) the
+# CUDA libraries left out above.
+missing=$(LD_LIBRARY_PATH="$out/lib:$out/lib/fallback" ldd "$out/bin/m6train" | grep "not found" |
+  grep -Ev 'libcublas|libnccl' || true)
+if [[ -n "$missing" ]]; then
   echo "gpu-bundle: m6train has unresolved libraries:" >&2
-  LD_LIBRARY_PATH="$out/lib" ldd "$out/bin/m6train" | grep "not found" >&2
+  echo "$missing" >&2
   exit 1
 fi

@@ -80,6 +80,44 @@ class Backend {
   virtual void add(float* y, const float* a, const float* b, size_t n) = 0; // y = a + b
   virtual void axpy(float* y, float alpha, const float* x, size_t n) = 0;   // y += alpha x
   virtual void scale(float* x, float s, size_t n) = 0;                      // x *= s
+  // The linear layer: y[n,out] = x[n,in] w[out,in]^T + b[out] (b may be null);
+  // with `act` non-null also act[n,out] = gelu_tanh(y), y keeping the
+  // pre-activation for backward. This default (gemm, add_bias, gelu_fwd) is
+  // the reference; the CUDA backend fuses the bias and the GELU into the GEMM
+  // (cuBLASLt epilogues) where the shape allows.
+  virtual void linear_fwd(float* y, float* act, const float* x, const float* w, const float* b,
+                          int n, int in, int out) {
+    GemmArgs g;
+    g.trans_b = Trans::Yes;
+    g.m = n, g.n = out, g.k = in;
+    g.a = x, g.lda = in;
+    g.b = w, g.ldb = in;
+    g.c = y, g.ldc = out;
+    gemm(g);
+    if (b) add_bias(y, b, n, out);
+    if (act) gelu_fwd(act, y, static_cast<size_t>(n) * out);
+  }
+  // One linear layer per group of rows (the experts of an MoE layer, each
+  // over its block): group i maps rows [row, row + rows) of x[., in] to the
+  // same rows of y[., out] (and act) through w [out,in] and b [out] (may be
+  // null), as linear_fwd. Rows outside every group are left alone. This
+  // default (linear_fwd per group) is the reference; the CUDA backend runs
+  // every group's GEMM in one grouped cuBLAS call, then one bias/GELU kernel.
+  struct LinearGroup {
+    const float* w;
+    const float* b;
+    int64_t row;
+    int rows;
+  };
+  virtual void linear_fwd_grouped(float* y, float* act, const float* x, const LinearGroup* g,
+                                  int count, int in, int out) {
+    for (int i = 0; i < count; ++i) {
+      if (g[i].rows <= 0) continue;
+      const size_t o = static_cast<size_t>(g[i].row);
+      linear_fwd(y + o * out, act ? act + o * out : nullptr, x + o * in, g[i].w, g[i].b,
+                 g[i].rows, in, out);
+    }
+  }
   virtual double sum(const float* x, size_t n) = 0;
   virtual double sum_squares(const float* x, size_t n) = 0;
   virtual bool all_finite(const float* x, size_t n) = 0;
@@ -98,6 +136,16 @@ class Backend {
   // y[N,d] = (x - mean) * rstd * w + b; mean[N], rstd[N] saved for backward; eps 1e-5
   virtual void layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
                              const float* b, int N, int d) = 0;
+  // The residual add and the LayerNorm after it: x_out[N,d] = x + delta, then
+  // layernorm_fwd of x_out into y, mean, rstd. This default (add, then
+  // layernorm_fwd) is the reference; the CUDA backend does both in one pass
+  // over each row.
+  virtual void add_layernorm_fwd(float* x_out, float* y, float* mean, float* rstd, const float* x,
+                                 const float* delta, const float* w, const float* b, int N,
+                                 int d) {
+    add(x_out, x, delta, static_cast<size_t>(N) * d);
+    layernorm_fwd(y, mean, rstd, x_out, w, b, N, d);
+  }
   // dx[N,d] +=, dw[d] +=, db[d] +=
   virtual void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                              const float* mean, const float* rstd, const float* w, int N,
@@ -178,6 +226,25 @@ class Backend {
   };
   virtual void adamw(float* p, const float* g, float* m, float* v, size_t n,
                      const AdamArgs& a) = 0;
+  // One AdamW update of many tensors (the optimizer step): the update of
+  // adamw() on each, with its own weight decay (a.weight_decay is ignored).
+  // This default is the reference; the CUDA backend updates every tensor in
+  // one launch (a multi-tensor kernel) with the same arithmetic.
+  struct AdamTensor {
+    float* p;
+    const float* g;
+    float* m;
+    float* v;
+    size_t n;
+    float weight_decay;
+  };
+  virtual void adamw_multi(const AdamTensor* ts, size_t count, const AdamArgs& a) {
+    for (size_t i = 0; i < count; ++i) {
+      AdamArgs b = a;
+      b.weight_decay = ts[i].weight_decay;
+      adamw(ts[i].p, ts[i].g, ts[i].m, ts[i].v, ts[i].n, b);
+    }
+  }
 };
 
 // The CPU reference backend (OpenBLAS GEMMs, OpenMP loops). threads <= 0: all cores.

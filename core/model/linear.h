@@ -9,14 +9,14 @@ enum class GradMode { Overwrite, Accumulate };
 
 inline void linear_fwd(Backend& be, float* y, const float* x, const float* w, const float* b,
                        int n, int in, int out) {
-  GemmArgs g;
-  g.trans_b = Trans::Yes;
-  g.m = n, g.n = out, g.k = in;
-  g.a = x, g.lda = in;
-  g.b = w, g.ldb = in;
-  g.c = y, g.ldc = out;
-  be.gemm(g);
-  if (b) be.add_bias(y, b, n, out);
+  be.linear_fwd(y, nullptr, x, w, b, n, in, out);
+}
+
+// The same with GELU: pre = x W^T + b (kept for backward), act = gelu(pre);
+// one fused GEMM on the GPU.
+inline void linear_gelu_fwd(Backend& be, float* act, float* pre, const float* x, const float* w,
+                            const float* b, int n, int in, int out) {
+  be.linear_fwd(pre, act, x, w, b, n, in, out);
 }
 
 // dx[n,in] = (or +=) dy W; dw[out,in] += dy^T x; db[out] += sum_rows dy.

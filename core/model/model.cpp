@@ -211,20 +211,32 @@ void Model::layer_forward(int l, Phase phase, MicroStats* st) {
   rnd(a.att, static_cast<size_t>(B) * H * T * T);
   linear_fwd(be_, dtmp_, a.atty, c.weight_of("proj.weight"), c.weight_of("proj.bias"), N, d, d);
   rnd(dtmp_, Nd);
-  be_.add(a.res1, x, dtmp_, Nd);
-  rnd(a.res1, Nd);
-  be_.layernorm_fwd(a.ln2_out, a.ln2_mean, a.ln2_rstd, a.res1, c.weight_of("ln2.weight"),
-                    c.weight_of("ln2.bias"), N, d);
+  // fp32: the residual add fused with the LayerNorm after it (one kernel on
+  // the GPU; the CPU runs the two ops). bf16/fp16 round the sum in between.
+  if (rnd.active()) {
+    be_.add(a.res1, x, dtmp_, Nd);
+    rnd(a.res1, Nd);
+    be_.layernorm_fwd(a.ln2_out, a.ln2_mean, a.ln2_rstd, a.res1, c.weight_of("ln2.weight"),
+                      c.weight_of("ln2.bias"), N, d);
+  } else {
+    be_.add_layernorm_fwd(a.res1, a.ln2_out, a.ln2_mean, a.ln2_rstd, x, dtmp_,
+                          c.weight_of("ln2.weight"), c.weight_of("ln2.bias"), N, d);
+  }
   rnd(a.ln2_out, Nd);
   if (MoeLayer* moe = moe_at(l)) {
     MoeStats ms = moe->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase);
     if (st) st->moe.push_back(std::move(ms));
   } else {
-    linear_fwd(be_, a.fc1_pre, a.ln2_out, c.weight_of("fc1.weight"), c.weight_of("fc1.bias"), N,
-               d, F);
-    rnd(a.fc1_pre, NF);
-    be_.gelu_fwd(a.fc1_act, a.fc1_pre, NF);
-    rnd(a.fc1_act, NF);
+    if (rnd.active()) {  // the GELU reads the rounded pre-activation
+      linear_fwd(be_, a.fc1_pre, a.ln2_out, c.weight_of("fc1.weight"), c.weight_of("fc1.bias"), N,
+                 d, F);
+      rnd(a.fc1_pre, NF);
+      be_.gelu_fwd(a.fc1_act, a.fc1_pre, NF);
+      rnd(a.fc1_act, NF);
+    } else {  // one GEMM with a bias+GELU epilogue on the GPU
+      linear_gelu_fwd(be_, a.fc1_act, a.fc1_pre, a.ln2_out, c.weight_of("fc1.weight"),
+                      c.weight_of("fc1.bias"), N, d, F);
+    }
     linear_fwd(be_, dtmp_, a.fc1_act, c.weight_of("fc2.weight"), c.weight_of("fc2.bias"), N, F,
                d);
     rnd(dtmp_, Nd);

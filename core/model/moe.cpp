@@ -148,20 +148,31 @@ void MoeLayer::exchange_from_experts(float* dst, const float* src, float scale, 
 
 void MoeLayer::experts_fwd(const std::vector<const Chunk*>& experts) {
   const int d = m_.d_model, F = m_.d_ff;
+  // Every local expert over its block of rows in one grouped call per layer
+  // of the FFN (one launch on the GPU, Backend::linear_fwd_grouped).
+  std::vector<Backend::LinearGroup> g1, g2;
   for (const Chunk* c : experts) {
     const int le = c->expert - first_, r = erows_[le];
     if (r == 0) continue;
-    const size_t o = eoff_[le];
-    const size_t rF = static_cast<size_t>(r) * F, rd = static_cast<size_t>(r) * d;
-    linear_fwd(be_, he_pre_ + o * F, xe_ + o * d, c->weight_of("fc1.weight"),
-               c->weight_of("fc1.bias"), r, d, F);
+    g1.push_back({c->weight_of("fc1.weight"), c->weight_of("fc1.bias"), eoff_[le], r});
+    g2.push_back({c->weight_of("fc2.weight"), c->weight_of("fc2.bias"), eoff_[le], r});
+  }
+  if (g1.empty()) return;
+  if (!round_.active()) {  // fp32: fc1 with its bias+GELU epilogue
+    be_.linear_fwd_grouped(he_pre_, he_act_, xe_, g1.data(), static_cast<int>(g1.size()), d, F);
+    be_.linear_fwd_grouped(ye_, nullptr, he_act_, g2.data(), static_cast<int>(g2.size()), F, d);
+    return;
+  }
+  // bf16/fp16: the GELU reads the rounded pre-activation; every output rounded.
+  be_.linear_fwd_grouped(he_pre_, nullptr, xe_, g1.data(), static_cast<int>(g1.size()), d, F);
+  for (const auto& g : g1) {
+    const size_t o = static_cast<size_t>(g.row), rF = static_cast<size_t>(g.rows) * F;
     round_(he_pre_ + o * F, rF);
     be_.gelu_fwd(he_act_ + o * F, he_pre_ + o * F, rF);
     round_(he_act_ + o * F, rF);
-    linear_fwd(be_, ye_ + o * d, he_act_ + o * F, c->weight_of("fc2.weight"),
-               c->weight_of("fc2.bias"), r, F, d);
-    round_(ye_ + o * d, rd);
   }
+  be_.linear_fwd_grouped(ye_, nullptr, he_act_, g2.data(), static_cast<int>(g2.size()), F, d);
+  for (const auto& g : g2) round_(ye_ + static_cast<size_t>(g.row) * d, static_cast<size_t>(g.rows) * d);
 }
 
 void MoeLayer::experts_bwd(const std::vector<const Chunk*>& experts) {

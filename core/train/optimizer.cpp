@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/model/offload.h"
 #include "core/util/error.h"
@@ -69,19 +70,26 @@ void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, d
   a.eps = static_cast<float>(o.eps);
   a.grad_scale = grad_scale;
   a.t = t;
+  // Device-resident moments: every tensor in one call (one launch on the
+  // GPU, multi-tensor AdamW); offloaded ones on the host, piece by piece.
+  std::vector<Backend::AdamTensor> ts;
   for (auto& c : chunks) {
     for (const auto& tn : c.tensors) {
-      a.weight_decay = tn.decay ? static_cast<float>(o.weight_decay) : 0.0f;
+      const float wd = tn.decay ? static_cast<float>(o.weight_decay) : 0.0f;
       if (c.adam_on_host) {
         M6_CHECK(staging && staging->floats > 0, "chunk ", c.name,
                  " keeps its Adam moments on the host, but no host staging was given");
-        host_step(be, c, tn, a, *staging);
+        Backend::AdamArgs h = a;
+        h.weight_decay = wd;
+        host_step(be, c, tn, h, *staging);
         continue;
       }
-      be.adamw(c.param + tn.offset, c.grad + tn.offset, c.adam_m + tn.offset,
-               c.adam_v + tn.offset, tn.numel, a);
+      ts.push_back({c.param + tn.offset, c.grad + tn.offset, c.adam_m + tn.offset,
+                    c.adam_v + tn.offset, static_cast<size_t>(tn.numel), wd});
     }
   }
+  a.weight_decay = 0.0f;  // per tensor
+  if (!ts.empty()) be.adamw_multi(ts.data(), ts.size(), a);
 }
 
 float clip_factor(const OptimConfig& o, double grad_norm) {

@@ -18,6 +18,7 @@
 #include "core/parallel/grid.h"
 #include "core/train/data_parallel.h"
 #include "core/train/delink.h"
+#include "core/train/device_plan.h"
 #include "core/train/loss_scaler.h"
 #include "core/train/memory_check.h"
 #include "core/train/mfu.h"
@@ -31,6 +32,9 @@
 #ifdef M6_HAVE_CUDA
 #include "core/backend/cuda_factory.h"  // plain C++: no CUDA header reaches core/
 #endif
+#ifdef M6_HAVE_NCCL
+#include "core/parallel/comm_nccl.h"  // plain C++ as well
+#endif
 
 namespace m6 {
 
@@ -41,13 +45,57 @@ std::unique_ptr<Backend> make_backend(const Config& cfg) {
   if (cfg.train.device == DeviceKind::Cuda && devices == 0)
     throw ConfigError(fmt(cfg.source, ": train.device: cuda was asked for, but no CUDA device is "
                           "visible (cuda_device_count() = 0); use train.device: cpu or auto"));
-  if (cfg.train.device != DeviceKind::Cpu && devices > 0) return make_cuda_backend(0);
+  if (cfg.train.device != DeviceKind::Cpu && devices > 0)
+    return make_cuda_backend(0, {cfg.precision.compute == Precision::Bf16});
 #else
   if (cfg.train.device == DeviceKind::Cuda)
     throw ConfigError(fmt(cfg.source, ": train.device: cuda was asked for, but this m6train has no "
                           "CUDA backend built in; use train.device: cpu or auto"));
 #endif
   return make_cpu_backend(cfg.train.threads);
+}
+
+DevicePlan plan_run_devices(const Config& cfg, Comm& world) {
+#ifdef M6_HAVE_CUDA
+  const bool cuda_built = true;
+  const int gpus = cfg.train.device == DeviceKind::Cpu ? 0 : cuda_device_count();
+  const DeviceUuidFn uuid_of = [](int d) { return cuda_device_uuid(d); };
+#else
+  const bool cuda_built = false;
+  const int gpus = 0;
+  const DeviceUuidFn uuid_of;
+#endif
+#ifdef M6_HAVE_NCCL
+  const bool nccl_built = true;
+#else
+  const bool nccl_built = false;
+#endif
+  return agree_devices(world, cfg.train.device, cfg.source, gpus, uuid_of, cuda_built, nccl_built);
+}
+
+std::unique_ptr<Backend> make_planned_backend(const Config& cfg, const DevicePlan& plan) {
+#ifdef M6_HAVE_CUDA
+  // precision.compute bf16: GEMMs on the tensor cores (operands rounded to
+  // bf16, fp32 accumulation).
+  if (plan.cuda)
+    return make_cuda_backend(plan.device, {cfg.precision.compute == Precision::Bf16});
+#endif
+  M6_CHECK(!plan.cuda, "a CUDA device was planned in a build without CUDA");
+  return make_cpu_backend(cfg.train.threads);
+}
+
+std::unique_ptr<Comm> make_device_world(Comm& world, Backend& be, const DevicePlan& plan) {
+  if (!plan.cuda || world.size() == 1) return nullptr;
+#ifdef M6_HAVE_NCCL
+  auto c = make_nccl_comm(world, be);
+  log_info(fmt("communication: NCCL ", nccl_runtime_version(), " between ", world.size(),
+               " GPUs (one per rank); this rank uses ", be.name()));
+  return c;
+#else
+  (void)be;
+  M6_CHECK(false, "CUDA on several ranks was planned in a build without NCCL");
+  return nullptr;
+#endif
 }
 
 namespace {
@@ -130,7 +178,10 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   const int world = comm.size(), rank = comm.rank();
   validate_config(cfg, world);  // again, in case the caller validated for another world size
   comm.activity().timeout_s = cfg.parallel.timeout_s;
-  ProcessGrid grid(comm, cfg.parallel.ep);
+  // The device of every rank, agreed over the world before anything is
+  // allocated (core/train/device_plan.h): a bad layout is a config error on
+  // every rank.
+  const DevicePlan dplan = plan_run_devices(cfg, comm);
   const CommDType wire = comm_wire(cfg.precision.comm);
   const ModelConfig& m = cfg.model;
   const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
@@ -143,15 +194,17 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   make_dirs(opt.run_dir);
   if (rank == 0) atomic_write_file(opt.run_dir + "/config.json", config_to_json(cfg).dump(2) + "\n");
 
-  // The collectives (Comm over MPI) move host memory; device pointers would
-  // need NCCL (cuda/comm_nccl.cu), which is not built yet: with several ranks
-  // `auto` stays on the CPU and an explicit `cuda` is refused.
-  auto be = world > 1 && cfg.train.device == DeviceKind::Auto ? make_cpu_backend(cfg.train.threads)
-                                                              : make_backend(cfg);
-  if (world > 1 && be->name().rfind("cuda", 0) == 0)
-    throw ConfigError(fmt(cfg.source, ": the CUDA backend runs single-rank only for now (world = ",
-                          world, "): multi-rank CUDA needs NCCL, which is not built yet; use "
-                          "train.device: cpu for multi-rank runs"));
+  auto be = make_planned_backend(cfg, dplan);
+  // The GEMM peak for MFU (unless train.peak_tflops gives it): measured first,
+  // its buffers released before the model is allocated, so that the memory
+  // high-water mark is the model's (the planner's) alone.
+  const PeakFlops peak = peak_flops(cfg, *be);
+  // With CUDA on several ranks the process grid runs on NCCL (device
+  // buffers); `comm` (MPI) keeps the host-side agreements of the trainer and
+  // the checkpoints. Both share one CommActivity (timeout, counters).
+  std::unique_ptr<Comm> device_world = make_device_world(comm, *be, dplan);
+  ProcessGrid grid(device_world ? *device_world : comm, cfg.parallel.ep);
+  if (!dplan.note.empty()) log_info(dplan.note);
   const int E = m.moe.every > 0 ? m.moe.experts : 0;
   // Pseudo-to-Real: the layout of the model trained now -- shared layers
   // until model.sharing.delink_at_step, the real model after (also when
@@ -198,7 +251,6 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   // MFU: model FLOPs per token against the devices' peak (measured on every
   // rank at once unless train.peak_tflops gives it; the job's peak is the sum).
   const ModelFlops flops = model_flops(run_cfg.model, T);
-  const PeakFlops peak = peak_flops(cfg, *be);
   double peak_per_rank = peak.flops;
   if (world > 1) {
     CommLabel label(comm.activity(), "peak flops");

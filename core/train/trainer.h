@@ -34,6 +34,16 @@ struct TrainSummary {
 // present, else CPU). Throws ConfigError for a device that cannot be had.
 std::unique_ptr<Backend> make_backend(const Config& cfg);
 
+// The device of every rank for a run over `world` (collective: agreed by
+// every rank, core/train/device_plan.h); throws ConfigError on every rank
+// for a layout that cannot work. Then its backend, and the communicator of
+// device buffers: NCCL when CUDA runs on several ranks, else null (the
+// world communicator serves).
+struct DevicePlan;
+DevicePlan plan_run_devices(const Config& cfg, Comm& world);
+std::unique_ptr<Backend> make_planned_backend(const Config& cfg, const DevicePlan& plan);
+std::unique_ptr<Comm> make_device_world(Comm& world, Backend& be, const DevicePlan& plan);
+
 TrainSummary train(const Config& cfg, const RunOptions& opt);
 
 }  // namespace m6

@@ -152,4 +152,45 @@ void launch_all_finite(int* bad, const float* x, size_t n, cudaStream_t st) {
   M6_LAUNCH_CHECK();
 }
 
+namespace {
+
+__device__ inline float gelu_tanh_dev(float x) {
+  // as gelu_fwd_kernel (transformer.cu) and the CPU twin: in double
+  const double v = x;
+  return static_cast<float>(
+      0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))));
+}
+
+__global__ void grouped_bias_act_kernel(float* y, float* act, const float* const* bias,
+                                        const int64_t* row, const int64_t* prefix, int count,
+                                        int64_t total_rows, int out) {
+  const size_t total = static_cast<size_t>(total_rows) * out;
+  M6_GRID_STRIDE(i, total) {
+    const int64_t packed = static_cast<int64_t>(i / out);
+    const int col = static_cast<int>(i % out);
+    int lo = 0, hi = count - 1;  // the group whose [prefix[g], prefix[g+1]) holds `packed`
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (prefix[mid] <= packed) lo = mid; else hi = mid - 1;
+    }
+    const size_t at = static_cast<size_t>(row[lo] + (packed - prefix[lo])) * out + col;
+    float v = y[at];
+    if (bias[lo] != nullptr) v += bias[lo][col];
+    y[at] = v;
+    if (act != nullptr) act[at] = gelu_tanh_dev(v);
+  }
+}
+
+}  // namespace
+
+void launch_grouped_bias_act(float* y, float* act, const float* const* bias,
+                             const int64_t* row, const int64_t* prefix, int count,
+                             int64_t total_rows, int out, cudaStream_t st) {
+  if (count == 0 || total_rows == 0 || out == 0) return;
+  const size_t total = static_cast<size_t>(total_rows) * out;
+  grouped_bias_act_kernel<<<grid_1d(total, kThreads), kThreads, 0, st>>>(
+      y, act, bias, row, prefix, count, total_rows, out);
+  M6_LAUNCH_CHECK();
+}
+
 }  // namespace m6::cuda

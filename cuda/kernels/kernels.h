@@ -40,10 +40,36 @@ void launch_all_finite(int* bad, const float* x, size_t n, cudaStream_t st);
 // x[i] = round_half(x[i], t) (core/util/half_round.h): bf16/fp16 RNE in place
 void launch_round_half(float* x, size_t n, HalfType t, cudaStream_t st);
 
+// Bias (and GELU) of grouped linear layers (linear_fwd_grouped): group i
+// covers rows [row[i], row[i] + prefix[i+1] - prefix[i]) of y[., out]; y +=
+// bias[i] (null: none), then act = gelu_tanh(y) when act is not null.
+// prefix[count] = the total rows.
+void launch_grouped_bias_act(float* y, float* act, const float* const* bias,
+                             const int64_t* row, const int64_t* prefix, int count,
+                             int64_t total_rows, int out, cudaStream_t st);
+
 // ---- optimizer (adamw.cu) -------------------------------------------------------
 void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, double lr, double b1,
                   double b2, double eps, double wd, double grad_scale, double bc1, double bc2,
                   cudaStream_t st);
+
+// Multi-tensor AdamW: one launch for a table of tensors (device memory), cut
+// into chunks of kAdamChunk elements; chunk c is elements
+// [chunk_start[c], +kAdamChunk) of tensor chunk_tensor[c]. Same arithmetic as
+// launch_adamw, weight decay per tensor.
+struct AdamTensorDev {
+  float* p;
+  const float* g;
+  float* m;
+  float* v;
+  size_t n;
+  double weight_decay;
+};
+constexpr int64_t kAdamChunk = 16384;
+void launch_adamw_multi(const AdamTensorDev* ts, const int32_t* chunk_tensor,
+                        const int64_t* chunk_start, int64_t chunks, double lr, double b1,
+                        double b2, double eps, double grad_scale, double bc1, double bc2,
+                        cudaStream_t st);
 
 // ---- transformer (transformer.cu) ----------------------------------------------
 void launch_embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe,
@@ -52,6 +78,10 @@ void launch_embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32
                           int T, int d, cudaStream_t st);
 void launch_layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
                           const float* b, int N, int d, cudaStream_t st);
+// xo = x + delta, then layernorm_fwd of xo (one pass per row)
+void launch_add_layernorm_fwd(float* xo, float* y, float* mean, float* rstd, const float* x,
+                              const float* delta, const float* w, const float* b, int N, int d,
+                              cudaStream_t st);
 void launch_layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                           const float* mean, const float* rstd, const float* w, int N, int d,
                           cudaStream_t st);
@@ -93,5 +123,17 @@ void launch_router_bwd(float* dlogits, const float* dgate, const float* probs, c
                        const int32_t* expert, const float* gate, const int32_t* demand,
                        float aux_coef, float z_coef, int N, int E, int G, int K, bool normalize,
                        cudaStream_t st);
+
+// ---- communication helpers (convert.cu) ------------------------------------------
+// Half-precision wire of the NCCL communicator: h[i] = half(x[i] * scale),
+// rounded to nearest even (bf16 when `bf16`, else IEEE fp16), as
+// core/parallel/half.h does on the host; and back, x[i] = float(h[i]) * scale.
+void launch_f32_to_half(uint16_t* h, const float* x, size_t n, bool bf16, float scale,
+                        cudaStream_t st);
+void launch_half_to_f32(float* x, const uint16_t* h, size_t n, bool bf16, float scale,
+                        cudaStream_t st);
+// Test hook: one thread spinning on the GPU clock for `seconds`, which stalls
+// the stream (the timeout test of the NCCL communicator).
+void launch_stall(double seconds, cudaStream_t st);
 
 }  // namespace m6::cuda

@@ -72,6 +72,34 @@ __global__ void layernorm_fwd_kernel(float* y, float* mean, float* rstd, const f
   }
 }
 
+// The residual add fused with the LayerNorm after it: xo = x + delta, then the
+// LayerNorm of xo exactly as layernorm_fwd_kernel (each thread reads back the
+// elements it wrote, so the sums are the same, bit for bit).
+__global__ void add_layernorm_fwd_kernel(float* xo, float* y, float* mean, float* rstd,
+                                         const float* x, const float* delta, const float* w,
+                                         const float* b, int d) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * d;
+  double s = 0.0;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    const float v = x[o + j] + delta[o + j];
+    xo[o + j] = v;
+    s += v;
+  }
+  const double mu = block_sum(s) / d;
+  double ss = 0.0;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    const double c = xo[o + j] - mu;
+    ss += c * c;
+  }
+  const double rs = 1.0 / sqrt(block_sum(ss) / d + kLayerNormEps);
+  for (int j = threadIdx.x; j < d; j += blockDim.x)
+    y[o + j] = static_cast<float>((xo[o + j] - mu) * rs * w[j] + b[j]);
+  if (threadIdx.x == 0) {
+    mean[blockIdx.x] = static_cast<float>(mu);
+    rstd[blockIdx.x] = static_cast<float>(rs);
+  }
+}
+
 // dx[r,:] += rstd * (g - mean(g) - xhat * mean(g*xhat)), g = dy*w; block per row
 __global__ void layernorm_bwd_dx_kernel(float* dx, const float* dy, const float* x,
                                         const float* mean, const float* rstd, const float* w,
@@ -319,6 +347,14 @@ void launch_layernorm_fwd(float* y, float* mean, float* rstd, const float* x, co
                           const float* b, int N, int d, cudaStream_t st) {
   if (N == 0) return;
   layernorm_fwd_kernel<<<N, kRowThreads, 0, st>>>(y, mean, rstd, x, w, b, d);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_add_layernorm_fwd(float* xo, float* y, float* mean, float* rstd, const float* x,
+                              const float* delta, const float* w, const float* b, int N, int d,
+                              cudaStream_t st) {
+  if (N == 0) return;
+  add_layernorm_fwd_kernel<<<N, kRowThreads, 0, st>>>(xo, y, mean, rstd, x, delta, w, b, d);
   M6_LAUNCH_CHECK();
 }
 

@@ -42,6 +42,7 @@ class NoHostArenaBackend final : public Backend {
   double sum(const float* x, size_t n) override { return be_->sum(x, n); }
   double sum_squares(const float* x, size_t n) override { return be_->sum_squares(x, n); }
   bool all_finite(const float* x, size_t n) override { return be_->all_finite(x, n); }
+  void round_half(float* x, size_t n, HalfType t) override { be_->round_half(x, n, t); }
   void embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe, int B,
                      int T, int d) override {
     be_->embedding_fwd(x, tokens, wte, wpe, B, T, d);

@@ -1,0 +1,441 @@
+// The NCCL communicator (core/parallel/comm_nccl.h): the Comm interface on
+// GPU buffers, one rank per GPU.
+//
+// Communicators are created non-blocking (ncclConfig_t::blocking = 0): every
+// NCCL call returns at once, and this file waits for it by polling
+// ncclCommGetAsyncError, then for the enqueued work by polling a CUDA event,
+// both against the deadline of parallel.timeout_s (comm_wait.h). Past the
+// deadline -- a peer stopped, stuck or dead -- the communicator is aborted
+// (ncclCommAbort, which also ends its kernels still waiting on the lost peer)
+// and CommTimeout names the collective; NCCL's own errors take the same path.
+//
+// Collectives run on the CUDA backend's stream. The time counted as
+// communication (CommActivity::seconds) is the GPU time between two events
+// around the collective, so the compute queued before it is not counted.
+#include <nccl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "core/parallel/comm_nccl.h"
+#include "core/parallel/comm_wait.h"
+#include "core/util/error.h"
+#include "cuda/backend_cuda.h"
+#include "cuda/check.h"
+#include "cuda/kernels/kernels.h"
+
+namespace m6 {
+namespace {
+
+ncclDataType_t nccl_type(CommDType t) {
+  switch (t) {
+    case CommDType::F32:
+      return ncclFloat32;
+    case CommDType::BF16:
+      return ncclBfloat16;
+    case CommDType::F16:
+      return ncclFloat16;
+    case CommDType::I32:
+      return ncclInt32;
+    case CommDType::I64:
+      return ncclInt64;
+    case CommDType::U8:
+      return ncclUint8;
+    case CommDType::F64:
+      return ncclFloat64;
+  }
+  return ncclFloat32;
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) {
+  return op == ReduceOp::Sum ? ncclSum : op == ReduceOp::Max ? ncclMax : ncclMin;
+}
+
+bool is_device_pointer(const void* p) {
+  if (p == nullptr) return false;
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+// A device buffer that grows on demand (start-up sizes; steady state reuses it).
+struct Scratch {
+  void* p = nullptr;
+  size_t bytes = 0;
+  void* get(size_t n, cudaStream_t st) {
+    if (n <= bytes) return p;
+    if (p != nullptr) {
+      M6_CUDA_CHECK(cudaStreamSynchronize(st));
+      M6_CUDA_CHECK(cudaFree(p));
+      p = nullptr;
+    }
+    const size_t want = std::max<size_t>(n, 4096);
+    M6_CUDA_CHECK(cudaMalloc(&p, want));
+    bytes = want;
+    return p;
+  }
+  ~Scratch() {
+    if (p != nullptr) cudaFree(p);
+  }
+};
+
+class NcclComm final : public Comm {
+ public:
+  NcclComm(ncclComm_t c, int device, cudaStream_t stream, std::shared_ptr<CommActivity> a)
+      : Comm(std::move(a)), comm_(c), device_(device), stream_(stream) {
+    M6_CUDA_CHECK(cudaEventCreate(&before_));
+    M6_CUDA_CHECK(cudaEventCreate(&after_));
+    check(ncclCommCount(comm_, &size_), "ncclCommCount");
+    check(ncclCommUserRank(comm_, &rank_), "ncclCommUserRank");
+  }
+  ~NcclComm() override {
+    // Never wait on a peer here: after a failure (a timeout, an exception on
+    // its way out) the communicator is aborted, which returns at once.
+    if (!aborted_) {
+      if (activity().broken || std::uncaught_exceptions() > 0 || !finalize())
+        ncclCommAbort(comm_);
+      else
+        ncclCommDestroy(comm_);
+    }
+    cudaEventDestroy(before_);
+    cudaEventDestroy(after_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return "nccl"; }
+
+  void all_reduce(void* buf, size_t count, CommDType t, ReduceOp op) override {
+    M6_CHECK(!(t == CommDType::U8 && op == ReduceOp::Sum), "u8 sums are not supported");
+    const size_t es = comm_dtype_size(t);
+    activity().reduce_bytes += static_cast<int64_t>(count * es);
+    if (count == 0) return;
+    void* d = device_view(buf, count * es, stage_a_, true);
+    start();
+    check(ncclAllReduce(d, d, count, nccl_type(t), nccl_op(op), comm_, stream_), "ncclAllReduce");
+    if (d != buf) M6_CUDA_CHECK(cudaMemcpyAsync(buf, d, count * es, cudaMemcpyDeviceToHost, stream_));
+    finish("all_reduce");
+  }
+
+  void all_to_all_v(const void* send, const int64_t* send_counts, const int64_t* send_displs,
+                    void* recv, const int64_t* recv_counts, const int64_t* recv_displs,
+                    CommDType t) override {
+    const size_t es = comm_dtype_size(t);
+    int64_t send_end = 0, recv_end = 0;
+    for (int p = 0; p < size_; ++p) {
+      send_end = std::max(send_end, send_displs[p] + send_counts[p]);
+      recv_end = std::max(recv_end, recv_displs[p] + recv_counts[p]);
+    }
+    activity().a2a_bytes += a2a_wire_bytes(send_counts, t);
+    const void* ds = device_view(const_cast<void*>(send), send_end * es, stage_a_, true);
+    const bool recv_host = recv_end > 0 && !is_device_pointer(recv);
+    void* dr = recv_host ? stage_b_.get(recv_end * es, stream_) : recv;
+    start();
+    exchange(ds, send_counts, send_displs, dr, recv_counts, recv_displs, es, nccl_type(t));
+    if (recv_host)  // only the received blocks: the gaps of recv keep their contents
+      for (int p = 0; p < size_; ++p)
+        if (recv_counts[p] > 0)
+          M6_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(recv) + recv_displs[p] * es,
+                                        static_cast<char*>(dr) + recv_displs[p] * es,
+                                        recv_counts[p] * es, cudaMemcpyDeviceToHost, stream_));
+    finish("all_to_all_v");
+  }
+
+  void all_gather(const void* send, void* recv, size_t count, CommDType t) override {
+    const size_t es = comm_dtype_size(t);
+    if (count == 0) return;
+    const void* ds = device_view(const_cast<void*>(send), count * es, stage_a_, true);
+    const bool recv_host = !is_device_pointer(recv);
+    void* dr = recv_host ? stage_b_.get(count * es * size_, stream_) : recv;
+    start();
+    check(ncclAllGather(ds, dr, count, nccl_type(t), comm_, stream_), "ncclAllGather");
+    if (recv_host)
+      M6_CUDA_CHECK(
+          cudaMemcpyAsync(recv, dr, count * es * size_, cudaMemcpyDeviceToHost, stream_));
+    finish("all_gather");
+  }
+
+  void broadcast(void* buf, size_t count, CommDType t, int root) override {
+    const size_t es = comm_dtype_size(t);
+    if (count == 0) return;
+    void* d = device_view(buf, count * es, stage_a_, rank_ == root);
+    start();
+    check(ncclBroadcast(d, d, count, nccl_type(t), root, comm_, stream_), "ncclBroadcast");
+    if (d != buf) M6_CUDA_CHECK(cudaMemcpyAsync(buf, d, count * es, cudaMemcpyDeviceToHost, stream_));
+    finish("broadcast");
+  }
+
+  void barrier() override {
+    void* d = stage_a_.get(sizeof(float), stream_);
+    start();
+    check(ncclAllReduce(d, d, 1, ncclFloat32, ncclSum, comm_, stream_), "ncclAllReduce");
+    finish("barrier");
+  }
+
+  std::unique_ptr<Comm> split(int color, int key) override {
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    ncclComm_t child = nullptr;
+    CommLabel label(activity(), fmt("split of the ", role(), " communicator"));
+    check(ncclCommSplit(comm_, color, key, &child, &cfg), "ncclCommSplit");
+    await_nccl(comm_, "ncclCommSplit");
+    await_nccl(child, "ncclCommSplit");
+    return std::make_unique<NcclComm>(child, device_, stream_, activity_ptr());
+  }
+
+  // Half payloads are converted on the device; host buffers take the
+  // default (host conversion, then the typed collective above).
+  void all_reduce_f32(float* buf, size_t count, ReduceOp op, CommDType wire,
+                      float scale) override {
+    if (wire == CommDType::F32 || !is_device_pointer(buf))
+      return Comm::all_reduce_f32(buf, count, op, wire, scale);
+    M6_CHECK(wire == CommDType::BF16 || wire == CommDType::F16, "wire precision ",
+             comm_dtype_name(wire), " is not a float type");
+    activity().reduce_bytes += static_cast<int64_t>(count * 2);
+    if (count == 0) return;
+    auto* h = static_cast<uint16_t*>(stage_a_.get(count * 2, stream_));
+    cuda::launch_f32_to_half(h, buf, count, wire == CommDType::BF16, scale, stream_);
+    start();
+    check(ncclAllReduce(h, h, count, nccl_type(wire), nccl_op(op), comm_, stream_),
+          "ncclAllReduce");
+    cuda::launch_half_to_f32(buf, h, count, wire == CommDType::BF16, 1.0f / scale, stream_);
+    finish("all_reduce");
+  }
+
+  void all_to_all_v_f32(const float* send, const int64_t* send_counts, const int64_t* send_displs,
+                        float* recv, const int64_t* recv_counts, const int64_t* recv_displs,
+                        CommDType wire, float scale) override {
+    int64_t send_end = 0, recv_end = 0;
+    for (int p = 0; p < size_; ++p) {
+      send_end = std::max(send_end, send_displs[p] + send_counts[p]);
+      recv_end = std::max(recv_end, recv_displs[p] + recv_counts[p]);
+    }
+    const bool on_device = (send_end == 0 || is_device_pointer(send)) &&
+                           (recv_end == 0 || is_device_pointer(recv));
+    if (wire == CommDType::F32 || !on_device)
+      return Comm::all_to_all_v_f32(send, send_counts, send_displs, recv, recv_counts,
+                                    recv_displs, wire, scale);
+    M6_CHECK(wire == CommDType::BF16 || wire == CommDType::F16, "wire precision ",
+             comm_dtype_name(wire), " is not a float type");
+    const bool bf16 = wire == CommDType::BF16;
+    activity().a2a_bytes += a2a_wire_bytes(send_counts, wire);
+    auto* hs = static_cast<uint16_t*>(stage_a_.get(send_end * 2, stream_));
+    auto* hr = static_cast<uint16_t*>(stage_b_.get(recv_end * 2, stream_));
+    for (int p = 0; p < size_; ++p)
+      if (send_counts[p] > 0)
+        cuda::launch_f32_to_half(hs + send_displs[p], send + send_displs[p], send_counts[p], bf16,
+                                 scale, stream_);
+    start();
+    exchange(hs, send_counts, send_displs, hr, recv_counts, recv_displs, 2, nccl_type(wire));
+    for (int p = 0; p < size_; ++p)
+      if (recv_counts[p] > 0)
+        cuda::launch_half_to_f32(recv + recv_displs[p], hr + recv_displs[p], recv_counts[p], bf16,
+                                 1.0f / scale, stream_);
+    finish("all_to_all_v");
+  }
+
+ private:
+  // Throws for an NCCL call that failed outright (ncclInProgress is the
+  // normal answer of a non-blocking communicator).
+  void check(ncclResult_t r, const char* what) {
+    if (r == ncclSuccess || r == ncclInProgress) return;
+    fail(r, what);
+  }
+  [[noreturn]] void fail(ncclResult_t r, const char* what) {
+    const std::string last = ncclGetLastError(comm_);
+    abort_comm();
+    throw CommTimeout(fmt(activity().step > 0 ? fmt("step ", activity().step) : "before the first step",
+                          ": NCCL failed in ", what, " (",
+                          activity().label.empty() ? "unlabelled" : activity().label, ") on the ",
+                          role(), " communicator (", size_, " ranks): ", ncclGetErrorString(r),
+                          last.empty() ? "" : ": " + last, "; aborting the job"));
+  }
+  // Completes the communicator's outstanding work (ncclCommFinalize, polled
+  // up to the timeout); false when it failed or did not finish in time.
+  bool finalize() {
+    if (ncclCommFinalize(comm_) != ncclSuccess) {
+      ncclResult_t st = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &st);
+      if (st != ncclInProgress) return false;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    for (;;) {
+      ncclResult_t st = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &st);
+      if (st == ncclSuccess) return true;
+      if (st != ncclInProgress) return false;
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() >
+          activity().timeout_s)
+        return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+  void abort_comm() {
+    activity().broken = true;
+    if (!aborted_) ncclCommAbort(comm_);
+    aborted_ = true;
+  }
+
+  // A device pointer to `bytes` of `p`'s contents: p itself when it is device
+  // memory, else the staging buffer `s`, filled from the host when `fill`.
+  void* device_view(void* p, size_t bytes, Scratch& s, bool fill) {
+    if (bytes == 0 || is_device_pointer(p)) return p;
+    void* d = s.get(bytes, stream_);
+    if (fill) M6_CUDA_CHECK(cudaMemcpyAsync(d, p, bytes, cudaMemcpyHostToDevice, stream_));
+    return d;
+  }
+
+  // Grouped point-to-point: the all-to-all-v of NCCL (it has no alltoallv).
+  void exchange(const void* send, const int64_t* sc, const int64_t* sd, void* recv,
+                const int64_t* rc, const int64_t* rd, size_t es, ncclDataType_t t) {
+    check(ncclGroupStart(), "ncclGroupStart");
+    for (int p = 0; p < size_; ++p) {
+      if (sc[p] > 0)
+        check(ncclSend(static_cast<const char*>(send) + sd[p] * es, sc[p], t, p, comm_, stream_),
+              "ncclSend");
+      if (rc[p] > 0)
+        check(ncclRecv(static_cast<char*>(recv) + rd[p] * es, rc[p], t, p, comm_, stream_),
+              "ncclRecv");
+    }
+    check(ncclGroupEnd(), "ncclGroupEnd");
+  }
+
+  void start() { M6_CUDA_CHECK(cudaEventRecord(before_, stream_)); }
+
+  // Waits for the collective just issued: NCCL's enqueueing (non-blocking
+  // communicator), then the stream up to an event recorded after it.
+  void finish(const char* op) {
+    CommActivity& a = activity();
+    ++a.collectives;
+    bool recorded = false;
+    ncclResult_t nccl_state = ncclSuccess;
+    cudaError_t cuda_state = cudaSuccess;
+    try {
+      wait_collective(
+          [&] {
+            if (!recorded) {
+              ncclResult_t st = ncclSuccess;
+              ncclCommGetAsyncError(comm_, &st);
+              if (st == ncclInProgress) return false;
+              if (st != ncclSuccess) {
+                nccl_state = st;
+                return true;
+              }
+              M6_CUDA_CHECK(cudaEventRecord(after_, stream_));
+              recorded = true;
+            }
+            const cudaError_t q = cudaEventQuery(after_);
+            if (q == cudaErrorNotReady) {
+              // A peer failing mid-collective shows up here, not in the event.
+              ncclResult_t st = ncclSuccess;
+              ncclCommGetAsyncError(comm_, &st);
+              if (st != ncclSuccess && st != ncclInProgress) {
+                nccl_state = st;
+                return true;
+              }
+              return false;
+            }
+            cuda_state = q;
+            return true;
+          },
+          a, op, role(), size_);
+    } catch (const CommTimeout& e) {
+      abort_comm();
+      throw CommTimeout(fmt(e.what(), "; the NCCL communicator was aborted"));
+    }
+    if (nccl_state != ncclSuccess) fail(nccl_state, op);
+    M6_CUDA_CHECK(cuda_state);
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, before_, after_) == cudaSuccess) a.seconds += ms * 1e-3;
+  }
+
+  // Waits until a non-blocking NCCL call on `c` (init, split) has completed.
+  void await_nccl(ncclComm_t c, const char* what) { await_nccl_state(c, what, activity(), role(), size_); }
+
+ public:
+  static void await_nccl_state(ncclComm_t c, const char* what, CommActivity& a,
+                               const std::string& role, int size) {
+    ncclResult_t st = ncclSuccess;
+    try {
+      wait_collective(
+          [&] {
+            ncclCommGetAsyncError(c, &st);
+            return st != ncclInProgress;
+          },
+          a, what, role, size);
+    } catch (const CommTimeout& e) {
+      a.broken = true;
+      ncclCommAbort(c);
+      throw CommTimeout(fmt(e.what(), "; the NCCL communicator was aborted"));
+    }
+    if (st != ncclSuccess) {
+      a.broken = true;
+      const std::string last = ncclGetLastError(c);
+      ncclCommAbort(c);
+      throw CommTimeout(fmt(what, " failed on the ", role, " communicator (", size,
+                            " ranks): ", ncclGetErrorString(st), last.empty() ? "" : ": " + last,
+                            "; aborting the job"));
+    }
+  }
+
+ private:
+  ncclComm_t comm_;
+  int device_;
+  cudaStream_t stream_;
+  cudaEvent_t before_ = nullptr, after_ = nullptr;
+  int rank_ = 0, size_ = 1;
+  bool aborted_ = false;
+  Scratch stage_a_, stage_b_;
+};
+
+}  // namespace
+
+std::string nccl_runtime_version() {
+  int v = 0;
+  if (ncclGetVersion(&v) != ncclSuccess) return "unknown";
+  // NCCL_VERSION(X,Y,Z) = X*10000 + Y*100 + Z since 2.9
+  return fmt(v / 10000, ".", (v / 100) % 100, ".", v % 100);
+}
+
+std::unique_ptr<Comm> make_nccl_comm(Comm& bootstrap, Backend& be) {
+  const cudaStream_t stream = cuda_backend_stream(be);
+  const int device = cuda_backend_device(be);
+  M6_CUDA_CHECK(cudaSetDevice(device));
+  CommActivity& a = bootstrap.activity();
+  ncclUniqueId id{};
+  {
+    CommLabel label(a, "NCCL unique id");
+    if (bootstrap.rank() == 0) {
+      const ncclResult_t r = ncclGetUniqueId(&id);
+      if (r != ncclSuccess)
+        throw Error(fmt("ncclGetUniqueId failed: ", ncclGetErrorString(r), " (NCCL ",
+                        nccl_runtime_version(), ")"));
+    }
+    bootstrap.broadcast(&id, sizeof id, CommDType::U8, 0);
+  }
+  ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+  cfg.blocking = 0;
+  ncclComm_t c = nullptr;
+  const ncclResult_t r =
+      ncclCommInitRankConfig(&c, bootstrap.size(), id, bootstrap.rank(), &cfg);
+  if (r != ncclSuccess && r != ncclInProgress)
+    throw Error(fmt("ncclCommInitRankConfig failed on rank ", bootstrap.rank(), " of ",
+                    bootstrap.size(), " (device ", device, "): ", ncclGetErrorString(r), " (NCCL ",
+                    nccl_runtime_version(), ")"));
+  {
+    CommLabel label(a, "NCCL communicator init");
+    NcclComm::await_nccl_state(c, "ncclCommInitRankConfig", a, "world", bootstrap.size());
+  }
+  auto comm = std::make_unique<NcclComm>(c, device, stream, bootstrap.activity_ptr());
+  comm->set_role(bootstrap.role());
+  return comm;
+}
+
+}  // namespace m6
