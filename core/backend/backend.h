@@ -72,6 +72,9 @@ class Backend {
     int64_t device_live = 0, device_peak = 0, host_live = 0, host_peak = 0;
   };
   virtual MemoryStats memory_stats() const { return {}; }
+  // Restarts the high-water marks at the bytes held now (after a start-up
+  // probe whose buffers are released before the model is allocated).
+  virtual void reset_memory_peaks() {}
 
   // ---- dense algebra ----------------------------------------------------------
   virtual void gemm(const GemmArgs& g) = 0;

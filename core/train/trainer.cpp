@@ -196,9 +196,10 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
 
   auto be = make_planned_backend(cfg, dplan);
   // The GEMM peak for MFU (unless train.peak_tflops gives it): measured first,
-  // its buffers released before the model is allocated, so that the memory
-  // high-water mark is the model's (the planner's) alone.
+  // its buffers released before the model is allocated and left out of the
+  // memory high-water mark, which is the model's (the planner's) alone.
   const PeakFlops peak = peak_flops(cfg, *be);
+  be->reset_memory_peaks();
   // With CUDA on several ranks the process grid runs on NCCL (device
   // buffers); `comm` (MPI) keeps the host-side agreements of the trainer and
   // the checkpoints. Both share one CommActivity (timeout, counters).
@@ -451,7 +452,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
         r.mem_plan_host_bytes = mem_plan.host_total;
       }
       r.mfu = m6::mfu(r.tokens_per_s, flops.per_token, peak_per_rank, world);
-      r.loss_scale = state.loss_scaler.scale;
+      r.loss_scale = scaler.scale();
       log_info(world == 1 ? format_train_line(r)
                           : fmt(format_train_line(r), " | comm ",
                                 static_cast<int>(std::lround(100.0 * cr.seconds_mean / cr.wall_s)),

@@ -36,6 +36,10 @@ class CpuBackend final : public Backend {
   MemoryStats memory_stats() const override {
     return {device_.live, device_.peak, host_.live, host_.peak};
   }
+  void reset_memory_peaks() override {
+    device_.peak = device_.live;
+    host_.peak = host_.live;
+  }
   void to_device(void* dst, const void* src, size_t bytes) override { copy_bytes(dst, src, bytes); }
   void to_host(void* dst, const void* src, size_t bytes) override { copy_bytes(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { copy_bytes(dst, src, bytes); }
