@@ -72,12 +72,15 @@ class Model {
  private:
   struct LayerActs;  // saved activations of one logical layer
   const Chunk& layer_chunk(int layer) const;  // the dense chunk of the layer's set
-  std::vector<const Chunk*> expert_chunks(int layer) const;
+  const std::vector<const Chunk*>& expert_chunks(int layer) const;
+  void index_chunks();  // fills set_layer_ and set_experts_ from chunks_
 
   Config cfg_;
   Backend& be_;
   ExpertRange experts_;
   std::vector<Chunk> chunks_;
+  std::vector<const Chunk*> set_layer_;                 // [set] its dense chunk
+  std::vector<std::vector<const Chunk*>> set_experts_;  // [set] its expert chunks, by id
   std::unique_ptr<ChunkStorage> chunk_store_;  // chunks_' buffers; replaced by delink
   DeviceArena arena_;
   int max_tokens_ = 0;

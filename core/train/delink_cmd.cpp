@@ -1,5 +1,6 @@
 #include "core/train/delink_cmd.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -119,7 +120,10 @@ nlohmann::json delink_in_run(Model& model, Config& run_cfg, int64_t step,
   const int groups = model.mcfg().sharing.groups;
   const DelinkOptimizer opt = model.mcfg().sharing.delink_optimizer;
   const double loss_before = eval();
+  const auto t0 = std::chrono::steady_clock::now();
   model.delink(opt);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   run_cfg.model.sharing = model.mcfg().sharing;
   const double loss_after = eval();
   const ParamCounts after = count_params(model.mcfg());
@@ -141,7 +145,8 @@ nlohmann::json delink_in_run(Model& model, Config& run_cfg, int64_t step,
           {"optimizer", delink_optimizer_name(opt)},
           {"groups", groups},
           {"params_before", before.unique},
-          {"params_after", after.unique}};
+          {"params_after", after.unique},
+          {"seconds", seconds}};
 }
 
 Config resume_layout(const Config& cfg, const std::string& run_dir, const ResumeRequest& req) {

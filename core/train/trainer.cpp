@@ -159,8 +159,10 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   GradSync grad_sync(grid, *be, wire);
   CommMeter comm_meter(grid.activity());
   TrainState state;
+  const auto t_load = Clock::now();
   const ResumeResult resumed =
       resume_training(opt.run_dir, parse_resume_flag(opt.resume), run_cfg, *be, model.chunks(), comm);
+  const double load_seconds = seconds_since(t_load);
   if (resumed.resumed) state = resumed.state;
   SpikeGuard spike_guard(cfg.train.spike_guard.window, cfg.train.spike_guard.z_threshold);
   spike_guard.restore(state.spike_window);
@@ -203,7 +205,10 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   if (resumed.resumed) {
     sum.resumed_from = state.step;
     sum.checkpoint = resumed.dir;
-    metrics.write_event("resume", {{"step", state.step}, {"checkpoint", resumed.dir}});
+    log_info(fmt("resume: checkpoint loaded in ", std::round(load_seconds * 100) / 100, " s"));
+    metrics.write_event("resume", {{"step", state.step},
+                                   {"checkpoint", resumed.dir},
+                                   {"seconds", load_seconds}});
   } else {
     sum.first_eval_loss = sum.final_eval_loss = run_eval(0);
   }
@@ -214,10 +219,14 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   int64_t saved_step = resumed.resumed ? state.step : -1;
   auto save = [&] {
     state.spike_window = spike_guard.history();
+    const auto t_save = Clock::now();
     sum.checkpoint = save_checkpoint(opt.run_dir, run_cfg, state, *be, model.chunks(), comm);
+    const double save_seconds = seconds_since(t_save);
     saved_step = state.step;
-    log_info(fmt("checkpoint: ", sum.checkpoint));
-    metrics.write_event("checkpoint", {{"step", state.step}, {"checkpoint", sum.checkpoint}});
+    log_info(fmt("checkpoint: ", sum.checkpoint, " (saved in ", std::round(save_seconds * 100) / 100, " s)"));
+    metrics.write_event("checkpoint", {{"step", state.step},
+                                       {"checkpoint", sum.checkpoint},
+                                       {"seconds", save_seconds}});
   };
   Interval iv;
   Batch batch;
