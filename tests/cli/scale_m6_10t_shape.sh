@@ -69,19 +69,22 @@ for name, info in man["files"].items():
 assert expert_tensors == 3 * 48 * 10240 * 4, expert_tensors  # weights, m, v
 assert len(man["files"]) == 3 * (1 + 8)
 ev = lambda rs, kind: [r for r in rs if r["kind"] == kind]
-save_s = [r["seconds"] for r in ev(a, "checkpoint") if r["step"] == 3][0]
+save = [r for r in ev(a, "checkpoint") if r["step"] == 3][0]
+save_s, save_cpu = save["seconds"], save.get("cpu_seconds", float("nan"))
 a2a = {r["step"]: round(r["a2a_s"], 2) for r in ev(a, "comm")}
 comm = {r["step"]: round(r["comm_s"], 2) for r in ev(a, "comm")}
 print(f"checkpoint step 3: {n_tensors} tensors ({expert_tensors} expert tensors) in "
-      f"{len(man['files'])} files, {n_bytes / 2**20:.0f} MiB; saved by 8 ranks in {save_s:.1f} s")
+      f"{len(man['files'])} files, {n_bytes / 2**20:.0f} MiB; saved by 8 ranks in {save_s:.1f} s "
+      f"({save_cpu:.1f} CPU s on rank 0)")
 print(f"delink: {dl[0]['seconds']:.1f} s; seconds per rank per step in all-to-all(v): {a2a}, "
       f"in all collectives: {comm}")
 for np in (4, 2):
     b = recs(f"B{np}")
     lb = loss(b)
-    load_s = ev(b, "resume")[0]["seconds"]
+    load = ev(b, "resume")[0]
+    load_s, load_cpu = load["seconds"], load.get("cpu_seconds", float("nan"))
     want, got = la[4], lb[4]
-    print(f"resume on {np} ranks (ep {np}): loaded in {load_s:.1f} s; step 4 loss {got!r} vs {want!r} "
+    print(f"resume on {np} ranks (ep {np}): loaded in {load_s:.1f} s ({load_cpu:.1f} CPU s on rank 0); step 4 loss {got!r} vs {want!r} "
           f"(relative difference {abs(got - want) / abs(want):.2e})")
     assert abs(got - want) <= 1e-5 * abs(want), f"B{np}: step 4 loss {got} differs from {want}"
 print("ok")
