@@ -167,9 +167,8 @@ void check_sharing(const Checker& k, const Config& c) {
       k.fail("model.sharing.groups",
              fmt("groups (", s.groups, ") must be at most the ", m.n_layers / every,
                  " blocks of model.moe.every (", every, ") layers in model.n_layers (", m.n_layers,
-                 "): a group shares whole blocks (", every - 1,
-                 " dense + 1 MoE); allowed: 1..", m.n_layers / every, " or ", m.n_layers,
-                 " (no sharing)"),
+                 "): a group shares whole blocks (", every - 1, " dense + 1 MoE); allowed: 1..",
+                 m.n_layers / every, " or ", m.n_layers, " (no sharing)"),
              {"model.n_layers", "model.moe.every"});
   }
   k.at_least<int64_t>("model.sharing.delink_at_step", s.delink_at_step, 0, " (0 = never)");

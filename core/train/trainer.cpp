@@ -230,7 +230,8 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     sum.checkpoint = save_checkpoint(opt.run_dir, run_cfg, state, *be, model.chunks(), comm);
     const double save_seconds = seconds_since(t_save), save_cpu = cpu_seconds() - cpu_save;
     saved_step = state.step;
-    log_info(fmt("checkpoint: ", sum.checkpoint, " (saved in ", std::round(save_seconds * 100) / 100, " s)"));
+    log_info(fmt("checkpoint: ", sum.checkpoint, " (saved in ",
+                 std::round(save_seconds * 100) / 100, " s)"));
     metrics.write_event("checkpoint", {{"step", state.step},
                                        {"checkpoint", sum.checkpoint},
                                        {"seconds", save_seconds},

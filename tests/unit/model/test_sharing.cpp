@@ -220,7 +220,7 @@ TEST_CASE("delink: MoE every other layer (sets of one layer each)", "[model][sha
 TEST_CASE("sharing with MoE every k layers: groups share blocks of k layers", "[model][sharing]") {
   Config c = moe_config();
   c.model.moe.every = 2;
-  c.model.n_layers = 6;  // blocks (0,1) (2,3) (4,5): dense, MoE in each
+  c.model.n_layers = 6;        // blocks (0,1) (2,3) (4,5): dense, MoE in each
   c.model.sharing.groups = 2;  // block b -> group floor(b*2/3): 0, 0, 1
   const ModelConfig& m = c.model;
   REQUIRE(sharing_block(m) == 2);
