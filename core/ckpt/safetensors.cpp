@@ -12,6 +12,7 @@
 #include <fstream>
 #include <limits>
 #include <set>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -20,8 +21,6 @@
 
 namespace m6 {
 namespace {
-
-using ojson = nlohmann::ordered_json;
 
 // Headers above this size are refused (huggingface/safetensors uses the same
 // 100 MB limit); it stops a corrupt length from driving a huge JSON parse.
@@ -81,6 +80,32 @@ uint64_t get_u64_le(const char* in) {
   return v;
 }
 
+// SAX handler that records the first duplicated key of the top-level object.
+struct TopLevelKeys : nlohmann::json::json_sax_t {
+  int depth = 0;
+  std::unordered_set<std::string> seen;
+  std::string duplicate;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return ++depth, true; }
+  bool end_object() override { return --depth, true; }
+  bool start_array(std::size_t) override { return ++depth, true; }
+  bool end_array() override { return --depth, true; }
+  bool key(string_t& k) override {
+    if (depth == 1 && !seen.insert(k).second && duplicate.empty()) duplicate = k;
+    return true;
+  }
+  // Stops the pass; the DOM parse that follows raises the error with its message.
+  bool parse_error(std::size_t, const std::string&, const nlohmann::json::exception&) override {
+    return false;
+  }
+};
+
 }  // namespace
 
 size_t st_dtype_size(StDType t) { return dtype_info(t).size; }
@@ -92,16 +117,32 @@ void write_safetensors(const std::string& path, const std::vector<StTensorView>&
                        const std::map<std::string, std::string>& metadata) {
   auto fail = [&](const std::string& what) { fail_at(path, what); };
 
-  // The header keeps the caller's order (ordered_json), so the file lists the
-  // tensors in the order their bytes follow.
-  ojson header = ojson::object();
+  // The header is written as text in the caller's order, so the file lists
+  // the tensors in the order their bytes follow. (An ordered_json object would
+  // do the same with a linear key search per insertion: quadratic in the
+  // tensor count, hours for the 245k tensors of one M6-10T-shaped expert file.)
+  auto quoted = [&](const std::string& s) {
+    try {
+      return nlohmann::json(s).dump();
+    } catch (const nlohmann::json::exception& e) {  // a string that is not UTF-8
+      fail(fmt("cannot encode the header: ", e.what()));
+    }
+    return std::string();
+  };
+  std::string text = "{";
   if (!metadata.empty()) {
-    ojson md = ojson::object();
-    for (const auto& [k, v] : metadata) md[k] = v;
-    header["__metadata__"] = std::move(md);
+    text += "\"__metadata__\":{";
+    bool first = true;
+    for (const auto& [k, v] : metadata) {
+      text += (first ? "" : ",") + quoted(k) + ":" + quoted(v);
+      first = false;
+    }
+    text += "}";
   }
-  std::set<std::string> seen;
+  std::unordered_set<std::string> seen;
+  seen.reserve(tensors.size());
   std::vector<uint64_t> sizes;  // bytes of each tensor, in order
+  sizes.reserve(tensors.size());
   uint64_t offset = 0;
   for (const auto& t : tensors) {
     if (t.name.empty()) fail("tensor with an empty name");
@@ -112,22 +153,23 @@ void write_safetensors(const std::string& path, const std::vector<StTensorView>&
     });
     if (nbytes > 0 && t.data == nullptr)
       fail(fmt("tensor '", t.name, "' has shape ", shape_str(t.shape), " but no data"));
-    ojson entry = ojson::object();
-    entry["dtype"] = st_dtype_name(t.dtype);
-    entry["shape"] = t.shape;
-    entry["data_offsets"] = {offset, offset + nbytes};
-    header[t.name] = std::move(entry);
+    if (text.size() > 1) text += ",";
+    text += quoted(t.name);
+    text += ":{\"dtype\":\"";
+    text += st_dtype_name(t.dtype);
+    text += "\",\"shape\":";
+    text += shape_str(t.shape);
+    text += ",\"data_offsets\":[";
+    text += std::to_string(offset);
+    text += ",";
+    text += std::to_string(offset + nbytes);
+    text += "]}";
     sizes.push_back(nbytes);
     offset += nbytes;
   }
+  text += "}";
 
   // Pad with spaces (valid JSON whitespace) so the data starts 8-byte aligned.
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const ojson::exception& e) {  // a name or metadata string that is not UTF-8
-    fail(fmt("cannot encode the header: ", e.what()));
-  }
   text.append((8 - text.size() % 8) % 8, ' ');
   char len[8];
   put_u64_le(len, text.size());
@@ -180,20 +222,21 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   const char* data = header_text + header_len;
   const uint64_t data_size = file_size - 8 - header_len;
 
-  // Parse, refusing duplicate top-level keys (nlohmann would keep the last).
-  std::set<std::string> keys;
+  // Parse, refusing duplicate top-level keys (nlohmann would keep the last):
+  // a SAX pass collects the keys, then a plain DOM parse. Both are linear in
+  // the tensor count; nlohmann's callback parser and ordered_json are not
+  // (the former rescans the parent object at every object end, the latter
+  // searches its keys linearly), which made the 245k-tensor expert files of
+  // M6-10T's shape take minutes. The order that matters is the data order,
+  // recovered from the offsets below.
   std::string duplicate;
-  ojson header;
+  nlohmann::json header;
   try {
-    header = ojson::parse(
-        header_text, header_text + header_len,
-        [&](int depth, ojson::parse_event_t event, ojson& parsed) {
-          if (depth == 1 && event == ojson::parse_event_t::key && parsed.is_string() &&
-              !keys.insert(parsed.get<std::string>()).second && duplicate.empty())
-            duplicate = parsed.get<std::string>();
-          return true;
-        });
-  } catch (const ojson::parse_error& e) {
+    TopLevelKeys keys;
+    if (nlohmann::json::sax_parse(header_text, header_text + header_len, &keys))
+      duplicate = keys.duplicate;
+    header = nlohmann::json::parse(header_text, header_text + header_len);
+  } catch (const nlohmann::json::parse_error& e) {
     fail(fmt("header is not valid JSON: ", e.what()));
   }
   if (!header.is_object()) fail(fmt("header is JSON ", header.type_name(), ", expected an object"));
@@ -261,7 +304,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   }
 
   // The tensors must tile the data area exactly: sorted by (begin, end), so an
-  // empty tensor comes before a non-empty one at its offset (header order
+  // empty tensor comes before a non-empty one at its offset (name order
   // breaks the remaining ties), each starts where the previous one ended, and
   // the last ends at the end of the file.
   std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {

@@ -135,43 +135,30 @@ void check_moe(const Checker& k, const ModelConfig& m) {
   }
 }
 
-// Whether, with GROUPS parameter sets, every set holds layers of one kind (sets
-// are runs of consecutive layers, so checking neighbours suffices); if not, L0
-// and L1 are two neighbours that conflict.
-bool sharing_consistent(const ModelConfig& m, int groups, int* l0, int* l1) {
-  for (int l = 1; l < m.n_layers; ++l) {
-    int64_t set_prev = int64_t(l - 1) * groups / m.n_layers;
-    int64_t set_cur = int64_t(l) * groups / m.n_layers;
-    if (set_prev == set_cur && m.is_moe_layer(l - 1) != m.is_moe_layer(l)) {
-      *l0 = l - 1, *l1 = l;
-      return false;
-    }
-  }
-  return true;
-}
-
 void check_sharing(const Checker& k, const Config& c) {
   const ModelConfig& m = c.model;
   const SharingConfig& s = m.sharing;
   k.within("model.sharing.groups", s.groups, 0, m.n_layers,
            fmt(" (model.n_layers is ", m.n_layers, "; 0 = no sharing)"));
-  int l0 = 0, l1 = 0;
-  if (s.groups > 0 && !sharing_consistent(m, s.groups, &l0, &l1)) {
-    std::string ok;
-    if (m.n_layers <= 4096) {
-      int a = 0, b = 0;
-      for (int g = 1; g <= m.n_layers; ++g)
-        if (sharing_consistent(m, g, &a, &b)) ok += (ok.empty() ? "" : ", ") + std::to_string(g);
-    }
-    auto kind = [&](int l) { return m.is_moe_layer(l) ? "MoE" : "dense"; };
-    k.fail("model.sharing.groups",
-           fmt("layers ", l0, " (", kind(l0), ") and ", l1, " (", kind(l1),
-               ") would share parameter set ", int64_t(l0) * s.groups / m.n_layers,
-               " (set of layer l = floor(l*groups/n_layers), with groups ", s.groups,
-               ", model.n_layers ", m.n_layers, ", model.moe.every ", m.moe.every,
-               "), but a set must hold layers of one kind",
-               ok.empty() ? std::string() : "; allowed: " + ok),
-           {"model.n_layers", "model.moe.every"});
+  // With MoE every k >= 2 layers, groups share blocks of k consecutive layers
+  // (k-1 dense, then one MoE: core/model/params.h), so each parameter set
+  // holds layers of one kind; groups = n_layers shares nothing.
+  const int every = m.moe.every;
+  if (s.groups > 0 && s.groups < m.n_layers && every >= 2) {
+    if (m.n_layers % every != 0)
+      k.fail("model.sharing.groups",
+             fmt("groups (", s.groups, ") below model.n_layers (", m.n_layers,
+                 ") shares blocks of model.moe.every (", every, ") layers (", every - 1,
+                 " dense + 1 MoE), so n_layers must be a multiple of every; allowed: groups = ",
+                 m.n_layers, " (no sharing), or n_layers a multiple of ", every),
+             {"model.n_layers", "model.moe.every"});
+    else if (s.groups > m.n_layers / every)
+      k.fail("model.sharing.groups",
+             fmt("groups (", s.groups, ") must be at most the ", m.n_layers / every,
+                 " blocks of model.moe.every (", every, ") layers in model.n_layers (", m.n_layers,
+                 "): a group shares whole blocks (", every - 1, " dense + 1 MoE); allowed: 1..",
+                 m.n_layers / every, " or ", m.n_layers, " (no sharing)"),
+             {"model.n_layers", "model.moe.every"});
   }
   k.at_least<int64_t>("model.sharing.delink_at_step", s.delink_at_step, 0, " (0 = never)");
   if (s.delink_at_step > 0 && s.groups == 0)

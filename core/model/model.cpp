@@ -49,6 +49,7 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
   const std::optional<HalfType> half = compute_half_type(cfg_.precision.compute);
   round_ = ActRound(be_, half);
   if (half) compute_ = std::make_unique<ComputeWeights>(be_, chunks_, *half);
+  index_chunks();
 
   tokens_ = arena_.ints(N);
   targets_ = arena_.ints(N);
@@ -97,19 +98,28 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
 
 Model::~Model() = default;
 
-const Chunk& Model::layer_chunk(int layer) const {
-  const int s = layer_set(cfg_.model, layer);
-  for (const auto& c : chunks_)
-    if (c.kind == ChunkKind::Layer && c.layer == s) return c;
-  throw Error(fmt("no chunk for layer ", layer));
+// Per-set lookups for forward and backward, built once per layout (a scan of
+// all chunks per layer and step is quadratic in the layer count for the real
+// model of M6-10T's shape: 48 layers x 61,440 expert chunks per rank on 8 ranks).
+void Model::index_chunks() {
+  const int sets = num_layer_sets(cfg_.model);
+  set_layer_.assign(sets, nullptr);
+  set_experts_.assign(sets, {});
+  for (const auto& c : chunks_) {
+    if (c.layer < 0 || c.layer >= sets) continue;
+    if (c.kind == ChunkKind::Layer) set_layer_[c.layer] = &c;
+    if (c.kind == ChunkKind::Expert) set_experts_[c.layer].push_back(&c);
+  }
 }
 
-std::vector<const Chunk*> Model::expert_chunks(int layer) const {
-  const int s = layer_set(cfg_.model, layer);
-  std::vector<const Chunk*> out;
-  for (const auto& c : chunks_)
-    if (c.kind == ChunkKind::Expert && c.layer == s) out.push_back(&c);
-  return out;
+const Chunk& Model::layer_chunk(int layer) const {
+  const Chunk* c = set_layer_.at(layer_set(cfg_.model, layer));
+  if (c == nullptr) throw Error(fmt("no chunk for layer ", layer));
+  return *c;
+}
+
+const std::vector<const Chunk*>& Model::expert_chunks(int layer) const {
+  return set_experts_.at(layer_set(cfg_.model, layer));
 }
 
 void Model::init_params(uint64_t seed) {
@@ -139,6 +149,7 @@ void Model::delink(DelinkOptimizer opt) {
   chunk_store_ = std::move(store);  // releases the pseudo model's buffers
   cfg_.model.sharing = real.sharing;
   window_reset();
+  index_chunks();
   size_window();  // the real model may stream more of a layer than the pseudo one did
 }
 

@@ -22,14 +22,26 @@ float* Chunk::resident_streamed() const {
   return streamed;
 }
 
-int layer_set(const ModelConfig& m, int layer) {
+int sharing_block(const ModelConfig& m) {
+  const int g = m.sharing.groups;
+  return g > 0 && g < m.n_layers && m.moe.every >= 2 ? m.moe.every : 1;
+}
+
+int layer_group(const ModelConfig& m, int layer) {
   const int g = m.sharing.groups;
   if (g <= 0) return layer;
-  return static_cast<int>(static_cast<int64_t>(layer) * g / m.n_layers);
+  const int u = sharing_block(m);
+  return static_cast<int>(static_cast<int64_t>(layer / u) * g / (m.n_layers / u));
+}
+
+int layer_set(const ModelConfig& m, int layer) {
+  if (m.sharing.groups <= 0) return layer;
+  const int u = sharing_block(m);
+  return layer_group(m, layer) * u + layer % u;
 }
 
 int num_layer_sets(const ModelConfig& m) {
-  return m.sharing.groups > 0 ? m.sharing.groups : m.n_layers;
+  return m.sharing.groups > 0 ? m.sharing.groups * sharing_block(m) : m.n_layers;
 }
 
 int first_layer_of_set(const ModelConfig& m, int set) {

@@ -71,8 +71,17 @@ struct ExpertRange {
   int first = 0, count = 0;
 };
 
-// The logical layer -> parameter set map of Pseudo-to-Real sharing:
-// set(l) = floor(l * G / L) when sharing.groups = G > 0, else l.
+// The logical layer -> parameter set map of Pseudo-to-Real sharing. With
+// sharing.groups = G > 0 the L layers form G groups. A group is made of
+// blocks of u consecutive layers: u = moe.every when moe.every >= 2 and
+// G < L (a block is every-1 dense layers and one MoE layer, so L must be a
+// multiple of every), else u = 1. Block b = l / u belongs to group
+// floor(b * G / (L / u)); for u = 1 that is floor(l * G / L).
+int sharing_block(const ModelConfig& m);           // u
+int layer_group(const ModelConfig& m, int layer);  // the group of layer l (G > 0), else l
+// A parameter set is one position of a group's block: layer l uses set
+// group(l) * u + l % u, so a set holds layers of one kind. G * u sets in all
+// (L without sharing).
 int layer_set(const ModelConfig& m, int layer);
 int num_layer_sets(const ModelConfig& m);
 // The first logical layer that uses a set; the set's tensors carry its name.

@@ -35,6 +35,7 @@ struct CommActivity {
   std::string label;       // the caller's name for the collective, e.g. "layer 3 dispatch"
   // Cumulative counters of this rank.
   double seconds = 0;        // wall time spent inside collectives (waiting included)
+  double a2a_seconds = 0;    // the part of `seconds` spent in all-to-all(v)
   int64_t a2a_bytes = 0;     // bytes sent to other ranks by all-to-all(v), as on the wire
   int64_t reduce_bytes = 0;  // bytes all-reduced, as on the wire
   int64_t collectives = 0;   // collectives issued

@@ -180,7 +180,9 @@ class MpiComm final : public Comm {
     MPI_Request req;
     M6_MPI_CHECK(MPI_Ialltoallv(send, sc.data(), sd.data(), u.type, recv, rc.data(), rd.data(),
                                 u.type, comm_, &req));
+    const double before = activity().seconds;
     wait(req, "all_to_all_v");
+    activity().a2a_seconds += activity().seconds - before;
   }
 
   void all_gather(const void* send, void* recv, size_t count, CommDType t) override {

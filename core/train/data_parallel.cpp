@@ -70,8 +70,9 @@ CommMeter::CommMeter(CommActivity& a)
     : a_(a), last_(a), last_t_(std::chrono::steady_clock::now()) {}
 
 CommMeter::Report CommMeter::report(Comm& world, int64_t steps) {
-  double v[3] = {a_.seconds - last_.seconds, static_cast<double>(a_.a2a_bytes - last_.a2a_bytes),
-                 static_cast<double>(a_.reduce_bytes - last_.reduce_bytes)};
+  double v[4] = {a_.seconds - last_.seconds, static_cast<double>(a_.a2a_bytes - last_.a2a_bytes),
+                 static_cast<double>(a_.reduce_bytes - last_.reduce_bytes),
+                 a_.a2a_seconds - last_.a2a_seconds};
   double mx = v[0];
   const auto now = std::chrono::steady_clock::now();
   Report r;
@@ -80,13 +81,14 @@ CommMeter::Report CommMeter::report(Comm& world, int64_t steps) {
   last_t_ = now;
   {
     CommLabel label(a_, "metrics");
-    world.all_reduce(v, 3, CommDType::F64, ReduceOp::Sum);
+    world.all_reduce(v, 4, CommDType::F64, ReduceOp::Sum);
     world.all_reduce(&mx, 1, CommDType::F64, ReduceOp::Max);
   }
   // The metrics' own collectives belong to the next interval's count.
   const double s = static_cast<double>(std::max<int64_t>(1, steps));
   r.seconds_mean = v[0] / world.size();
   r.seconds_max = mx;
+  r.a2a_seconds_mean = v[3] / world.size();
   r.a2a_bytes_per_step = v[1] / s;
   r.reduce_bytes_per_step = v[2] / s;
   return r;
@@ -96,6 +98,7 @@ nlohmann::json CommMeter::to_json(const Report& r, int64_t step) {
   return {{"step", step},
           {"comm_s", r.seconds_mean},
           {"comm_s_max", r.seconds_max},
+          {"a2a_s", r.a2a_seconds_mean},
           {"comm_frac", r.wall_s > 0 ? r.seconds_mean / r.wall_s : 0.0},
           {"a2a_bytes_per_step", r.a2a_bytes_per_step},
           {"allreduce_bytes_per_step", r.reduce_bytes_per_step}};

@@ -61,11 +61,12 @@ class CommMeter {
   struct Report {
     double wall_s = 0;                         // the interval's wall time (rank 0's clock)
     double seconds_mean = 0, seconds_max = 0;  // time in collectives per rank over the interval
+    double a2a_seconds_mean = 0;               // the all-to-all(v) part of seconds_mean
     double a2a_bytes_per_step = 0;             // all ranks together
     double reduce_bytes_per_step = 0;          // all ranks together
   };
   Report report(Comm& world, int64_t steps);
-  // {"step", "comm_s", "comm_s_max", "comm_frac" (comm_s / wall time),
+  // {"step", "comm_s", "comm_s_max", "a2a_s", "comm_frac" (comm_s / wall time),
   //  "a2a_bytes_per_step", "allreduce_bytes_per_step"}
   static nlohmann::json to_json(const Report& r, int64_t step);
 

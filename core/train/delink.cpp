@@ -1,5 +1,6 @@
 #include "core/train/delink.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -27,7 +28,10 @@ nlohmann::json delink_in_run(Model& model, Config& run_cfg, int64_t step,
   const int groups = model.mcfg().sharing.groups;
   const DelinkOptimizer opt = model.mcfg().sharing.delink_optimizer;
   const double loss_before = eval();
+  const auto t0 = std::chrono::steady_clock::now();
   model.delink(opt);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   run_cfg.model.sharing = model.mcfg().sharing;
   const double loss_after = eval();
   const ParamCounts after = count_params(model.mcfg());
@@ -49,7 +53,8 @@ nlohmann::json delink_in_run(Model& model, Config& run_cfg, int64_t step,
           {"optimizer", delink_optimizer_name(opt)},
           {"groups", groups},
           {"params_before", before.unique},
-          {"params_after", after.unique}};
+          {"params_after", after.unique},
+          {"seconds", seconds}};
 }
 
 }  // namespace m6

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <ctime>
 #include <filesystem>
 #include <limits>
 
@@ -223,8 +224,14 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   grad_sync.set_grad_wire(grad_wire);
   CommMeter comm_meter(grid.activity());
   TrainState state;
+  // Wall and CPU seconds of this rank (the CPU time tells an oversubscribed
+  // or shared machine's waiting apart from the work).
+  auto cpu_seconds = [] { return static_cast<double>(std::clock()) / CLOCKS_PER_SEC; };
+  const auto t_load = Clock::now();
+  const double cpu_load = cpu_seconds();
   const ResumeResult resumed =
       resume_training(opt.run_dir, parse_resume_flag(opt.resume), run_cfg, *be, model.chunks(), comm);
+  const double load_seconds = seconds_since(t_load), load_cpu = cpu_seconds() - cpu_load;
   if (resumed.resumed) state = resumed.state;
   SpikeGuard spike_guard(cfg.train.spike_guard.window, cfg.train.spike_guard.z_threshold);
   spike_guard.restore(state.spike_window);
@@ -291,7 +298,11 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   if (resumed.resumed) {
     sum.resumed_from = state.step;
     sum.checkpoint = resumed.dir;
-    metrics.write_event("resume", {{"step", state.step}, {"checkpoint", resumed.dir}});
+    log_info(fmt("resume: checkpoint loaded in ", std::round(load_seconds * 100) / 100, " s"));
+    metrics.write_event("resume", {{"step", state.step},
+                                   {"checkpoint", resumed.dir},
+                                   {"seconds", load_seconds},
+                                   {"cpu_seconds", load_cpu}});
   } else {
     sum.first_eval_loss = sum.final_eval_loss = run_eval(0);
   }
@@ -303,10 +314,17 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   auto save = [&] {
     state.spike_window = spike_guard.history();
     state.loss_scaler = scaler.state();
+    const auto t_save = Clock::now();
+    const double cpu_save = cpu_seconds();
     sum.checkpoint = save_checkpoint(opt.run_dir, run_cfg, state, *be, model.chunks(), comm);
+    const double save_seconds = seconds_since(t_save), save_cpu = cpu_seconds() - cpu_save;
     saved_step = state.step;
-    log_info(fmt("checkpoint: ", sum.checkpoint));
-    metrics.write_event("checkpoint", {{"step", state.step}, {"checkpoint", sum.checkpoint}});
+    log_info(fmt("checkpoint: ", sum.checkpoint, " (saved in ",
+                 std::round(save_seconds * 100) / 100, " s)"));
+    metrics.write_event("checkpoint", {{"step", state.step},
+                                       {"checkpoint", sum.checkpoint},
+                                       {"seconds", save_seconds},
+                                       {"cpu_seconds", save_cpu}});
   };
   Interval iv;
   Batch batch;

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Pseudo-to-Real on one rank, for a dense model (4 layers, 2 shared sets) and
-# an MoE model (4 top-2 MoE layers, 1 shared set):
+# Pseudo-to-Real on one rank, for a dense model (4 layers, 2 shared sets), an
+# MoE model (4 top-2 MoE layers, 1 shared set) and a model with MoE every
+# other layer (dense, MoE, dense, MoE; 1 group: both pairs share one
+# (dense, MoE) pair of sets):
 #  A  in-run delink at step 10 of 20: the eval loss just before and just after
 #     the delink is bit-identical (metrics event "delink", hex floats), the
 #     loss keeps falling, the final checkpoint holds the real layout and the
@@ -55,11 +57,12 @@ expect_fail() {
   fi
 }
 
-for kind in dense moe; do
+for kind in dense moe pairs; do
   d="$tmp/$kind"
   mkdir -p "$d"
   if [[ $kind == dense ]]; then moe="{every: 0}"; groups=2
-  else moe="{every: 1, experts: 4, top_k: 2, capacity_factor: 1.25}"; groups=1; fi
+  elif [[ $kind == moe ]]; then moe="{every: 1, experts: 4, top_k: 2, capacity_factor: 1.25}"; groups=1
+  else moe="{every: 2, experts: 4, top_k: 2, capacity_factor: 1.25}"; groups=1; fi
   write_config "$d/pseudo.yaml" "$moe" "{groups: $groups, delink_at_step: 10}"
   write_config "$d/pseudo0.yaml" "$moe" "{groups: $groups}"
   write_config "$d/real.yaml" "$moe" "{groups: 0}"
@@ -97,9 +100,11 @@ for kind in dense moe; do
   expect_fail 2 "already holds checkpoints" \
     "$M6TRAIN" delink --from "$d/D0" --config "$d/real.yaml" --out "$d/D"
 
-  $py - "$d" "$groups" <<'PY'
+  $py - "$d" "$groups" "$kind" <<'PY'
 import json, struct, sys
-d, groups = sys.argv[1], int(sys.argv[2])
+d, groups, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+# Two layers of one set: 0 and 1, or 0 and 2 when sets hold (dense, MoE) pairs.
+l0, l1 = (0, 2) if kind == "pairs" else (0, 1)
 
 def records(run):
     # Raw JSON texts of the numbers too: nlohmann writes the shortest text that
@@ -147,10 +152,14 @@ def tensors(path):
 # shared sets for every logical layer), tensor for tensor.
 p, r = tensors(f"{d}/D0.safetensors"), tensors(f"{d}/D.safetensors")
 assert p.keys() == r.keys() and all(p[k] == r[k] for k in p), "offline delink changed a tensor"
-assert p["layers.0.attn.qkv.weight"] == p["layers.1.attn.qkv.weight"]  # shared before
+assert p[f"layers.{l0}.attn.qkv.weight"] == p[f"layers.{l1}.attn.qkv.weight"]  # shared before
+if kind == "pairs":  # the MoE layers 1 and 3 share their experts too
+    assert p["layers.1.moe.experts.2.fc1.weight"] == p["layers.3.moe.experts.2.fc1.weight"]
+    assert p["layers.0.mlp.fc1.weight"] == p["layers.2.mlp.fc1.weight"]
+    assert p["layers.0.attn.qkv.weight"] != p["layers.1.attn.qkv.weight"]
 # After training as the real model, layers of one set have drifted apart.
 t = tensors(f"{d}/A.safetensors")
-assert t["layers.0.attn.qkv.weight"] != t["layers.1.attn.qkv.weight"]
+assert t[f"layers.{l0}.attn.qkv.weight"] != t[f"layers.{l1}.attn.qkv.weight"]
 assert {f"layers.{l}.ln1.weight" for l in range(4)} <= t.keys()
 print("ok:", len(t), "tensors exported after delink")
 PY

@@ -380,12 +380,21 @@ TEST_CASE("config: validate_config checks layouts for the given world size", "[c
   c.model.n_layers = 4;
   c.model.sharing.groups = 2;
   CHECK_NOTHROW(m6::validate_config(c, 1));
-  c.model.moe.every = 2;  // dense, MoE, dense, MoE: only groups 4 keeps kinds apart
-  m = message_of([&] { m6::validate_config(c, 1); });
-  CHECK_THAT(m, Catch::Contains("layers 0 (dense) and 1 (MoE) would share parameter set 0"));
-  CHECK_THAT(m, Catch::Contains("allowed: 4"));
-  c.model.sharing.groups = 4;
+  c.model.moe.every = 2;  // dense, MoE, dense, MoE: groups share (dense, MoE) blocks
   CHECK_NOTHROW(m6::validate_config(c, 1));
+  c.model.sharing.groups = 1;
+  CHECK_NOTHROW(m6::validate_config(c, 1));
+  c.model.sharing.groups = 3;  // more groups than the 2 blocks
+  m = message_of([&] { m6::validate_config(c, 1); });
+  CHECK_THAT(m, Catch::Contains("groups (3) must be at most the 2 blocks"));
+  CHECK_THAT(m, Catch::Contains("allowed: 1..2 or 4 (no sharing)"));
+  c.model.sharing.groups = 4;  // every layer its own set: no sharing
+  CHECK_NOTHROW(m6::validate_config(c, 1));
+  c.model.n_layers = 5;  // a trailing dense layer: no whole blocks
+  c.model.sharing.groups = 2;
+  m = message_of([&] { m6::validate_config(c, 1); });
+  CHECK_THAT(m, Catch::Contains("n_layers must be a multiple of every"));
+  c.model.n_layers = 4;
 }
 
 TEST_CASE("config: numbers in YAML forms", "[config]") {

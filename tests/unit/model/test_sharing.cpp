@@ -217,6 +217,73 @@ TEST_CASE("delink: MoE every other layer (sets of one layer each)", "[model][sha
   CHECK(check_delink(c, DelinkOptimizer::Copy) == 4);
 }
 
+TEST_CASE("sharing with MoE every k layers: groups share blocks of k layers", "[model][sharing]") {
+  Config c = moe_config();
+  c.model.moe.every = 2;
+  c.model.n_layers = 6;        // blocks (0,1) (2,3) (4,5): dense, MoE in each
+  c.model.sharing.groups = 2;  // block b -> group floor(b*2/3): 0, 0, 1
+  const ModelConfig& m = c.model;
+  REQUIRE(sharing_block(m) == 2);
+  REQUIRE(num_layer_sets(m) == 4);
+  const int want_group[6] = {0, 0, 0, 0, 1, 1};
+  const int want_set[6] = {0, 1, 0, 1, 2, 3};
+  const int want_first[4] = {0, 1, 4, 5};
+  for (int l = 0; l < 6; ++l) {
+    CHECK(layer_group(m, l) == want_group[l]);
+    CHECK(layer_set(m, l) == want_set[l]);
+    // A set holds layers of one kind, named after its first layer.
+    CHECK(m.is_moe_layer(l) == m.is_moe_layer(first_layer_of_set(m, layer_set(m, l))));
+  }
+  for (int s = 0; s < 4; ++s) CHECK(first_layer_of_set(m, s) == want_first[s]);
+  // Parameters: 2 groups of (dense layer + MoE layer) stored, 6 layers logical.
+  const ParamCounts pc = count_params(m);
+  const ParamCounts real = count_params(delinked_model(m));
+  CHECK(pc.logical == real.logical);
+  CHECK(pc.unique < real.unique);
+  const auto chunks = plan_chunks(m, ExpertRange{0, 4});
+  int dense = 0, moe = 0, experts = 0;
+  for (const auto& ch : chunks) {
+    if (ch.kind == ChunkKind::Expert) ++experts;
+    if (ch.kind != ChunkKind::Layer) continue;
+    (m.is_moe_layer(first_layer_of_set(m, ch.layer)) ? moe : dense) += 1;
+  }
+  CHECK(dense == 2);
+  CHECK(moe == 2);
+  CHECK(experts == 2 * 4);
+
+  // groups = n_layers shares nothing, for every `every`.
+  c.model.sharing.groups = 6;
+  for (int l = 0; l < 6; ++l) CHECK(layer_set(c.model, l) == l);
+  CHECK(num_layer_sets(c.model) == 6);
+}
+
+TEST_CASE("delink: MoE every other layer, one (dense, MoE) set for all pairs", "[model][sharing]") {
+  Config c = moe_config();
+  c.model.moe.every = 2;
+  c.model.sharing.groups = 1;
+  CHECK(check_delink(c, DelinkOptimizer::Copy) == 4);
+}
+
+TEST_CASE("delink: MoE every other layer, uneven groups of pairs, moments reset",
+          "[model][sharing]") {
+  Config c = moe_config();
+  c.model.moe.every = 2;
+  c.model.n_layers = 6;
+  c.model.sharing.groups = 2;  // pairs (0,1) (2,3) -> group 0, (4,5) -> group 1
+  CHECK(check_delink(c, DelinkOptimizer::Reset) == 6);
+}
+
+TEST_CASE("delink: MoE every third layer with expert prototyping, one group", "[model][sharing]") {
+  Config c = moe_config();
+  c.model.moe.every = 3;
+  c.model.n_layers = 6;
+  c.model.sharing.groups = 1;  // (dense, dense, MoE) twice, one set each position
+  c.model.moe.router = RouterKind::Prototypes;
+  c.model.moe.prototypes = 2;
+  c.model.moe.top_k = 1;
+  CHECK(check_delink(c, DelinkOptimizer::Copy) == 6);
+}
+
 TEST_CASE("delink: training continues and the loss keeps falling", "[model][sharing]") {
   Config c = moe_config();
   c.model.sharing.groups = 1;
