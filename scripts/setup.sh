@@ -35,7 +35,8 @@ runtime_packages=(
   libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin
   fortunes fortunes-zh
 )
-test_packages=(python3 python3-numpy python3-torch)
+# clang-14 and libclang-rt-14-dev: libFuzzer for scripts/fuzz.sh (the fuzz.run_* ctests).
+test_packages=(python3 python3-numpy python3-torch clang-14 libclang-rt-14-dev)
 
 packages=("${runtime_packages[@]}")
 if [[ $mode == full ]]; then
