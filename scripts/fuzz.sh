@@ -10,7 +10,7 @@
 # tests/fuzz/seeds/TARGET, tests/fuzz/regress/TARGET (and for config, configs/
 # and tests/cli/bad_configs/), then fuzzes for SECONDS. The corpus grows in
 # build-fuzz/corpus/TARGET and is reused by the next run. A finding (crash,
-# sanitizer report, leak, uncaught exception, an input slower than 10 s) ends
+# sanitizer report, leak, uncaught exception, an input slower than 30 s) ends
 # the run with exit 1 and leaves the input in build-fuzz/findings/TARGET/: fix
 # the reader, then add the input to tests/fuzz/regress/TARGET/, where the
 # ctest fuzz.replay_TARGET replays it through the normal build.
@@ -60,12 +60,14 @@ seeds=(tests/fuzz/seeds/"$target")
 [[ -d tests/fuzz/regress/$target ]] && seeds+=(tests/fuzz/regress/"$target")
 [[ $target == config ]] && seeds+=(configs tests/cli/bad_configs)
 
-# Open MPI is linked but never initialised here; leaks are the readers' own.
+# The readers take paths: the inputs go to files in a scratch directory, in
+# memory where possible. Open MPI is linked but never initialised here.
+[[ -z ${TMPDIR:-} && -d /dev/shm && -w /dev/shm ]] && export TMPDIR=/dev/shm
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 echo "fuzz.sh: fuzzing $target for ${seconds}s (corpus $corpus, seeds ${seeds[*]})"
 rc=0
-"$build/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+"$build/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 \
   -max_len=8192 -print_final_stats=1 -artifact_prefix="$findings/" "$@" "$corpus" "${seeds[@]}" ||
   rc=$?
 if ((rc != 0)); then
