@@ -11,8 +11,9 @@
 #     the share of time spent in collectives.
 #
 # With an fp32 payload, part 1 also times each collective as a plain blocking
-# MPI call on the same buffers, side by side ("blocking mpi us" and the ratio
-# "x"): what the Comm layer's timeout watchdog costs.
+# MPI call on the same buffers, side by side: the fastest single call of each
+# ("best", "mpi best"; robust to other work on the machine) and their ratio
+# "x", what the Comm layer's timeout watchdog costs.
 #
 # usage: scripts/bench-comm.sh [--steps N] [--min-bytes B] [--max-bytes B]
 #                              [--wire f32|bf16|fp16] [--collectives-only]
