@@ -10,29 +10,42 @@
 #     ep = W (experts split over the ranks), nproc/W threads per rank, with
 #     the share of time spent in collectives.
 #
-# usage: scripts/bench-comm.sh [--steps N] [--max-bytes B] [--wire f32|bf16|fp16]
+# With an fp32 payload, part 1 also times each collective as a plain blocking
+# MPI call on the same buffers, side by side: the fastest single call of each
+# ("best", "mpi best"; robust to other work on the machine) and their ratio
+# "x", what the Comm layer's timeout watchdog costs.
+#
+# usage: scripts/bench-comm.sh [--steps N] [--min-bytes B] [--max-bytes B]
+#                              [--wire f32|bf16|fp16] [--collectives-only]
 #   --steps N      training steps per run (default 30; the first logged record is
 #                  skipped as warm-up)
+#   --min-bytes B  smallest message of part 1 (default 1024)
 #   --max-bytes B  largest message of part 1 (default 67108864 = 64 MiB)
+#   --collectives-only  part 1 only
 #   --wire W       payload precision of part 1 and precision.comm of part 2
 #                  (default f32)
 # env: BUILD=dir   build directory (default build; configured with tests on,
 #                  since bench_comm is built there)
 #      NP="2 4"    rank counts of part 1
+#      ROUNDS=3    alternating timing rounds of part 1 (best kept; more on a busy machine)
 # On fewer cores than ranks the ranks share cores (mpirun --oversubscribe):
 # the numbers then show the cost of communication, not a speed-up.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 steps=30
+min_bytes=1024
 max_bytes=$((64 << 20))
+part2=1
 wire=f32
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
+    --min-bytes) min_bytes=$2; shift 2 ;;
     --max-bytes) max_bytes=$2; shift 2 ;;
+    --collectives-only) part2=0; shift ;;
     --wire) wire=$2; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "bench-comm: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -54,10 +67,12 @@ echo "bench-comm: $(uname -n), $cores cores, $(mpirun --version | head -1)"
 echo
 echo "=== 1. collectives (Comm over MPI, payload $wire)"
 for np in ${NP:-2 4}; do
-  "${mpi[@]}" -np "$np" "$BUILD/tests/bench_comm" --max-bytes "$max_bytes" --wire "$wire"
+  "${mpi[@]}" -np "$np" "$BUILD/tests/bench_comm" --min-bytes "$min_bytes" --max-bytes "$max_bytes" \
+    --wire "$wire" --rounds "${ROUNDS:-3}"
   echo
 done
 
+((part2)) || exit 0
 echo "=== 2. training throughput, configs/tiny.yaml, $steps steps per run"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/m6_bench_comm.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

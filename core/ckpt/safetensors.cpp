@@ -257,7 +257,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       }
       continue;
     }
-    auto bad = [&](const std::string& what) { fail(fmt("tensor '", name, "' ", what)); };
+    // (captures a copy: clang before 16 cannot capture a structured binding)
+    auto bad = [&, tname = name](const std::string& what) { fail(fmt("tensor '", tname, "' ", what)); };
     if (!entry.is_object()) bad(fmt("is JSON ", entry.type_name(), ", expected an object"));
     for (const auto& item : entry.items()) {
       const std::string& k = item.key();

@@ -3,6 +3,7 @@
 // duplicate keys, applies --set overrides on top, converts each value with the
 // schema table (config_schema.cpp) and validates (config_validate.cpp). Every
 // message has the form `WHERE: KEY: problem (got VALUE); allowed: ...`.
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -140,10 +141,39 @@ std::string read_file_text(const std::string& file) {
 
 // Parses TEXT (the contents of FILE) into its one document; syntax errors name
 // file:line:column and show the offending line.
+// Counts the documents of a stream without building them: where each starts.
+class DocumentStarts final : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> starts;
+  void OnDocumentStart(const YAML::Mark& m) override { starts.push_back(m); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 YAML::Node parse_document(const std::string& file, const std::string& text) {
+  // Not YAML::LoadAll: in yaml-cpp 0.7 it never returns on some malformed
+  // streams (e.g. a line starting with " ,"), whose parser yields empty
+  // documents forever without reading on. The documents are counted here,
+  // two at most, and a parser stuck at one place is a syntax error.
   std::vector<YAML::Node> docs;
+  std::vector<YAML::Mark> starts;
   try {
-    docs = YAML::LoadAll(text);
+    docs.push_back(YAML::Load(text));
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentStarts counter;
+    while (counter.starts.size() < 3 && parser.HandleNextDocument(counter)) {
+    }
+    starts = counter.starts;
   } catch (const YAML::ParserException& e) {
     if (e.mark.line < 0) throw ConfigError(fmt(file, ": YAML syntax error: ", e.msg));
     std::istringstream lines(text);
@@ -153,9 +183,27 @@ YAML::Node parse_document(const std::string& file, const std::string& text) {
     throw ConfigError(fmt(file, ":", e.mark.line + 1, ":", e.mark.column + 1,
                           ": YAML syntax error: ", e.msg, "; the line reads: ", l));
   }
-  if (docs.size() > 1)
+  // A second document needs a "---" or "..." line; without one (or at the
+  // place of the previous one), the parser is stuck.
+  const bool markers = text.rfind("---", 0) == 0 || text.rfind("...", 0) == 0 ||
+                       text.find("\n---") != std::string::npos ||
+                       text.find("\n...") != std::string::npos;
+  for (size_t i = 1; i < starts.size(); ++i)
+    if (!markers || starts[i].pos == starts[i - 1].pos) {
+      const YAML::Mark& m = starts[i];
+      std::istringstream lines(text);
+      std::string l;
+      for (int k = 0; k <= m.line && std::getline(lines, l); ++k) {
+      }
+      throw ConfigError(fmt(file, ":", m.line + 1, ":", m.column + 1,
+                            ": YAML syntax error: the parser cannot read past this point; the "
+                            "line reads: ",
+                            l));
+    }
+  if (starts.size() > 1)
     throw ConfigError(
-        fmt(file, ": holds ", docs.size(), " YAML documents (separated by ---); allowed: one"));
+        fmt(file, ": holds ", starts.size() == 2 ? "2" : "3 or more",
+            " YAML documents (separated by ---); allowed: one"));
   if (docs.empty() || docs[0].IsNull())
     throw ConfigError(fmt(file, ": the config is empty; required: data.train, data.val"));
   return docs[0];

@@ -4,10 +4,12 @@
 // The training code never knows which one it talks to. Every rank must call
 // every collective of a group in the same order, even with zero elements.
 //
-// No silent hangs: an implementation waits for a collective at most
-// CommActivity::timeout_s and then throws CommTimeout naming the step, the
-// collective and the caller's label ("layer 3 dispatch"); app/ turns that into
-// a job abort, so a stopped or dead peer ends the whole job.
+// No silent hangs: a collective that waits longer than CommActivity::timeout_s
+// ends the whole job with a message naming the step, the collective and the
+// caller's label ("layer 3 dispatch"). The MPI communicator blocks in MPI and
+// a watchdog thread aborts the job (comm_watchdog.h); an implementation that
+// polls instead throws CommTimeout (comm_wait.h), which app/ turns into a job
+// abort.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -1,8 +1,10 @@
 // The MPI communicator (CPU buffers) and the process-wide MPI session.
-// Collectives are issued non-blocking (MPI_I*) and waited for by polling with
-// a deadline (comm_wait.h), so that a stopped or dead peer turns into a
-// CommTimeout naming the step and the collective instead of a silent hang.
-// bf16/fp16 reductions use user-defined operations that add in fp32.
+// Collectives are plain blocking MPI calls (as fast as MPI gets: no polling)
+// watched by the session's CommWatchdog, so that a stopped or dead peer ends
+// the job with a message naming the step, the collective and the
+// communicator instead of a silent hang. MPI runs at MPI_THREAD_MULTIPLE so
+// that the watchdog thread may call MPI_Abort while the main thread is inside
+// a collective. bf16/fp16 reductions use user-defined operations that add in fp32.
 #include <mpi.h>
 
 #include <algorithm>
@@ -15,10 +17,11 @@
 #include <thread>
 #include <vector>
 
-#include "core/parallel/comm_wait.h"
+#include "core/parallel/comm_watchdog.h"
 #include "core/parallel/half.h"
 #include "core/parallel/mpi_session.h"
 #include "core/util/error.h"
+#include "core/util/log.h"
 
 // Every MPI call goes through this: a failure throws with the expression, the
 // place and MPI's own message (communicators are set to MPI_ERRORS_RETURN).
@@ -133,14 +136,15 @@ void pick_unit(CountUnit& u, MPI_Datatype base, const std::vector<const int64_t*
 
 class MpiComm final : public Comm {
  public:
-  MpiComm(MPI_Comm c, std::shared_ptr<CommActivity> a, std::shared_ptr<HalfOps> ops)
-      : Comm(std::move(a)), comm_(c), ops_(std::move(ops)) {
+  MpiComm(MPI_Comm c, std::shared_ptr<CommActivity> a, std::shared_ptr<HalfOps> ops,
+          std::shared_ptr<CommWatchdog> watchdog)
+      : Comm(std::move(a)), comm_(c), ops_(std::move(ops)), watchdog_(std::move(watchdog)) {
     M6_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     M6_MPI_CHECK(MPI_Comm_size(comm_, &size_));
   }
   ~MpiComm() override {
-    // After a timeout a request is still pending on this communicator; the job
-    // is about to be aborted, and freeing it could wait on the peer.
+    // After a timeout the job is being aborted, and freeing the communicator
+    // could wait on the lost peer.
     if (!activity().broken) MPI_Comm_free(&comm_);
   }
 
@@ -155,10 +159,9 @@ class MpiComm final : public Comm {
     size_t done = 0;
     do {  // in pieces of at most 2^30 elements (MPI counts are int)
       const size_t n = std::min<size_t>(count - done, size_t{1} << 30);
-      MPI_Request req;
-      M6_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, static_cast<char*>(buf) + done * es,
-                                  static_cast<int>(n), mpi_type(t), mop, comm_, &req));
-      wait(req, "all_reduce");
+      const Watch w(*this, "all_reduce");
+      M6_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(buf) + done * es,
+                                 static_cast<int>(n), mpi_type(t), mop, comm_));
       done += n;
     } while (done < count);
   }
@@ -177,11 +180,12 @@ class MpiComm final : public Comm {
       rd[p] = static_cast<int>(recv_displs[p] / u.g);
     }
     activity().a2a_bytes += a2a_wire_bytes(send_counts, t);
-    MPI_Request req;
-    M6_MPI_CHECK(MPI_Ialltoallv(send, sc.data(), sd.data(), u.type, recv, rc.data(), rd.data(),
-                                u.type, comm_, &req));
     const double before = activity().seconds;
-    wait(req, "all_to_all_v");
+    {
+      const Watch w(*this, "all_to_all_v");
+      M6_MPI_CHECK(MPI_Alltoallv(send, sc.data(), sd.data(), u.type, recv, rc.data(), rd.data(),
+                                 u.type, comm_));
+    }
     activity().a2a_seconds += activity().seconds - before;
   }
 
@@ -189,10 +193,9 @@ class MpiComm final : public Comm {
     CountUnit u;
     const int64_t c = static_cast<int64_t>(count);
     pick_unit(u, mpi_type(t), {&c}, 1);
-    MPI_Request req;
     const int n = static_cast<int>(c / u.g);
-    M6_MPI_CHECK(MPI_Iallgather(send, n, u.type, recv, n, u.type, comm_, &req));
-    wait(req, "all_gather");
+    const Watch w(*this, "all_gather");
+    M6_MPI_CHECK(MPI_Allgather(send, n, u.type, recv, n, u.type, comm_));
   }
 
   void broadcast(void* buf, size_t count, CommDType t, int root) override {
@@ -200,50 +203,47 @@ class MpiComm final : public Comm {
     size_t done = 0;
     do {
       const size_t n = std::min<size_t>(count - done, size_t{1} << 30);
-      MPI_Request req;
-      M6_MPI_CHECK(MPI_Ibcast(static_cast<char*>(buf) + done * es, static_cast<int>(n), mpi_type(t),
-                              root, comm_, &req));
-      wait(req, "broadcast");
+      const Watch w(*this, "broadcast");
+      M6_MPI_CHECK(MPI_Bcast(static_cast<char*>(buf) + done * es, static_cast<int>(n), mpi_type(t),
+                             root, comm_));
       done += n;
     } while (done < count);
   }
 
   void barrier() override {
-    MPI_Request req;
-    M6_MPI_CHECK(MPI_Ibarrier(comm_, &req));
-    wait(req, "barrier");
+    const Watch w(*this, "barrier");
+    M6_MPI_CHECK(MPI_Barrier(comm_));
   }
 
   std::unique_ptr<Comm> split(int color, int key) override {
-    // MPI_Comm_split is blocking; it runs once at start-up, where a lost peer
-    // ends the job through the launcher.
+    // Collective over this communicator (the start-up grid split): watched
+    // like any other collective.
     MPI_Comm c;
-    M6_MPI_CHECK(MPI_Comm_split(comm_, color, key, &c));
-    return std::make_unique<MpiComm>(c, activity_ptr(), ops_);
+    {
+      const Watch w(*this, "split");
+      M6_MPI_CHECK(MPI_Comm_split(comm_, color, key, &c));
+    }
+    return std::make_unique<MpiComm>(c, activity_ptr(), ops_, watchdog_);
   }
 
  private:
-  void wait(MPI_Request& req, const char* op) {
-    CommActivity& a = activity();
-    ++a.collectives;
-    int rc = MPI_SUCCESS;
-    try {
-      a.seconds += wait_collective(
-          [&] {
-            int done = 0;
-            rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-            return done != 0 || rc != MPI_SUCCESS;
-          },
-          a, op, role(), size_);
-    } catch (const CommTimeout&) {
-      a.broken = true;
-      throw;
+  // One blocking collective: counted, timed into the activity, and watched.
+  class Watch {
+   public:
+    Watch(MpiComm& c, const char* op)
+        : a_(c.activity()), guard_(c.watchdog_.get(), a_, op, c.role(), c.size_) {
+      ++a_.collectives;
     }
-    if (rc != MPI_SUCCESS) mpi_fail(op, __FILE__, __LINE__, rc);
-  }
+    ~Watch() { a_.seconds += guard_.seconds(); }
+
+   private:
+    CommActivity& a_;
+    CommWatchdog::Guard guard_;
+  };
 
   MPI_Comm comm_;
   std::shared_ptr<HalfOps> ops_;
+  std::shared_ptr<CommWatchdog> watchdog_;
   int rank_ = 0, size_ = 1;
 };
 
@@ -290,6 +290,8 @@ constexpr double kFinalizeGraceS = 10.0;  // MPI_Finalize: every rank arrives wi
 struct MpiSession::State {
   MPI_Comm err_comm = MPI_COMM_NULL;  // only the failure path's barrier travels here
   std::shared_ptr<HalfOps> ops;
+  std::shared_ptr<CommWatchdog> watchdog;
+  bool thread_multiple = false;  // MPI may be called from the watchdog thread
 };
 
 MpiSession::MpiSession() = default;
@@ -298,6 +300,7 @@ MpiSession::~MpiSession() { finish(); }
 
 void MpiSession::finish() {
   if (!state_) return;
+  state_->watchdog.reset();  // joins the thread before MPI goes away
   MPI_Comm_free(&state_->err_comm);
   state_.reset();
   std::fflush(stdout);
@@ -309,20 +312,45 @@ void MpiSession::finish() {
 void MpiSession::start(int* argc, char*** argv) {
   if (state_ || detect_parallel_launcher().empty()) return;
   int provided = 0;
-  M6_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  M6_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   state_ = std::make_unique<State>();
+  state_->thread_multiple = provided >= MPI_THREAD_MULTIPLE;
   M6_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   M6_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   M6_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+  log_set_rank(rank_, size_);  // errors, the watchdog's included, name their rank
   M6_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &state_->err_comm));
   state_->ops = std::make_shared<HalfOps>();
+  // A collective that outlives parallel.timeout_s ends the job from the
+  // watchdog thread: the message first (every rank that waits prints its own),
+  // then MPI_Abort, which the launcher turns into the end of every process.
+  // Without MPI_THREAD_MULTIPLE no MPI call is allowed from this thread: the
+  // process exits instead, and the launcher ends the job when it sees a rank
+  // die without MPI_Finalize.
+  const bool multiple = state_->thread_multiple;
+  if (!multiple)
+    log_warn(fmt("MPI provides thread level ", provided,
+                 " (not MPI_THREAD_MULTIPLE): a collective timeout exits this rank instead of "
+                 "calling MPI_Abort"));
+  state_->watchdog = std::make_shared<CommWatchdog>([multiple](const std::string& msg) {
+    log_error(msg);
+    std::fflush(stdout);
+    if (multiple) MPI_Abort(MPI_COMM_WORLD, static_cast<int>(ExitCode::Internal));
+    std::_Exit(static_cast<int>(ExitCode::Internal));
+  });
 }
 
 std::unique_ptr<Comm> MpiSession::world(std::shared_ptr<CommActivity> activity) {
   if (!state_) return make_self_comm(std::move(activity));
+  if (!activity) activity = std::make_shared<CommActivity>();
   MPI_Comm c;
-  M6_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &c));
-  return std::make_unique<MpiComm>(c, std::move(activity), state_->ops);
+  {
+    const std::string name = "world";
+    const CommWatchdog::Guard g(state_->watchdog.get(), *activity, "dup", name,
+                                size_);
+    M6_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &c));
+  }
+  return std::make_unique<MpiComm>(c, std::move(activity), state_->ops, state_->watchdog);
 }
 
 int MpiSession::fail(int code, bool immediate) {

@@ -3,6 +3,9 @@
 // step finish there), then yielding the core (ranks may share cores, as under
 // mpirun --oversubscribe), then sleeping briefly; past the activity's
 // timeout_s throw CommTimeout naming the step, the collective and the label.
+// For communicators that can only poll (a device communicator's asynchronous
+// error state); the MPI communicator blocks under CommWatchdog instead, since
+// polling costs 1.5-2x in all-reduce time at 1-16 MiB.
 #pragma once
 #include <sched.h>
 

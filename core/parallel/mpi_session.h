@@ -29,9 +29,10 @@ class MpiSession {
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
 
-  // Initialises MPI (MPI_THREAD_FUNNELED: only the main thread communicates)
-  // when detect_parallel_launcher() names one; otherwise the session stays a
-  // world of one. Call once, before any thread starts.
+  // Initialises MPI when detect_parallel_launcher() names one; otherwise the
+  // session stays a world of one. Call once, before any thread starts. Asks
+  // for MPI_THREAD_MULTIPLE: the main thread communicates, and the collective
+  // watchdog thread (comm_watchdog.h) may call MPI_Abort meanwhile.
   void start(int* argc, char*** argv);
   bool active() const { return state_ != nullptr; }
   int rank() const { return rank_; }
