@@ -335,6 +335,8 @@ void MpiSession::start(int* argc, char*** argv) {
   state_->watchdog = std::make_shared<CommWatchdog>([multiple](const std::string& msg) {
     log_error(msg);
     std::fflush(stdout);
+    // As in fail(): a launcher that is gone or stuck never ends this rank.
+    exit_after(kAbortGraceS, static_cast<int>(ExitCode::Internal));
     if (multiple) MPI_Abort(MPI_COMM_WORLD, static_cast<int>(ExitCode::Internal));
     std::_Exit(static_cast<int>(ExitCode::Internal));
   });
