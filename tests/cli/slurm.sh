@@ -165,7 +165,7 @@ extra="--set data.train=$tmp/data/train_000000.bin --set data.val=$tmp/data/val_
 
 # submit NAME LAUNCHER: prints the job id.
 submit() {
-  CONFIG="$M6_SOURCE_DIR/configs/tiny.yaml" RUN_DIR="$tmp/runs/$1" M6TRAIN="$M6TRAIN" \
+  CONFIG="$M6_SOURCE_DIR/configs/tiny.yaml" RUN_DIR="$tmp/runs/$1" M6TRAIN="$M6TRAIN" M6MPIRUN="$M6_SOURCE_DIR/scripts/m6mpirun" \
     EXTRA="$extra" LAUNCHER=$2 sbatch --parsable --chdir="$tmp/work" --job-name="$1" \
     --nodes=1 --ntasks=2 --ntasks-per-node=2 --cpus-per-task=1 --mem=0 --time=10 \
     --gpus-per-task=0 --output="$tmp/work/$1.out" "$sbatch_file"
