@@ -236,7 +236,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     if (nlohmann::json::sax_parse(header_text, header_text + header_len, &keys))
       duplicate = keys.duplicate;
     header = nlohmann::json::parse(header_text, header_text + header_len);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error; out_of_range: a number too large
     fail(fmt("header is not valid JSON: ", e.what()));
   }
   if (!header.is_object()) fail(fmt("header is JSON ", header.type_name(), ", expected an object"));
