@@ -7,7 +7,11 @@
 # byte must make TensorBoard's reader report data loss.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}" "${M6_BUILD_DIR:?}"
-venv_py=${M6_VENV:-$M6_BUILD_DIR/venv}/bin/python
+# setup.sh makes it at <repo>/build/venv; another build directory (build-asan)
+# uses that one unless it has its own.
+venv_dir=${M6_VENV:-$M6_BUILD_DIR/venv}
+[[ -n ${M6_VENV:-} || -x $venv_dir/bin/python ]] || venv_dir=$M6_SOURCE_DIR/build/venv
+venv_py=$venv_dir/bin/python
 if [[ ! -x $venv_py ]] || ! "$venv_py" -c 'import tensorboard' 2>/dev/null; then
   echo "tensorboard.sh: no venv with the tensorboard package at ${venv_py%/bin/python};" \
     "run scripts/setup.sh (it creates it) or set M6_VENV" >&2
