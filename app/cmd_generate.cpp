@@ -15,22 +15,6 @@
 #include "core/util/error.h"
 
 namespace m6 {
-namespace {
-// "--temperature: must be >= 0 (got -1)" rather than CLI11's range message.
-CLI::Validator non_negative() {
-  return CLI::Validator(
-      [](std::string& s) {
-        try {
-          size_t used = 0;
-          const double v = std::stod(s, &used);
-          if (used == s.size() && v >= 0) return std::string();
-        } catch (const std::exception&) {
-        }
-        return "must be a number >= 0 (got " + s + ")";
-      },
-      ">= 0");
-}
-}  // namespace
 
 CLI::App* add_generate_command(CLI::App& app, GenerateArgs& a) {
   auto* c = app.add_subcommand("generate", "sample text from a run's latest checkpoint");

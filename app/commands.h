@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <exception>
 #include <string>
 
 #include "core/config/config.h"
@@ -47,6 +48,22 @@ struct DelinkReport {
 // ConfigError when REAL does not match it.
 DelinkReport delink_checkpoint(const std::string& from, const Config& real,
                                const std::string& out_run_dir);
+
+// A CLI11 check whose message names the value: "--temperature: must be a
+// number >= 0 (got -1)" rather than CLI11's range message.
+inline CLI::Validator non_negative() {
+  return CLI::Validator(
+      [](std::string& s) {
+        try {
+          size_t used = 0;
+          const double v = std::stod(s, &used);
+          if (used == s.size() && v >= 0) return std::string();
+        } catch (const std::exception&) {
+        }
+        return "must be a number >= 0 (got " + s + ")";
+      },
+      ">= 0");
+}
 
 struct GenerateArgs {
   std::string run_dir;
