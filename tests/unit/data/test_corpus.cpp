@@ -12,6 +12,7 @@
 
 #include "core/data/dataset.h"
 #include "core/util/error.h"
+#include "data_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace m6;
@@ -25,18 +26,8 @@ CorpusSummary build_corpus_sharded(const std::vector<std::string>& inputs,
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "m6_corpus_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("m6_corpus") {}
 };
 
 void write_text(const std::string& path, const std::string& bytes) {

@@ -13,24 +13,15 @@
 
 #include "core/data/dataset.h"
 #include "core/util/error.h"
+#include "data_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace m6;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "m6_sampler_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("m6_sampler") {}
 };
 
 // The stream 0, 1, ..., n-1 written as shards of the given sizes (awkward on purpose).

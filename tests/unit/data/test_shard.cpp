@@ -12,6 +12,7 @@
 
 #include "core/data/dataset.h"
 #include "core/util/error.h"
+#include "data_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace m6;
@@ -19,18 +20,8 @@ using namespace m6;
 namespace {
 
 // A fresh directory under $TMPDIR, removed with its contents at scope exit.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "m6_shard_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("m6_shard") {}
 };
 
 // Raw shard bytes with any header and payload, for corruptions write_shard refuses to make.

@@ -16,6 +16,7 @@
 #include "core/data/tokenizer.h"
 #include "core/data/tokenizer_impl.h"
 #include "core/util/error.h"
+#include "data_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace m6;
@@ -30,18 +31,8 @@ std::vector<std::string> pieces(const std::string& s) {
 
 using V = std::vector<std::string>;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "m6_tok_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("m6_tok") {}
 };
 
 }  // namespace
