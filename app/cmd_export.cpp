@@ -1,16 +1,34 @@
-// `m6train export --run-dir DIR --out FILE`: the latest checkpoint of a run
-// as one .safetensors (core/ckpt/export.h).
+// `m6train export --run-dir DIR --out FILE [--step N]`: a checkpoint of a run
+// (the latest, or step N's) as one .safetensors (core/ckpt/export.h).
 #include <nlohmann/json.hpp>
 
 #include "app/commands.h"
 #include "core/ckpt/checkpoint.h"
 #include "core/ckpt/export.h"
 #include "core/model/params.h"
+#include "core/util/error.h"
 
 namespace m6 {
 
-std::string export_run(const std::string& run_dir, const std::string& out_path) {
-  const std::string dir = latest_checkpoint(run_dir);
+namespace {
+
+std::string checkpoint_of_step(const std::string& run_dir, int64_t step) {
+  const std::vector<CommittedCheckpoint> all = list_checkpoints(run_dir);
+  std::string have;
+  for (const CommittedCheckpoint& c : all) {
+    if (c.step == step) return c.dir;
+    have += (have.empty() ? "" : " ") + std::to_string(c.step);
+  }
+  throw CheckpointError(fmt("export: ", run_dir, " has no committed checkpoint of step ", step,
+                            have.empty() ? std::string("; it has none")
+                                         : "; it has steps " + have,
+                            " (checkpoint.keep limits how many are kept)"));
+}
+
+}  // namespace
+
+std::string export_run(const std::string& run_dir, const std::string& out_path, int64_t step) {
+  const std::string dir = step < 0 ? latest_checkpoint(run_dir) : checkpoint_of_step(run_dir, step);
   const nlohmann::json man = read_manifest(dir);
   Config cfg = config_from_json(man.at("config"));
   const ModelConfig& m = cfg.model;

@@ -14,9 +14,10 @@
 
 namespace m6 {
 
-// `m6train export --run-dir DIR --out FILE`: the latest checkpoint of DIR.
+// `m6train export --run-dir DIR --out FILE [--step N]`: the latest checkpoint
+// of DIR, or its committed checkpoint of step N (step < 0: the latest).
 // Returns the checkpoint exported.
-std::string export_run(const std::string& run_dir, const std::string& out_path);
+std::string export_run(const std::string& run_dir, const std::string& out_path, int64_t step = -1);
 
 // `m6train debug-step`: initialise the model, run forward and backward on the
 // micro-batch 0 of step 0, and write model.safetensors (the export),

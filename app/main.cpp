@@ -86,10 +86,13 @@ int run(int argc, char** argv, m6::MpiSession& mpi, m6::StopSignals& stop_signal
   build->add_option("--output", output, "output directory for train_*.bin and val_*.bin")->required();
   build->add_option("--val-fraction", val_fraction, "share of each file held out (default 0.05)");
 
-  auto* exp = app.add_subcommand("export", "write a run's latest weights as one .safetensors");
+  auto* exp = app.add_subcommand("export", "write a run's weights as one .safetensors");
   std::string exp_run, exp_out;
+  int64_t exp_step = -1;
   exp->add_option("--run-dir", exp_run, "the run directory")->required();
   exp->add_option("--out", exp_out, "output .safetensors file")->required();
+  exp->add_option("--step", exp_step, "the committed checkpoint of this step (default: the latest)")
+      ->check(CLI::NonNegativeNumber);
 
   auto* dbg = app.add_subcommand("debug-step", "loss and gradients of one micro-batch (reference tests)");
   std::string dbg_config, dbg_out;
@@ -143,7 +146,7 @@ int run(int argc, char** argv, m6::MpiSession& mpi, m6::StopSignals& stop_signal
   if (*gen) return m6::run_generate(gen_args);
   if (*evl) return m6::run_eval(eval_args);
   if (*exp) {
-    const std::string ckpt = m6::export_run(exp_run, exp_out);
+    const std::string ckpt = m6::export_run(exp_run, exp_out, exp_step);
     std::printf("export: %s -> %s\n", ckpt.c_str(), exp_out.c_str());
     return 0;
   }

@@ -6,18 +6,12 @@
 
 #include "core/data/dataset.h"
 #include "core/util/error.h"
+#include "core/util/splitmix.h"
 
 namespace m6 {
 namespace {
 
-constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
-
-uint64_t splitmix64(uint64_t x) {
-  x += kGolden;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+constexpr uint64_t kGolden = kSplitmixGolden;
 
 // Counter-based: any sample's position is computed directly, no RNG state to
 // carry in checkpoints. Mixed twice so nearby seeds and indices decorrelate.

@@ -6,14 +6,13 @@
 #include <numeric>
 
 #include "core/util/error.h"
+#include "core/util/splitmix.h"
 
 namespace m6 {
 
 double SampleRng::uniform() {
-  uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  z ^= z >> 31;
+  const uint64_t z = splitmix64(state_);
+  state_ += kSplitmixGolden;
   return static_cast<double>(z >> 11) * 0x1.0p-53;
 }
 

@@ -172,6 +172,7 @@ void MetricsWriter::write_train(const TrainRecord& r) {
   j["expert_load_max_over_mean"] = OrderedJson::array();
   for (double v : expert_load_max_over_mean(r.expert_load))
     j["expert_load_max_over_mean"].push_back(number(v));
+  if (!r.routing.empty()) j["routing"] = r.routing;
   write_line(j.dump() + "\n");
 }
 

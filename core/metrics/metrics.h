@@ -29,6 +29,10 @@ struct TrainRecord {
   // [moe_layers][experts]: tokens (kept slots) per expert over the logging
   // interval; empty for a dense model.
   std::vector<std::vector<int64_t>> expert_load;
+  // [moe_layers]: fingerprint of the interval's routing decisions (same
+  // value <=> same experts chosen and kept for every token, whatever the
+  // layout, up to a 2^-20 collision chance); empty for a dense model.
+  std::vector<int64_t> routing;
 };
 
 struct EvalRecord {

@@ -5,6 +5,7 @@
 
 #include "core/model/linear.h"
 #include "core/util/error.h"
+#include "core/util/splitmix.h"
 
 namespace m6 {
 
@@ -195,6 +196,22 @@ void MoeLayer::experts_bwd(const std::vector<const Chunk*>& experts) {
   }
 }
 
+uint64_t MoeLayer::routing_fingerprint(int n) {
+  const size_t slots = static_cast<size_t>(n) * S_;
+  expert_h_.resize(slots);
+  pos_h_.resize(slots);
+  be_.to_host(expert_h_.data(), expert_, slots * sizeof(int32_t));
+  be_.to_host(pos_h_.data(), pos_, slots * sizeof(int32_t));
+  // A sum of per-slot hashes (wrapping): independent of the order of slots,
+  // changed by any single flip of an expert or of kept/dropped.
+  uint64_t h = 0;
+  for (size_t i = 0; i < slots; ++i) {
+    const uint64_t e = static_cast<uint32_t>(expert_h_[i]);
+    h += splitmix64((static_cast<uint64_t>(i) << 33) ^ (e << 1) ^ (pos_h_[i] >= 0 ? 1u : 0u));
+  }
+  return h;
+}
+
 MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
                            const std::vector<const Chunk*>& experts, Phase phase) {
   const int E = m_.moe.experts, d = m_.d_model;
@@ -221,6 +238,7 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   st.demand.assign(demand_h.begin(), demand_h.end());
   st.slots = static_cast<int64_t>(n) * S_;
   st.dropped = st.slots - rows;
+  st.routing = routing_fingerprint(n);
   rows_ = rows;
 
   be_.moe_permute(xp_, x, expert_, pos_, offset_, n, S_, d);

@@ -33,6 +33,12 @@ struct MoeStats {
   std::vector<int64_t> load;  // kept slots per expert (global expert ids), from this rank's tokens
   std::vector<int64_t> demand;  // slots that chose each expert, before dropping
   int64_t slots = 0, dropped = 0;
+  // Fingerprint of every routing decision of these tokens: a hash over slots
+  // (token, k) of the chosen expert and whether the slot was kept. Two runs
+  // that route a micro-batch the same way have the same fingerprint, so a
+  // comparison of two runs can tell rounding differences from a decision that
+  // flipped on a near-tie (DESIGN.md section 4: 1 vs W ranks).
+  uint64_t routing = 0;
 };
 
 // Capacity per expert for N tokens: max(min_capacity, ceil(cf * N * S / E)),
@@ -78,6 +84,7 @@ class MoeLayer {
   void experts_fwd(const std::vector<const Chunk*>& experts);
   void experts_bwd(const std::vector<const Chunk*>& experts);
   void check_experts(const std::vector<const Chunk*>& experts) const;
+  uint64_t routing_fingerprint(int n);  // of the last forward's n tokens
 
   Backend& be_;
   const ModelConfig& m_;
@@ -94,6 +101,7 @@ class MoeLayer {
   const float* x_ = nullptr;
   int n_ = 0;
   std::vector<int32_t> count_h_, offset_h_;  // [E] kept rows per expert from this rank's tokens
+  std::vector<int32_t> expert_h_, pos_h_;    // [N*S] host copies for MoeStats::routing
   std::vector<int32_t> recv_cnt_;            // [P, El] rows source p sends to local expert le
   std::vector<int32_t> erows_, eoff_;        // [El] rows and first row of each local expert's block
   std::vector<int64_t> sc_, sd_, rc_, rd_;   // [P] element counts/displacements of the exchange

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/util/error.h"
+#include "core/util/splitmix.h"
 
 namespace m6 {
 
@@ -175,13 +176,6 @@ ParamCounts count_params(const ModelConfig& m) {
 }
 
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 uint64_t hash_name(const std::string& s) {  // FNV-1a, then mixed
   uint64_t h = 1469598103934665603ULL;

@@ -30,6 +30,7 @@
 #include "core/util/failpoint.h"
 #include "core/util/fs.h"
 #include "core/util/log.h"
+#include "core/util/splitmix.h"
 #ifdef M6_HAVE_CUDA
 #include "core/backend/cuda_factory.h"  // plain C++: no CUDA header reaches core/
 #endif
@@ -133,15 +134,24 @@ struct Interval {
   int64_t micro = 0, steps = 0, skipped = 0, slots = 0, dropped = 0, tokens = 0;
   double seconds = 0;
   std::vector<std::vector<int64_t>> load;
+  // Per MoE layer: a sum over micro-batches of 20 bits of a hash of (micro-
+  // batch key, its routing fingerprint). Sums of integers below 2^53 in
+  // doubles are exact in any order, so the all-reduce gives the same value
+  // for any layout that routed every micro-batch the same way.
+  std::vector<double> routing;
 
-  void add_micro(const MicroStats& st) {
+  // key: names the micro-batch independently of the layout (step and global
+  // micro-batch index).
+  void add_micro(const MicroStats& st, uint64_t key) {
     loss += st.ce();
     aux += st.aux_sum();
     z += st.z_sum();
     ++micro;
     if (load.size() < st.moe.size()) load.resize(st.moe.size());
+    if (routing.size() < st.moe.size()) routing.resize(st.moe.size(), 0.0);
     for (size_t i = 0; i < st.moe.size(); ++i) {
       const auto& m = st.moe[i];
+      routing[i] += static_cast<double>(splitmix64(m.routing ^ splitmix64(key)) >> 44);
       if (load[i].size() < m.load.size()) load[i].resize(m.load.size(), 0);
       for (size_t e = 0; e < m.load.size(); ++e) load[i][e] += m.load[e];
       slots += m.slots;
@@ -157,6 +167,7 @@ struct Interval {
                              static_cast<double>(dropped)};
     for (const auto& l : load)
       for (int64_t x : l) v.push_back(static_cast<double>(x));
+    v.insert(v.end(), routing.begin(), routing.end());
     CommLabel label(world.activity(), "metrics");
     world.all_reduce(v.data(), v.size(), CommDType::F64, ReduceOp::Sum);
     loss = v[0], aux = v[1], z = v[2];
@@ -165,6 +176,7 @@ struct Interval {
     size_t k = 6;
     for (auto& l : load)
       for (int64_t& x : l) x = static_cast<int64_t>(v[k++]);
+    for (double& x : routing) x = v[k++];
   }
 };
 
@@ -360,7 +372,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
                          batch);
       const MicroStats st = model.forward(batch, Phase::Train);
       model.backward(static_cast<float>(grad_scale * loss_scale));
-      iv.add_micro(st);
+      iv.add_micro(st, static_cast<uint64_t>(step * micro_per_step + a * world + rank));
       step_loss += st.ce();
     }
     if (failpoint_hit(Failpoint::NanGrad, step, rank)) {
@@ -460,6 +472,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
       r.dropped_frac = iv.slots ? static_cast<double>(iv.dropped) / static_cast<double>(iv.slots) : 0.0;
       r.skipped_steps = state.skipped_steps;
       r.expert_load = iv.load;
+      for (double x : iv.routing) r.routing.push_back(static_cast<int64_t>(x));
       {
         const MemoryPeaks mp = memory_peaks(*be);
         int64_t peaks[3] = {mp.device, mp.host, mp.rss};

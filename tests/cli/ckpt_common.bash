@@ -4,6 +4,7 @@
 # tensor files.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 unset M6_FAILPOINTS
@@ -12,7 +13,7 @@ trap 'rm -rf "$tmp"' EXIT
 py=/usr/bin/python3
 MPIRUN=(mpirun --oversubscribe --allow-run-as-root -x OMP_WAIT_POLICY -x OMP_NUM_THREADS)
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md /usr/share/common-licenses/GPL-3 \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" /usr/share/common-licenses/GPL-3 \
   --output "$tmp/data" --val-fraction 0.1 > /dev/null
 
 # write_config FILE STEPS [EXTRA_YAML] [TRAIN_KEYS]: a 2-layer MoE (4 experts,

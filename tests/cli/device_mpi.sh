@@ -7,6 +7,7 @@
 # and, on a GPU machine, scripts/gpu-check.sh.)
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 if command -v nvidia-smi > /dev/null && nvidia-smi -L 2> /dev/null | grep -q GPU; then
   echo "device_mpi: this machine has a GPU; the no-GPU checks do not apply"
@@ -17,7 +18,7 @@ trap 'rm -rf "$tmp"' EXIT
 mpi=(mpirun --oversubscribe --bind-to none -np 2)
 fail() { echo "FAILED: $*"; tail -20 "$tmp"/*.err; exit 1; }
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md --output "$tmp/data" --val-fraction 0.1 \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" --output "$tmp/data" --val-fraction 0.1 \
   > /dev/null
 cat > "$tmp/c.yaml" <<YAML
 model: {vocab_size: 256, max_seq_len: 16, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32}

@@ -14,12 +14,13 @@
 # MEMORY_TABLE=FILE writes the comparison as a markdown table.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 tmp=$(mktemp -d)
 trap '[[ -n "${KEEP_TMP:-}" ]] || rm -rf "$tmp"' EXIT
 py=/usr/bin/python3
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md /usr/share/common-licenses/GPL-3 \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" /usr/share/common-licenses/GPL-3 \
   --output "$tmp/data" --val-fraction 0.1 > /dev/null
 cat > "$tmp/dense.yaml" <<YAML
 model: {vocab_size: 256, max_seq_len: 64, d_model: 64, n_heads: 4, n_layers: 4, d_ff: 256}

@@ -17,6 +17,7 @@
 # M6_ORPHAN_TIMEOUT the timeout_s (default 3).
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 export OMP_NUM_THREADS=1
 tmp=$(mktemp -d)
@@ -30,7 +31,7 @@ trap cleanup EXIT
 T=${M6_ORPHAN_TIMEOUT:-3}
 rounds=${M6_ORPHAN_ROUNDS:-1}
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md /usr/share/common-licenses/GPL-3 \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" /usr/share/common-licenses/GPL-3 \
   --output "$tmp/data" --val-fraction 0.1 > /dev/null
 cat > "$tmp/c.yaml" <<YAML
 model: {vocab_size: 256, max_seq_len: 16, d_model: 32, n_heads: 2, n_layers: 2, d_ff: 64,

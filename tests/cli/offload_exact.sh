@@ -11,11 +11,12 @@
 # config errors are in cli.bad_configs.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 tmp=$(mktemp -d)
 trap '[[ -n "${KEEP_TMP:-}" ]] || rm -rf "$tmp"' EXIT
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md --output "$tmp/data" --val-fraction 0.1 > /dev/null
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" --output "$tmp/data" --val-fraction 0.1 > /dev/null
 cat > "$tmp/dense.yaml" <<YAML
 model: {vocab_size: 256, max_seq_len: 16, d_model: 32, n_heads: 2, n_layers: 3, d_ff: 64}
 data: {train: $tmp/data/train_*.bin, val: $tmp/data/val_*.bin}

@@ -11,6 +11,7 @@
 #     delinked offline and resumed on 4 ranks: the same as A again.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 export OMP_WAIT_POLICY=PASSIVE OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -18,7 +19,7 @@ py=/usr/bin/python3
 command -v mpirun > /dev/null || { echo "FAIL: mpirun not found (apt-get install openmpi-bin)"; exit 1; }
 mpi4() { mpirun --oversubscribe --allow-run-as-root -np 4 "$M6TRAIN" "$@"; }
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md /usr/share/common-licenses/GPL-3 \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" /usr/share/common-licenses/GPL-3 \
   /usr/share/common-licenses/Apache-2.0 --output "$tmp/data" --val-fraction 0.1 >/dev/null
 
 # write_config FILE MOE SHARING EP

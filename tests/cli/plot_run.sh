@@ -4,12 +4,13 @@
 # canvas), and exits 3 naming a directory without metrics.jsonl.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 py=/usr/bin/python3
 plot="$M6_SOURCE_DIR/scripts/plot-run.py"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md --output "$tmp/data" \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" --output "$tmp/data" \
   --val-fraction 0.1 >/dev/null
 for seed in 1 2; do
   cat > "$tmp/c$seed.yaml" <<YAML

@@ -7,11 +7,12 @@
 # weights and Adam moments in the checkpoints.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 tmp=$(mktemp -d)
 trap '[[ -n "${KEEP_TMP:-}" ]] || rm -rf "$tmp"' EXIT
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md --output "$tmp/data" --val-fraction 0.1 > /dev/null
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" --output "$tmp/data" --val-fraction 0.1 > /dev/null
 for cfg in dense moe_top2_drop prototypes; do
   for r in none attention layer; do
     "$M6TRAIN" debug-step --config "$M6_SOURCE_DIR/tests/ref/configs/$cfg.yaml" \

@@ -12,6 +12,7 @@
 # the all-to-all seconds per step (the numbers README's Scale section quotes).
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 unset M6_FAILPOINTS
@@ -28,7 +29,7 @@ run() {
     --set train.steps=4 --set checkpoint.every=3 --set parallel.ep="$np" "$@"
 }
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md /usr/share/common-licenses/GPL-3 \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" /usr/share/common-licenses/GPL-3 \
   --output "$tmp/data" --val-fraction 0.1 > /dev/null
 
 echo "== A: 8 ranks, ep 8 (pseudo steps, in-run delink at step 2, checkpoint at 3)"

@@ -19,6 +19,7 @@
 # skipped, never passed.
 set -uo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 unset M6_FAILPOINTS SLURM_JOB_ID SLURM_JOBID
 sbatch_file="$M6_SOURCE_DIR/scripts/slurm/m6train.sbatch"
@@ -156,7 +157,7 @@ fail() {
 }
 
 # ---- the run: configs/tiny.yaml, shrunk to a short run ----------------------------
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR/README.md" /usr/share/common-licenses/GPL-3 \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" /usr/share/common-licenses/GPL-3 \
   --output "$tmp/data" --val-fraction 0.1 > /dev/null || fail "data build"
 steps=60
 extra="--set data.train=$tmp/data/train_000000.bin --set data.val=$tmp/data/val_000000.bin \

@@ -7,6 +7,7 @@
 # byte must make TensorBoard's reader report data loss.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}" "${M6_BUILD_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 # setup.sh makes it at <repo>/build/venv; another build directory (build-asan)
 # uses that one unless it has its own.
 venv_dir=${M6_VENV:-$M6_BUILD_DIR/venv}
@@ -20,7 +21,7 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md /usr/share/common-licenses/GPL-3 \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" /usr/share/common-licenses/GPL-3 \
   --output "$tmp/data" --val-fraction 0.1 >/dev/null
 
 cat > "$tmp/tb.yaml" <<YAML

@@ -10,6 +10,7 @@ set -u -o pipefail
 
 : "${M6TRAIN:?M6TRAIN must name the m6train binary}"
 : "${M6_SOURCE_DIR:?M6_SOURCE_DIR must name the source tree}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 PY=/usr/bin/python3
 REF="$M6_SOURCE_DIR/tests/ref"
 
@@ -30,11 +31,7 @@ if ! "$PY" "$REF/self_test.py" >"$TMP/self_test.log" 2>&1; then
   exit 1
 fi
 
-# Any two text files that exist on Debian (base-files ships the licences).
-inputs=()
-for f in "$M6_SOURCE_DIR/README.md" /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0; do
-  [[ -f "$f" ]] && inputs+=("$f")
-done
+inputs=("${M6_CORPUS[@]}" /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0)
 if ! "$M6TRAIN" data build --input "${inputs[@]}" --output "$TMP/data" >"$TMP/data.log" 2>&1; then
   echo "torch_reference: FAIL: m6train data build failed:" >&2
   cat "$TMP/data.log" >&2

@@ -5,11 +5,12 @@
 # file with the DESIGN.md tensor names and the config in __metadata__.
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
+source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 py=/usr/bin/python3
 
-"$M6TRAIN" data build --input "$M6_SOURCE_DIR"/README.md /usr/share/common-licenses/GPL-3 \
+"$M6TRAIN" data build --input "${M6_CORPUS[@]}" /usr/share/common-licenses/GPL-3 \
   /usr/share/common-licenses/Apache-2.0 --output "$tmp/data" --val-fraction 0.1
 
 cat > "$tmp/small.yaml" <<YAML
