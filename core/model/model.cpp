@@ -105,10 +105,12 @@ void Model::index_chunks() {
   const int sets = num_layer_sets(cfg_.model);
   set_layer_.assign(sets, nullptr);
   set_experts_.assign(sets, {});
-  for (const auto& c : chunks_) {
+  set_host_.assign(sets, {});
+  for (auto& c : chunks_) {
     if (c.layer < 0 || c.layer >= sets) continue;
     if (c.kind == ChunkKind::Layer) set_layer_[c.layer] = &c;
     if (c.kind == ChunkKind::Expert) set_experts_[c.layer].push_back(&c);
+    if (c.master_on_host) set_host_[c.layer].push_back(&c);
   }
 }
 
@@ -172,11 +174,11 @@ void Model::window_reset() {
 void Model::stream_set(int set, int keep) {
   if (window_floats_ == 0 || window_set_[0] == set || window_set_[1] == set) return;
   const int slot = window_set_[0] == -1 ? 0 : window_set_[1] == -1 ? 1 : window_set_[0] == keep;
-  for (Chunk& c : chunks_)
-    if (c.master_on_host && c.layer == window_set_[slot]) c.streamed = nullptr;
+  if (window_set_[slot] >= 0)
+    for (Chunk* c : set_host_[window_set_[slot]]) c->streamed = nullptr;
   size_t at = 0;
-  for (Chunk& c : chunks_) {
-    if (!c.master_on_host || c.layer != set) continue;
+  for (Chunk* cp : set_host_.at(set)) {
+    Chunk& c = *cp;
     // The compute copy of a host master: streamed in, and rounded like
     // ComputeWeights rounds the resident chunks' under bf16/fp16 compute.
     be_.to_device(window_[slot] + at, c.param, c.numel * sizeof(float));

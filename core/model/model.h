@@ -74,7 +74,7 @@ class Model {
   struct LayerActs;  // saved activations of one logical layer
   const Chunk& layer_chunk(int layer) const;  // the dense chunk of the layer's set
   const std::vector<const Chunk*>& expert_chunks(int layer) const;
-  void index_chunks();  // fills set_layer_ and set_experts_ from chunks_
+  void index_chunks();  // fills set_layer_, set_experts_ and set_host_ from chunks_
   // Activation checkpointing (train.recompute): with Layer one LayerActs and
   // one MoeLayer serve every layer, so these map a logical layer to its slot.
   LayerActs& acts(int layer) { return *acts_[recompute_ == Recompute::Layer ? 0 : layer]; }
@@ -97,6 +97,7 @@ class Model {
   std::vector<Chunk> chunks_;
   std::vector<const Chunk*> set_layer_;                 // [set] its dense chunk
   std::vector<std::vector<const Chunk*>> set_experts_;  // [set] its expert chunks, by id
+  std::vector<std::vector<Chunk*>> set_host_;  // [set] its chunks with master_on_host (streamed)
   std::unique_ptr<ChunkStorage> chunk_store_;  // chunks_' buffers; replaced by delink
   // precision.compute bf16|fp16: the rounded weight copy, refreshed by every
   // forward, and the rounding of stored activations (null / no-op in fp32).
