@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/backend/alloc_tracker.h"
 #include "core/backend/backend.h"
 #include "core/util/error.h"
 #include "cuda/check.h"
@@ -63,6 +64,13 @@ class CudaBackend final : public Backend {
       : device_(device), bf16_(opt.bf16_tensor_cores) {
     M6_CUDA_CHECK(cudaSetDevice(device));
     M6_CUDA_CHECK(cudaStreamCreate(&stream_));
+    // offload.params prefetch: copies from pinned host memory on their own
+    // stream, so they overlap the compute stream's kernels.
+    M6_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+    for (int s = 0; s < 2; ++s) {
+      M6_CUDA_CHECK(cudaEventCreateWithFlags(&slot_done_[s], cudaEventDisableTiming));
+      M6_CUDA_CHECK(cudaEventCreateWithFlags(&slot_free_[s], cudaEventDisableTiming));
+    }
     M6_CUBLAS_CHECK(cublasCreate(&blas_));
     M6_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
     // fp32: plain fp32 GEMMs (no TF32), compared with the CPU reference at
@@ -87,6 +95,11 @@ class CudaBackend final : public Backend {
     cudaFree(scalars_);
     cudaFree(bad_);
     cublasDestroy(blas_);
+    for (int s = 0; s < 2; ++s) {
+      cudaEventDestroy(slot_done_[s]);
+      cudaEventDestroy(slot_free_[s]);
+    }
+    cudaStreamDestroy(copy_stream_);
     cudaStreamDestroy(stream_);
   }
   CudaBackend(const CudaBackend&) = delete;
@@ -108,23 +121,75 @@ class CudaBackend final : public Backend {
     }
     M6_CUDA_CHECK(cudaMemsetAsync(p, 0, rounded, stream_));
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    device_mem_.add(p, rounded);
     return p;
   }
   void release(void* p) override {
     if (p == nullptr) return;
+    device_mem_.remove(p, "cuda backend (device)");
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
     M6_CUDA_CHECK(cudaFree(p));
   }
-  // Synchronous transfers: the host buffer may be reused as soon as they return.
+  // Host arena: pinned (page-locked) memory, so that copies to and from the
+  // device run at full bus speed and asynchronously (the offload prefetch).
+  // Under unified addressing the device can also reach it, which the copies
+  // below rely on through cudaMemcpyDefault.
+  bool has_host_arena() const override { return true; }
+  void* alloc_host(size_t bytes) override {
+    const size_t rounded = (std::max<size_t>(bytes, 1) + kAllocAlign - 1) / kAllocAlign * kAllocAlign;
+    void* p = nullptr;
+    const cudaError_t e = cudaHostAlloc(&p, rounded, cudaHostAllocPortable);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      throw Error(fmt("cuda backend: cannot allocate ", bytes, " bytes of pinned host memory (",
+                      cudaGetErrorString(e), "); lower offload.optimizer / offload.params or "
+                      "raise the memlock limit (ulimit -l)"));
+    }
+    std::memset(p, 0, rounded);
+    host_mem_.add(p, rounded);
+    return p;
+  }
+  void release_host(void* p) override {
+    if (p == nullptr) return;
+    host_mem_.remove(p, "cuda backend (pinned host)");
+    M6_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
+    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    M6_CUDA_CHECK(cudaFreeHost(p));
+  }
+  MemoryStats memory_stats() const override {
+    return {device_mem_.live(), device_mem_.peak(), host_mem_.live(), host_mem_.peak()};
+  }
+  void reset_memory_peaks() override {
+    device_mem_.reset_peak();
+    host_mem_.reset_peak();
+  }
+  // Synchronous transfers: the host buffer may be reused as soon as they
+  // return. cudaMemcpyDefault: either side may be in the pinned host arena
+  // (an offloaded master or moment), which unified addressing resolves.
   void to_device(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
-    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void to_host(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
-    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  // The copy waits for the compute work issued so far (slot_free_: the
+  // slot's previous contents are no longer read), runs on copy_stream_, and
+  // marks slot_done_; prefetch_wait makes the compute stream wait for it.
+  void prefetch_to_device(int slot, void* dst, const void* host_src, size_t bytes) override {
+    M6_CHECK(slot == 0 || slot == 1, "prefetch_to_device: slot ", slot, " is not 0 or 1");
+    if (bytes == 0) return;
+    M6_CUDA_CHECK(cudaEventRecord(slot_free_[slot], stream_));
+    M6_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, slot_free_[slot], 0));
+    M6_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyDefault, copy_stream_));
+    M6_CUDA_CHECK(cudaEventRecord(slot_done_[slot], copy_stream_));
+  }
+  void prefetch_wait(int slot) override {
+    M6_CHECK(slot == 0 || slot == 1, "prefetch_wait: slot ", slot, " is not 0 or 1");
+    M6_CUDA_CHECK(cudaStreamWaitEvent(stream_, slot_done_[slot], 0));
   }
   // Device to device with memmove semantics (the CPU reference allows overlap).
   void copy(void* dst, const void* src, size_t bytes) override {
@@ -132,15 +197,21 @@ class CudaBackend final : public Backend {
     const char *d = static_cast<const char*>(dst), *s = static_cast<const char*>(src);
     if (d < s + bytes && s < d + bytes) {  // overlap: go through a scratch buffer
       void* tmp = alloc(bytes);
-      M6_CUDA_CHECK(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, stream_));
-      M6_CUDA_CHECK(cudaMemcpyAsync(dst, tmp, bytes, cudaMemcpyDeviceToDevice, stream_));
+      M6_CUDA_CHECK(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDefault, stream_));
+      M6_CUDA_CHECK(cudaMemcpyAsync(dst, tmp, bytes, cudaMemcpyDefault, stream_));
       release(tmp);
       return;
     }
-    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
   }
   void zero(void* p, size_t bytes) override {
-    if (bytes > 0) M6_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    if (bytes == 0) return;
+    if (host_mem_.contains(p)) {  // pinned host memory: after the work that may still read it
+      M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      std::memset(p, 0, bytes);
+      return;
+    }
+    M6_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
   }
   void sync() override { M6_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
@@ -498,6 +569,9 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::LtLinear> lt_;  // created on the device, in the constructor
   std::string name_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t copy_stream_ = nullptr;  // offload prefetch (prefetch_to_device)
+  cudaEvent_t slot_done_[2] = {nullptr, nullptr}, slot_free_[2] = {nullptr, nullptr};
+  AllocTracker device_mem_, host_mem_;
   cublasHandle_t blas_ = nullptr;
   BadIndex* bad_ = nullptr;
   double* scalars_ = nullptr;

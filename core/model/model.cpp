@@ -167,34 +167,47 @@ void Model::size_window() {
 }
 
 void Model::window_reset() {
+  for (int s = 0; s < 2; ++s)
+    if (window_set_[s] >= 0 && !window_ready_[s]) be_.prefetch_wait(s);  // no copy left in flight
   window_set_[0] = window_set_[1] = -1;
+  window_ready_[0] = window_ready_[1] = false;
   for (Chunk& c : chunks_) c.streamed = nullptr;
 }
 
-void Model::stream_set(int set, int keep) {
-  if (window_floats_ == 0 || window_set_[0] == set || window_set_[1] == set) return;
-  const int slot = window_set_[0] == -1 ? 0 : window_set_[1] == -1 ? 1 : window_set_[0] == keep;
-  if (window_set_[slot] >= 0)
-    for (Chunk* c : set_host_[window_set_[slot]]) c->streamed = nullptr;
-  size_t at = 0;
-  for (Chunk* cp : set_host_.at(set)) {
-    Chunk& c = *cp;
-    // The compute copy of a host master: streamed in, and rounded like
-    // ComputeWeights rounds the resident chunks' under bf16/fp16 compute.
-    be_.to_device(window_[slot] + at, c.param, c.numel * sizeof(float));
-    c.streamed = window_[slot] + at;
-    if (round_.active())
-      for (const auto& t : c.tensors)
-        if (!keeps_fp32_compute_copy(t)) round_(c.streamed + t.offset, t.numel);
-    at += c.numel;
+void Model::stream_set(int set, int keep, bool use_now) {
+  if (window_floats_ == 0) return;
+  int slot = window_set_[0] == set ? 0 : window_set_[1] == set ? 1 : -1;
+  if (slot < 0) {
+    slot = window_set_[0] == -1 ? 0 : window_set_[1] == -1 ? 1 : window_set_[0] == keep;
+    if (window_set_[slot] >= 0) {
+      if (!window_ready_[slot]) be_.prefetch_wait(slot);
+      for (Chunk* c : set_host_[window_set_[slot]]) c->streamed = nullptr;
+    }
+    size_t at = 0;
+    for (Chunk* c : set_host_.at(set)) {
+      be_.prefetch_to_device(slot, window_[slot] + at, c->param, c->numel * sizeof(float));
+      c->streamed = window_[slot] + at;
+      at += c->numel;
+    }
+    window_set_[slot] = set;
+    window_ready_[slot] = false;
   }
-  window_set_[slot] = set;
+  if (!use_now || window_ready_[slot]) return;
+  be_.prefetch_wait(slot);
+  // The compute copy of a host master is its streamed copy, rounded like
+  // ComputeWeights rounds the resident chunks' under bf16/fp16 compute.
+  if (round_.active())
+    for (Chunk* c : set_host_[set])
+      for (const auto& t : c->tensors)
+        if (!keeps_fp32_compute_copy(t)) round_(c->streamed + t.offset, t.numel);
+  window_ready_[slot] = true;
 }
 
 void Model::stream_layer(int l, int next) {
   const int set = layer_set(cfg_.model, l);
-  stream_set(set, -1);
-  if (next >= 0 && next < cfg_.model.n_layers) stream_set(layer_set(cfg_.model, next), set);
+  stream_set(set, -1, true);
+  // Queued now, waited for when layer `next` runs: the copy overlaps layer l.
+  if (next >= 0 && next < cfg_.model.n_layers) stream_set(layer_set(cfg_.model, next), set, false);
 }
 
 MoeLayer* Model::moe_at(int layer) {

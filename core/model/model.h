@@ -87,7 +87,9 @@ class Model {
   // next one in this pass's order (`next`, -1 for none), fetched one layer
   // ahead (on CUDA a side-stream copy overlapped with compute).
   void stream_layer(int l, int next);
-  void stream_set(int set, int keep);
+  // Brings `set` into a slot (not the one holding `keep`): queued as a
+  // prefetch, and waited for (then rounded under bf16/fp16) when use_now.
+  void stream_set(int set, int keep, bool use_now);
   void window_reset();  // forgets what the slots hold (the masters changed)
   void size_window();   // allocates the slots for the current chunks
 
@@ -107,6 +109,7 @@ class Model {
   Recompute recompute_ = Recompute::None;
   float* window_[2] = {nullptr, nullptr};  // offload.params slots, window_floats_ each
   int window_set_[2] = {-1, -1};           // the layer set each slot holds
+  bool window_ready_[2] = {false, false};  // its copy waited for and rounded
   size_t window_floats_ = 0;
   int max_tokens_ = 0;
   int B_ = 0, T_ = 0;

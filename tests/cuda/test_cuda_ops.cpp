@@ -388,6 +388,7 @@ void test_transformer(Backend& c, Backend& g) {
 
 void test_moe(Backend& c, Backend& g);         // test_cuda_moe.cpp
 void test_model_step(Backend& c, Backend& g);  // test_cuda_moe.cpp
+void test_offload(Backend& g);                 // test_cuda_offload.cpp
 
 // --cpu-vs-cpu: a second CpuBackend stands in for CUDA, which checks this
 // harness (buffer sizes, the flow of the MoE checks) on a machine without a GPU.
@@ -433,6 +434,7 @@ int main(int argc, char** argv) {
     test_transformer(*cpu, *gpu);
     test_moe(*cpu, *gpu);
     test_model_step(*cpu, *gpu);
+    test_offload(*gpu);
   } catch (const std::exception& e) {
     std::printf("FAIL exception: %s\n", e.what());
     return 1;

@@ -8,8 +8,8 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <unordered_map>
 
+#include "core/backend/alloc_tracker.h"
 #include "core/backend/backend.h"
 #include "core/backend/cpu/cpu_ops.h"
 #include "core/util/error.h"
@@ -34,11 +34,11 @@ class CpuBackend final : public Backend {
   void* alloc_host(size_t bytes) override { return take(host_, bytes); }
   void release_host(void* p) override { give(host_, p); }
   MemoryStats memory_stats() const override {
-    return {device_.live, device_.peak, host_.live, host_.peak};
+    return {device_.live(), device_.peak(), host_.live(), host_.peak()};
   }
   void reset_memory_peaks() override {
-    device_.peak = device_.live;
-    host_.peak = host_.live;
+    device_.reset_peak();
+    host_.reset_peak();
   }
   void to_device(void* dst, const void* src, size_t bytes) override { copy_bytes(dst, src, bytes); }
   void to_host(void* dst, const void* src, size_t bytes) override { copy_bytes(dst, src, bytes); }
@@ -142,33 +142,24 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  struct Arena {
-    int64_t live = 0, peak = 0;
-    std::unordered_map<void*, size_t> sizes;
-  };
-  static void* take(Arena& a, size_t bytes) {
+  static void* take(AllocTracker& a, size_t bytes) {
     const size_t rounded = (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
     void* p = std::aligned_alloc(kAlign, rounded);
     if (p == nullptr) throw Error(fmt("cpu backend: cannot allocate ", bytes, " bytes"));
     std::memset(p, 0, rounded);
-    a.sizes[p] = rounded;
-    a.live += static_cast<int64_t>(rounded);
-    a.peak = std::max(a.peak, a.live);
+    a.add(p, rounded);
     return p;
   }
-  static void give(Arena& a, void* p) {
+  static void give(AllocTracker& a, void* p) {
     if (p == nullptr) return;
-    auto it = a.sizes.find(p);
-    M6_CHECK(it != a.sizes.end(), "cpu backend: release of a pointer this arena did not allocate");
-    a.live -= static_cast<int64_t>(it->second);
-    a.sizes.erase(it);
+    a.remove(p, "cpu backend");
     std::free(p);
   }
   static void copy_bytes(void* dst, const void* src, size_t bytes) {
     if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
   }
   int threads_;
-  Arena device_, host_;
+  AllocTracker device_, host_;
 };
 
 }  // namespace
