@@ -318,6 +318,84 @@ class CudaBackend final : public Backend {
     // `host` is pageable: cudaMemcpyAsync has copied it before returning.
   }
 
+  // Every group's dx GEMM in one cublasGemmGroupedBatchedEx call, every dw
+  // GEMM in another, then one kernel for the bias gradients (one thread per
+  // group and column, as bias_grad).
+  void linear_bwd_grouped(float* dx, const float* dy, const float* x, const LinearGradGroup* g,
+                          int count, int in, int out) override {
+    check_nonneg("linear_bwd_grouped", count, in, out);
+    std::vector<const void*> w, dyp, xp;
+    std::vector<void*> dxp, dwp;
+    std::vector<float*> db;
+    std::vector<int64_t> row, rows;
+    for (int i = 0; i < count; ++i) {
+      if (g[i].rows < 0 || g[i].row < 0)
+        throw Error(fmt("linear_bwd_grouped: group ", i, " has rows ", g[i].rows, " at row ",
+                        g[i].row));
+      if (g[i].rows == 0) continue;
+      const size_t o = static_cast<size_t>(g[i].row);
+      w.push_back(g[i].w);
+      dyp.push_back(dy + o * out);
+      xp.push_back(x + o * in);
+      dxp.push_back(dx + o * in);
+      dwp.push_back(g[i].dw);
+      db.push_back(g[i].db);
+      row.push_back(g[i].row);
+      rows.push_back(g[i].rows);
+    }
+    const int G = static_cast<int>(w.size());
+    if (G == 0) return;
+    if (in == 0 || out == 0) return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
+    // Device table: [W][DY][DX][X][DW][DB] pointers, [row][rows] int64.
+    const size_t pb = static_cast<size_t>(G) * sizeof(void*);
+    const size_t bytes = 6 * pb + 2 * static_cast<size_t>(G) * sizeof(int64_t);
+    if (bytes > group_table_bytes_) {
+      if (group_table_ != nullptr) release(group_table_);
+      group_table_bytes_ = std::max<size_t>(bytes, 4096);
+      group_table_ = static_cast<char*>(alloc(group_table_bytes_));
+    }
+    std::vector<char> host(bytes);
+    std::memcpy(host.data(), w.data(), pb);
+    std::memcpy(host.data() + pb, dyp.data(), pb);
+    std::memcpy(host.data() + 2 * pb, dxp.data(), pb);
+    std::memcpy(host.data() + 3 * pb, xp.data(), pb);
+    std::memcpy(host.data() + 4 * pb, dwp.data(), pb);
+    std::memcpy(host.data() + 5 * pb, db.data(), pb);
+    std::memcpy(host.data() + 6 * pb, row.data(), G * sizeof(int64_t));
+    std::memcpy(host.data() + 6 * pb + G * sizeof(int64_t), rows.data(), G * sizeof(int64_t));
+    M6_CUDA_CHECK(cudaMemcpyAsync(group_table_, host.data(), bytes, cudaMemcpyHostToDevice, stream_));
+    auto ptrs = [&](int p) { return reinterpret_cast<const void* const*>(group_table_ + p * pb); };
+    auto outs = [&](int p) { return reinterpret_cast<void* const*>(group_table_ + p * pb); };
+    const cublasComputeType_t compute = bf16_ ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    std::vector<int> size(G, 1), n(G);
+    for (int i = 0; i < G; ++i) n[i] = static_cast<int>(rows[i]);
+    // dx_i[rows,in] = dy_i[rows,out] w_i[out,in], column-major DX^T[in,rows] =
+    // W^T DY^T: A = w (op N, ld in), B = dy (op N, ld out); overwrite.
+    std::vector<cublasOperation_t> opn(G, CUBLAS_OP_N), opt(G, CUBLAS_OP_T);
+    std::vector<int> m_in(G, in), k_out(G, out), ld_in(G, in), ld_out(G, out);
+    std::vector<float> one(G, 1.0f), zero(G, 0.0f);
+    cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        blas_, opn.data(), opn.data(), m_in.data(), n.data(), k_out.data(), one.data(), ptrs(0),
+        CUDA_R_32F, ld_in.data(), ptrs(1), CUDA_R_32F, ld_out.data(), zero.data(), outs(2),
+        CUDA_R_32F, ld_in.data(), G, size.data(), compute);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // an older cuBLAS: one GEMM per group
+      M6_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` must outlive the copy above
+      return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
+    }
+    M6_CUBLAS_CHECK(st);
+    // dw_i[out,in] += dy_i^T x_i, column-major DW^T[in,out] += X^T[in,rows]
+    // DY[rows,out]: A = x (op N, ld in), B = dy (op T, ld out), k = rows.
+    M6_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
+        blas_, opn.data(), opt.data(), m_in.data(), k_out.data(), n.data(), one.data(), ptrs(3),
+        CUDA_R_32F, ld_in.data(), ptrs(1), CUDA_R_32F, ld_out.data(), one.data(), outs(4),
+        CUDA_R_32F, ld_in.data(), G, size.data(), compute));
+    cuda::launch_grouped_bias_grad(reinterpret_cast<float* const*>(group_table_ + 5 * pb), dy,
+                                   reinterpret_cast<const int64_t*>(group_table_ + 6 * pb),
+                                   reinterpret_cast<const int64_t*>(group_table_ + 6 * pb + G * 8),
+                                   G, out, stream_);
+    // `host` is pageable: cudaMemcpyAsync has copied it before returning.
+  }
+
   void add_bias(float* y, const float* b, int n, int c) override {
     check_nonneg("add_bias", n, c);
     cuda::launch_add_bias(y, b, n, c, stream_);

@@ -132,6 +132,53 @@ class Backend {
                  g[i].rows, in, out);
     }
   }
+  // The linear layer's backward: dx[n,in] = dy[n,out] w (or += with
+  // accumulate_dx; dx may be null), dw[out,in] += dy^T x, db[out] += the
+  // column sums of dy (db may be null). The sequence every backend runs.
+  void linear_bwd(float* dx, bool accumulate_dx, float* dw, float* db, const float* dy,
+                  const float* x, const float* w, int n, int in, int out) {
+    if (n == 0) return;
+    if (dx) {
+      GemmArgs g;
+      g.m = n, g.n = in, g.k = out;
+      g.a = dy, g.lda = out;
+      g.b = w, g.ldb = in;
+      g.c = dx, g.ldc = in;
+      g.beta = accumulate_dx ? 1.0f : 0.0f;
+      gemm(g);
+    }
+    GemmArgs g;
+    g.trans_a = Trans::Yes;
+    g.m = out, g.n = in, g.k = n;
+    g.a = dy, g.lda = out;
+    g.b = x, g.ldb = in;
+    g.c = dw, g.ldc = in;
+    g.beta = 1.0f;
+    gemm(g);
+    if (db) bias_grad(db, dy, n, out);
+  }
+  // The backward of linear_fwd_grouped: for group i over rows [row, row +
+  // rows), dx rows = dy rows w_i (overwrite), dw_i += dy^T x, db_i += column
+  // sums of dy (db may be null); rows outside every group are left alone.
+  // This default (linear_bwd per group) is the reference; the CUDA backend
+  // runs the groups' dx GEMMs in one grouped cuBLAS call, their dw GEMMs in
+  // another, then one bias-gradient kernel.
+  struct LinearGradGroup {
+    const float* w;
+    float* dw;
+    float* db;
+    int64_t row;
+    int rows;
+  };
+  virtual void linear_bwd_grouped(float* dx, const float* dy, const float* x,
+                                  const LinearGradGroup* g, int count, int in, int out) {
+    for (int i = 0; i < count; ++i) {
+      if (g[i].rows <= 0) continue;
+      const size_t o = static_cast<size_t>(g[i].row);
+      linear_bwd(dx + o * in, false, g[i].dw, g[i].db, dy + o * out, x + o * in, g[i].w,
+                 g[i].rows, in, out);
+    }
+  }
   virtual double sum(const float* x, size_t n) = 0;
   virtual double sum_squares(const float* x, size_t n) = 0;
   virtual bool all_finite(const float* x, size_t n) = 0;

@@ -23,25 +23,7 @@ inline void linear_gelu_fwd(Backend& be, float* act, float* pre, const float* x,
 // dx may be null (input gradient not needed), db null when there is no bias.
 inline void linear_bwd(Backend& be, float* dx, GradMode dx_mode, float* dw, float* db,
                        const float* dy, const float* x, const float* w, int n, int in, int out) {
-  if (n == 0) return;
-  if (dx) {
-    GemmArgs g;
-    g.m = n, g.n = in, g.k = out;
-    g.a = dy, g.lda = out;
-    g.b = w, g.ldb = in;
-    g.c = dx, g.ldc = in;
-    g.beta = dx_mode == GradMode::Accumulate ? 1.0f : 0.0f;
-    be.gemm(g);
-  }
-  GemmArgs g;
-  g.trans_a = Trans::Yes;
-  g.m = out, g.n = in, g.k = n;
-  g.a = dy, g.lda = out;
-  g.b = x, g.ldb = in;
-  g.c = dw, g.ldc = in;
-  g.beta = 1.0f;
-  be.gemm(g);
-  if (db) be.bias_grad(db, dy, n, out);
+  be.linear_bwd(dx, dx_mode == GradMode::Accumulate, dw, db, dy, x, w, n, in, out);
 }
 
 }  // namespace m6

@@ -9,6 +9,27 @@
 
 namespace m6 {
 
+namespace {
+
+// Calls f(first_row, rows) for the rows of a list of expert groups: once over
+// their union when the blocks lie back to back (expert-major blocks, the usual
+// case: one launch), else once per group. For elementwise ops only.
+template <class Group, class F>
+void for_row_blocks(const std::vector<Group>& gs, F f) {
+  if (gs.empty()) return;
+  bool contiguous = true;
+  for (size_t i = 1; i < gs.size(); ++i)
+    contiguous = contiguous && gs[i].row == gs[i - 1].row + gs[i - 1].rows;
+  if (contiguous) {
+    f(static_cast<size_t>(gs.front().row),
+      static_cast<size_t>(gs.back().row + gs.back().rows - gs.front().row));
+    return;
+  }
+  for (const auto& g : gs) f(static_cast<size_t>(g.row), static_cast<size_t>(g.rows));
+}
+
+}  // namespace
+
 int moe_capacity(const MoeConfig& moe, int n_tokens, Phase phase) {
   const double cf = phase == Phase::Train ? moe.capacity_factor : moe.eval_capacity_factor;
   if (cf <= 0.0) return 0;
@@ -166,34 +187,38 @@ void MoeLayer::experts_fwd(const std::vector<const Chunk*>& experts) {
   }
   // bf16/fp16: the GELU reads the rounded pre-activation; every output rounded.
   be_.linear_fwd_grouped(he_pre_, nullptr, xe_, g1.data(), static_cast<int>(g1.size()), d, F);
-  for (const auto& g : g1) {
-    const size_t o = static_cast<size_t>(g.row), rF = static_cast<size_t>(g.rows) * F;
-    round_(he_pre_ + o * F, rF);
-    be_.gelu_fwd(he_act_ + o * F, he_pre_ + o * F, rF);
-    round_(he_act_ + o * F, rF);
-  }
+  for_row_blocks(g1, [&](size_t o, size_t r) {
+    round_(he_pre_ + o * F, r * F);
+    be_.gelu_fwd(he_act_ + o * F, he_pre_ + o * F, r * F);
+    round_(he_act_ + o * F, r * F);
+  });
   be_.linear_fwd_grouped(ye_, nullptr, he_act_, g2.data(), static_cast<int>(g2.size()), F, d);
-  for (const auto& g : g2) round_(ye_ + static_cast<size_t>(g.row) * d, static_cast<size_t>(g.rows) * d);
+  for_row_blocks(g2, [&](size_t o, size_t r) { round_(ye_ + o * d, r * d); });
 }
 
 void MoeLayer::experts_bwd(const std::vector<const Chunk*>& experts) {
   const int d = m_.d_model, F = m_.d_ff;
+  // Every local expert's backward in one grouped call per layer of the FFN
+  // (Backend::linear_bwd_grouped): each expert's rows are its own, so the
+  // order across experts does not change a bit.
+  std::vector<Backend::LinearGradGroup> g1, g2;
   for (const Chunk* c : experts) {
     const int le = c->expert - first_, r = erows_[le];
     if (r == 0) continue;
-    const size_t o = eoff_[le];
-    const size_t rF = static_cast<size_t>(r) * F, rd = static_cast<size_t>(r) * d;
-    linear_bwd(be_, dhe_ + o * F, GradMode::Overwrite, c->grad_of("fc2.weight"),
-               c->grad_of("fc2.bias"), dye_ + o * d, he_act_ + o * F, c->weight_of("fc2.weight"), r,
-               F, d);
-    round_(dhe_ + o * F, rF);
-    be_.gelu_bwd(dhe_ + o * F, he_pre_ + o * F, dhe_ + o * F, rF);
-    round_(dhe_ + o * F, rF);
-    linear_bwd(be_, dxe_ + o * d, GradMode::Overwrite, c->grad_of("fc1.weight"),
-               c->grad_of("fc1.bias"), dhe_ + o * F, xe_ + o * d, c->weight_of("fc1.weight"), r, d,
-               F);
-    round_(dxe_ + o * d, rd);
+    g2.push_back({c->weight_of("fc2.weight"), c->grad_of("fc2.weight"), c->grad_of("fc2.bias"),
+                  eoff_[le], r});
+    g1.push_back({c->weight_of("fc1.weight"), c->grad_of("fc1.weight"), c->grad_of("fc1.bias"),
+                  eoff_[le], r});
   }
+  if (g1.empty()) return;
+  be_.linear_bwd_grouped(dhe_, dye_, he_act_, g2.data(), static_cast<int>(g2.size()), F, d);
+  for_row_blocks(g2, [&](size_t o, size_t r) {
+    round_(dhe_ + o * F, r * F);
+    be_.gelu_bwd(dhe_ + o * F, he_pre_ + o * F, dhe_ + o * F, r * F);
+    round_(dhe_ + o * F, r * F);
+  });
+  be_.linear_bwd_grouped(dxe_, dhe_, xe_, g1.data(), static_cast<int>(g1.size()), d, F);
+  for_row_blocks(g1, [&](size_t o, size_t r) { round_(dxe_ + o * d, r * d); });
 }
 
 uint64_t MoeLayer::routing_fingerprint(int n) {

@@ -48,6 +48,13 @@ void launch_grouped_bias_act(float* y, float* act, const float* const* bias,
                              const int64_t* row, const int64_t* prefix, int count,
                              int64_t total_rows, int out, cudaStream_t st);
 
+// Bias gradients of grouped linear layers (linear_bwd_grouped): db[i][c] +=
+// the sum over group i's rows [row[i], row[i] + rows[i]) of dy[., c] (db[i]
+// null: skipped). One launch for every group; each column summed in row order
+// in double, as bias_grad (deterministic).
+void launch_grouped_bias_grad(float* const* db, const float* dy, const int64_t* row,
+                              const int64_t* rows, int count, int c, cudaStream_t st);
+
 // ---- optimizer (adamw.cu) -------------------------------------------------------
 void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, double lr, double b1,
                   double b2, double eps, double wd, double grad_scale, double bc1, double bc2,

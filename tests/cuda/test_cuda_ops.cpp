@@ -389,6 +389,7 @@ void test_transformer(Backend& c, Backend& g) {
 void test_moe(Backend& c, Backend& g);         // test_cuda_moe.cpp
 void test_model_step(Backend& c, Backend& g);  // test_cuda_moe.cpp
 void test_offload(Backend& g);                 // test_cuda_offload.cpp
+void test_linear_bwd_grouped(Backend& c, Backend& g, Backend& g_bf16);  // test_cuda_grouped.cpp
 
 // --cpu-vs-cpu: a second CpuBackend stands in for CUDA, which checks this
 // harness (buffer sizes, the flow of the MoE checks) on a machine without a GPU.
@@ -429,6 +430,7 @@ int main(int argc, char** argv) {
       auto gpu_bf16 = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {true, true});
       test_linear(*cpu, *gpu, *gpu_bf16);
       test_linear_grouped(*cpu, *gpu, *gpu_bf16);
+      test_linear_bwd_grouped(*cpu, *gpu, *gpu_bf16);
       test_add_layernorm(*cpu, *gpu);
     }
     test_transformer(*cpu, *gpu);
