@@ -64,13 +64,11 @@ class CudaBackend final : public Backend {
       : device_(device), bf16_(opt.bf16_tensor_cores) {
     M6_CUDA_CHECK(cudaSetDevice(device));
     M6_CUDA_CHECK(cudaStreamCreate(&stream_));
-    // offload.params prefetch: copies from pinned host memory on their own
-    // stream, so they overlap the compute stream's kernels.
+    // Offload copies (weight prefetch, optimizer staging) between pinned host
+    // memory and the device on their own stream, overlapping the kernels.
     M6_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
-    for (int s = 0; s < 2; ++s) {
-      M6_CUDA_CHECK(cudaEventCreateWithFlags(&slot_done_[s], cudaEventDisableTiming));
-      M6_CUDA_CHECK(cudaEventCreateWithFlags(&slot_free_[s], cudaEventDisableTiming));
-    }
+    M6_CUDA_CHECK(cudaEventCreateWithFlags(&copy_after_, cudaEventDisableTiming));
+    for (cudaEvent_t& e : slot_done_) M6_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     M6_CUBLAS_CHECK(cublasCreate(&blas_));
     M6_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
     // fp32: plain fp32 GEMMs (no TF32), compared with the CPU reference at
@@ -95,10 +93,8 @@ class CudaBackend final : public Backend {
     cudaFree(scalars_);
     cudaFree(bad_);
     cublasDestroy(blas_);
-    for (int s = 0; s < 2; ++s) {
-      cudaEventDestroy(slot_done_[s]);
-      cudaEventDestroy(slot_free_[s]);
-    }
+    for (cudaEvent_t e : slot_done_) cudaEventDestroy(e);
+    cudaEventDestroy(copy_after_);
     cudaStreamDestroy(copy_stream_);
     cudaStreamDestroy(stream_);
   }
@@ -176,20 +172,25 @@ class CudaBackend final : public Backend {
     M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
-  // The copy waits for the compute work issued so far (slot_free_: the
-  // slot's previous contents are no longer read), runs on copy_stream_, and
-  // marks slot_done_; prefetch_wait makes the compute stream wait for it.
-  void prefetch_to_device(int slot, void* dst, const void* host_src, size_t bytes) override {
-    M6_CHECK(slot == 0 || slot == 1, "prefetch_to_device: slot ", slot, " is not 0 or 1");
+  // The copy waits for the compute work issued so far (copy_after_: what it
+  // reads was written there, what it overwrites is no longer read), runs on
+  // copy_stream_ (in order: the copies of one slot after those queued
+  // before), and marks slot_done_[slot].
+  void copy_async(int slot, void* dst, const void* src, size_t bytes) override {
+    check_slot(slot);
     if (bytes == 0) return;
-    M6_CUDA_CHECK(cudaEventRecord(slot_free_[slot], stream_));
-    M6_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, slot_free_[slot], 0));
-    M6_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyDefault, copy_stream_));
+    M6_CUDA_CHECK(cudaEventRecord(copy_after_, stream_));
+    M6_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, copy_after_, 0));
+    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, copy_stream_));
     M6_CUDA_CHECK(cudaEventRecord(slot_done_[slot], copy_stream_));
   }
-  void prefetch_wait(int slot) override {
-    M6_CHECK(slot == 0 || slot == 1, "prefetch_wait: slot ", slot, " is not 0 or 1");
+  void copy_async_wait(int slot) override {
+    check_slot(slot);
     M6_CUDA_CHECK(cudaStreamWaitEvent(stream_, slot_done_[slot], 0));
+  }
+  void copy_async_sync(int slot) override {
+    check_slot(slot);
+    M6_CUDA_CHECK(cudaEventSynchronize(slot_done_[slot]));
   }
   // Device to device with memmove semantics (the CPU reference allows overlap).
   void copy(void* dst, const void* src, size_t bytes) override {
@@ -634,6 +635,10 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  static void check_slot(int slot) {
+    M6_CHECK(slot >= 0 && slot < kCopySlots, "async copy slot ", slot, " is outside [0, ",
+             kCopySlots, ")");
+  }
   void clear_bad() { M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, sizeof(BadIndex), stream_)); }
   template <class F>
   void throw_if_bad(F message) {
@@ -647,8 +652,9 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::LtLinear> lt_;  // created on the device, in the constructor
   std::string name_;
   cudaStream_t stream_ = nullptr;
-  cudaStream_t copy_stream_ = nullptr;  // offload prefetch (prefetch_to_device)
-  cudaEvent_t slot_done_[2] = {nullptr, nullptr}, slot_free_[2] = {nullptr, nullptr};
+  cudaStream_t copy_stream_ = nullptr;  // offload copies (copy_async)
+  cudaEvent_t copy_after_ = nullptr;    // recorded on stream_ before each async copy
+  cudaEvent_t slot_done_[kCopySlots] = {};
   AllocTracker device_mem_, host_mem_;
   cublasHandle_t blas_ = nullptr;
   BadIndex* bad_ = nullptr;

@@ -65,17 +65,22 @@ class Backend {
   virtual bool has_host_arena() const { return false; }
   virtual void* alloc_host(size_t bytes);
   virtual void release_host(void* p);
-  // Prefetch window (offload.params streaming): an asynchronous copy from the
-  // host arena into slot 0 or 1 of a device window, ordered after the work
-  // issued so far and overlapped with the work issued after it (a side copy
-  // stream on CUDA); prefetch_wait(slot) orders the work issued next after
-  // every copy into that slot. The host source must stay unchanged until
-  // then. Default: a synchronous to_device and nothing to wait for.
-  virtual void prefetch_to_device(int slot, void* dst, const void* host_src, size_t bytes) {
+  // Asynchronous copies between the host arena and the device (offload):
+  // copy_async queues a copy under one of kCopySlots slots, ordered after the
+  // work issued so far and overlapped with the work issued after it (a side
+  // copy stream on CUDA). copy_async_wait(slot) orders the work issued next
+  // after every copy queued under that slot; copy_async_sync(slot) blocks the
+  // host until they are done. Until then the source must stay unchanged and
+  // the destination unread. Slots 0 and 1: the offload.params weight window
+  // (core/model); 2 and 3: the host optimizer's staging (core/train).
+  // Default: a synchronous copy, nothing to wait for.
+  static constexpr int kCopySlots = 4;
+  virtual void copy_async(int slot, void* dst, const void* src, size_t bytes) {
     (void)slot;
-    to_device(dst, host_src, bytes);
+    copy(dst, src, bytes);
   }
-  virtual void prefetch_wait(int slot) { (void)slot; }
+  virtual void copy_async_wait(int slot) { (void)slot; }
+  virtual void copy_async_sync(int slot) { (void)slot; }
 
   // Bytes held in each arena now and at most since creation (the high-water
   // mark metrics.jsonl reports as mem_peak_bytes). Zeros when not tracked.

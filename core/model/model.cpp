@@ -168,7 +168,7 @@ void Model::size_window() {
 
 void Model::window_reset() {
   for (int s = 0; s < 2; ++s)
-    if (window_set_[s] >= 0 && !window_ready_[s]) be_.prefetch_wait(s);  // no copy left in flight
+    if (window_set_[s] >= 0 && !window_ready_[s]) be_.copy_async_wait(s);  // no copy left in flight
   window_set_[0] = window_set_[1] = -1;
   window_ready_[0] = window_ready_[1] = false;
   for (Chunk& c : chunks_) c.streamed = nullptr;
@@ -180,12 +180,12 @@ void Model::stream_set(int set, int keep, bool use_now) {
   if (slot < 0) {
     slot = window_set_[0] == -1 ? 0 : window_set_[1] == -1 ? 1 : window_set_[0] == keep;
     if (window_set_[slot] >= 0) {
-      if (!window_ready_[slot]) be_.prefetch_wait(slot);
+      if (!window_ready_[slot]) be_.copy_async_wait(slot);
       for (Chunk* c : set_host_[window_set_[slot]]) c->streamed = nullptr;
     }
     size_t at = 0;
     for (Chunk* c : set_host_.at(set)) {
-      be_.prefetch_to_device(slot, window_[slot] + at, c->param, c->numel * sizeof(float));
+      be_.copy_async(slot, window_[slot] + at, c->param, c->numel * sizeof(float));
       c->streamed = window_[slot] + at;
       at += c->numel;
     }
@@ -193,7 +193,7 @@ void Model::stream_set(int set, int keep, bool use_now) {
     window_ready_[slot] = false;
   }
   if (!use_now || window_ready_[slot]) return;
-  be_.prefetch_wait(slot);
+  be_.copy_async_wait(slot);
   // The compute copy of a host master is its streamed copy, rounded like
   // ComputeWeights rounds the resident chunks' under bf16/fp16 compute.
   if (round_.active())

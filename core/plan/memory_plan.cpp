@@ -154,7 +154,7 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
   if (host_adam_max > 0) {
     const int64_t piece =
         std::min<int64_t>(host_adam_max, static_cast<int64_t>(offload_piece_floats(off)));
-    offload.host += 2 * buf(4 * piece);  // a gradient piece and a parameter piece
+    offload.host += 4 * buf(4 * piece);  // two sets of a gradient and a parameter piece
   }
 
   // ---- activations ------------------------------------------------------------------

@@ -32,30 +32,61 @@ HostStaging::HostStaging(Backend& be, const std::vector<Chunk>& chunks, const Of
     if (c.adam_on_host) largest = std::max(largest, c.numel);
   if (largest == 0) return;
   floats = std::min(largest, offload_piece_floats(o));
-  grad = static_cast<float*>(be_.alloc_host(floats * sizeof(float)));
-  param = static_cast<float*>(be_.alloc_host(floats * sizeof(float)));
+  for (int s = 0; s < 2; ++s) {
+    grad[s] = static_cast<float*>(be_.alloc_host(floats * sizeof(float)));
+    param[s] = static_cast<float*>(be_.alloc_host(floats * sizeof(float)));
+  }
 }
 
 HostStaging::~HostStaging() {
-  if (grad) be_.release_host(grad);
-  if (param) be_.release_host(param);
+  for (int s = 0; s < 2; ++s) {
+    if (grad[s]) be_.release_host(grad[s]);
+    if (param[s]) be_.release_host(param[s]);
+  }
 }
 
 namespace {
 
-// AdamW of one tensor of an offloaded chunk, in pieces of staging.floats.
-void host_step(Backend& be, Chunk& c, const ParamTensor& tn, const Backend::AdamArgs& a,
-               HostStaging& staging) {
-  for (size_t at = 0; at < tn.numel; at += staging.floats) {
-    const size_t off = tn.offset + at, n = std::min(staging.floats, tn.numel - at);
-    be.to_host(staging.grad, c.grad + off, n * sizeof(float));
+// One piece of an offloaded tensor: elements [off, off + n) of chunk c.
+struct HostPiece {
+  Chunk* c;
+  size_t off, n;
+  Backend::AdamArgs a;
+};
+
+constexpr int kStagingSlot = 2;  // Backend copy slots 2 and 3 (0, 1: the weight window)
+
+// AdamW of the offloaded pieces, double-buffered through the two staging
+// sets: set k % 2 (copy slot 2 + k % 2) holds piece k.
+void host_steps(Backend& be, const std::vector<HostPiece>& pieces, HostStaging& staging) {
+  auto fetch = [&](size_t k) {  // queue piece k's download
+    const HostPiece& p = pieces[k];
+    const int s = static_cast<int>(k % 2);
+    be.copy_async(kStagingSlot + s, staging.grad[s], p.c->grad + p.off, p.n * sizeof(float));
+    if (!p.c->master_on_host)
+      be.copy_async(kStagingSlot + s, staging.param[s], p.c->param + p.off, p.n * sizeof(float));
+  };
+  if (!pieces.empty()) fetch(0);
+  for (size_t k = 0; k < pieces.size(); ++k) {
+    const HostPiece& p = pieces[k];
+    const int s = static_cast<int>(k % 2);
+    // The next piece reuses the other set, whose upload (queued earlier on
+    // the same in-order copy stream) is ahead of this download.
+    if (k + 1 < pieces.size()) fetch(k + 1);
+    be.copy_async_sync(kStagingSlot + s);
+    Chunk& c = *p.c;
     if (c.master_on_host) {
-      host_adamw(c.param + off, staging.grad, c.adam_m + off, c.adam_v + off, n, a);
+      host_adamw(c.param + p.off, staging.grad[s], c.adam_m + p.off, c.adam_v + p.off, p.n, p.a);
     } else {
-      be.to_host(staging.param, c.param + off, n * sizeof(float));
-      host_adamw(staging.param, staging.grad, c.adam_m + off, c.adam_v + off, n, a);
-      be.to_device(c.param + off, staging.param, n * sizeof(float));
+      host_adamw(staging.param[s], staging.grad[s], c.adam_m + p.off, c.adam_v + p.off, p.n, p.a);
+      be.copy_async(kStagingSlot + s, c.param + p.off, staging.param[s], p.n * sizeof(float));
     }
+  }
+  // Every upload done (and ordered before the next kernels) before the
+  // staging is reused or the weights are read.
+  for (int s = 0; s < 2; ++s) {
+    be.copy_async_sync(kStagingSlot + s);
+    be.copy_async_wait(kStagingSlot + s);
   }
 }
 
@@ -73,6 +104,7 @@ void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, d
   // Device-resident moments: every tensor in one call (one launch on the
   // GPU, multi-tensor AdamW); offloaded ones on the host, piece by piece.
   std::vector<Backend::AdamTensor> ts;
+  std::vector<HostPiece> pieces;
   for (auto& c : chunks) {
     for (const auto& tn : c.tensors) {
       const float wd = tn.decay ? static_cast<float>(o.weight_decay) : 0.0f;
@@ -81,7 +113,8 @@ void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, d
                  " keeps its Adam moments on the host, but no host staging was given");
         Backend::AdamArgs h = a;
         h.weight_decay = wd;
-        host_step(be, c, tn, h, *staging);
+        for (size_t at = 0; at < tn.numel; at += staging->floats)
+          pieces.push_back({&c, tn.offset + at, std::min(staging->floats, tn.numel - at), h});
         continue;
       }
       ts.push_back({c.param + tn.offset, c.grad + tn.offset, c.adam_m + tn.offset,
@@ -89,7 +122,9 @@ void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, d
     }
   }
   a.weight_decay = 0.0f;  // per tensor
+  // The device's update first: on a GPU it runs while the host updates its share.
   if (!ts.empty()) be.adamw_multi(ts.data(), ts.size(), a);
+  if (!pieces.empty()) host_steps(be, pieces, *staging);
 }
 
 float clip_factor(const OptimConfig& o, double grad_norm) {

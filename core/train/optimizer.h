@@ -18,17 +18,19 @@ double lr_at(const OptimConfig& o, int64_t total_steps, int64_t step);
 // the caller adds the contributions of other ranks).
 double grad_sum_squares(Backend& be, const std::vector<Chunk>& chunks);
 
-// Host buffers of the offloaded optimizer step (offload.optimizer): one
-// gradient piece and one parameter piece of at most offload.chunk_mb, sized
-// to the largest chunk whose moments live on the host; none without offload.
+// Host buffers of the offloaded optimizer step (offload.optimizer): two sets
+// (double buffering: one piece is updated on the host while the next comes
+// down) of a gradient piece and a parameter piece of at most offload.chunk_mb,
+// sized to the largest chunk whose moments live on the host; none without
+// offload.
 class HostStaging {
  public:
   HostStaging(Backend& be, const std::vector<Chunk>& chunks, const OffloadConfig& o);
   ~HostStaging();
   HostStaging(const HostStaging&) = delete;
   HostStaging& operator=(const HostStaging&) = delete;
-  float* grad = nullptr;   // [floats]
-  float* param = nullptr;  // [floats]
+  float* grad[2] = {nullptr, nullptr};   // [floats] each
+  float* param[2] = {nullptr, nullptr};  // [floats] each
   size_t floats = 0;
 
  private:
@@ -41,7 +43,10 @@ class HostStaging {
 // A chunk with its moments in the host arena is updated on the host
 // (host_adamw), piece by piece through STAGING: its gradient comes down, and
 // its weights too unless the master already lives on the host, in which case
-// the next forward streams the new weights up.
+// the next forward streams the new weights up. The device-resident update is
+// issued first; the host pieces are pipelined (Backend::copy_async, slots 2
+// and 3): piece k+1 comes down while piece k is updated, piece k's weights go
+// up behind it. The arithmetic is that of one piece at a time.
 void adamw_step(Backend& be, std::vector<Chunk>& chunks, const OptimConfig& o, double lr,
                 float grad_scale, int64_t t, HostStaging* staging = nullptr);
 

@@ -1,5 +1,5 @@
-// The host arena and the offload prefetch of the CUDA backend (Backend::
-// alloc_host / prefetch_to_device / prefetch_wait; core/model streams the
+// The host arena and the offload copies of the CUDA backend (Backend::
+// alloc_host / copy_async / copy_async_wait / copy_async_sync; core/model streams the
 // offload.params layer sets through them). See test_cuda_ops.cpp for the
 // conventions; with --cpu-vs-cpu the CPU backend's synchronous defaults stand
 // in, which checks the flow of these tests on a machine without a GPU.
@@ -69,24 +69,32 @@ void test_prefetch(Backend& g) {
   const std::vector<float> a = randn(n), b = randn(n);
   std::memcpy(host[0], a.data(), bytes);
   std::memcpy(host[1], b.data(), bytes);
-  g.prefetch_to_device(0, slot[0], host[0], bytes);
-  g.prefetch_to_device(1, slot[1], host[1], bytes);
-  g.prefetch_wait(0);
-  g.prefetch_wait(1);
+  g.copy_async(0, slot[0], host[0], bytes);
+  g.copy_async(1, slot[1], host[1], bytes);
+  g.copy_async_wait(0);
+  g.copy_async_wait(1);
   expect_close("prefetch: slot 0 arrives", download(g, slot[0], n), a, kExact);
   expect_close("prefetch: slot 1 arrives", download(g, slot[1], n), b, kExact);
 
   // Ordering: work on the slot issued before a prefetch into it completes
   // first (the copy must not overwrite what those kernels still read or
-  // write), and work issued after prefetch_wait sees the new contents.
+  // write), and work issued after copy_async_wait sees the new contents.
   for (int r = 0; r < 8; ++r) g.scale(slot[0], 1.5f, n);  // reads and writes slot 0
-  g.prefetch_to_device(0, slot[0], host[1], bytes);       // then b arrives over it
-  g.prefetch_wait(0);
+  g.copy_async(0, slot[0], host[1], bytes);       // then b arrives over it
+  g.copy_async_wait(0);
   g.scale(slot[0], 2.0f, n);
   std::vector<float> want(b);
   for (float& x : want) x *= 2.0f;
   expect_close("prefetch: ordered after earlier work, before later work", download(g, slot[0], n),
                want, kExact);
+
+  // Device to host under a staging slot: the host waits (copy_async_sync)
+  // for the copy, which itself waited for the kernels before it.
+  g.scale(slot[0], 0.5f, n);  // slot 0 holds b again
+  g.copy_async(2, host[0], slot[0], bytes);
+  g.copy_async_sync(2);
+  expect_close("copy_async: device to host after earlier work", std::vector<float>(host[0], host[0] + n),
+               b, kExact);
   for (int s = 0; s < 2; ++s) {
     g.release(slot[s]);
     g.release_host(host[s]);
