@@ -153,7 +153,8 @@ class CudaBackend final : public Backend {
     M6_CUDA_CHECK(cudaFreeHost(p));
   }
   MemoryStats memory_stats() const override {
-    return {device_mem_.live(), device_mem_.peak(), host_mem_.live(), host_mem_.peak()};
+    return {device_mem_.live(), device_mem_.peak(), host_mem_.live(), host_mem_.peak(),
+            device_mem_.count() + host_mem_.count()};
   }
   void reset_memory_peaks() override {
     device_mem_.reset_peak();

@@ -21,6 +21,7 @@ class AllocTracker {
     M6_CHECK(fresh, "AllocTracker: address allocated twice");
     live_ += static_cast<int64_t>(bytes);
     peak_ = std::max(peak_, live_);
+    ++count_;
   }
   // Forgets the allocation that starts at p; throws for an address this
   // arena did not hand out (a release into the wrong arena).
@@ -39,12 +40,13 @@ class AllocTracker {
   }
   int64_t live() const { return live_; }
   int64_t peak() const { return peak_; }
+  int64_t count() const { return count_; }  // allocations made since creation
   void reset_peak() { peak_ = live_; }
 
  private:
   static uintptr_t addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
   std::map<uintptr_t, size_t> sizes_;
-  int64_t live_ = 0, peak_ = 0;
+  int64_t live_ = 0, peak_ = 0, count_ = 0;
 };
 
 }  // namespace m6

@@ -84,8 +84,11 @@ class Backend {
 
   // Bytes held in each arena now and at most since creation (the high-water
   // mark metrics.jsonl reports as mem_peak_bytes). Zeros when not tracked.
+  // allocs: allocations made in both arenas since creation (a training step
+  // makes none: every buffer comes from arenas sized at start-up).
   struct MemoryStats {
     int64_t device_live = 0, device_peak = 0, host_live = 0, host_peak = 0;
+    int64_t allocs = 0;
   };
   virtual MemoryStats memory_stats() const { return {}; }
   // Restarts the high-water marks at the bytes held now (after a start-up

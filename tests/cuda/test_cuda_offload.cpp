@@ -139,7 +139,9 @@ void test_offload_model(Backend& g) {
     Model m0(cfg, g, ExpertRange{0, E}), m1(off, g, ExpertRange{0, E});
     m0.init_params(cfg.train.seed);
     m1.init_params(cfg.train.seed);
-    for (int rep = 0; rep < 2; ++rep) {  // twice: the second pass starts from a filled window
+    int64_t allocs_after_first = 0;
+    for (int rep = 0; rep < 3; ++rep) {  // again: later passes start from a filled window
+      if (rep == 1) allocs_after_first = g.memory_stats().allocs;
       m0.zero_grads();
       m1.zero_grads();
       const MicroStats s0 = m0.forward(b, Phase::Train), s1 = m1.forward(b, Phase::Train);
@@ -148,6 +150,10 @@ void test_offload_model(Backend& g) {
       expect_close("offload model loss" + tag, {static_cast<float>(s1.loss(cfg.model.moe))},
                    {static_cast<float>(s0.loss(cfg.model.moe))}, kExact);
     }
+    const int64_t later = g.memory_stats().allocs - allocs_after_first;
+    expect_true("model steps allocate nothing after the first" + tag + " (" +
+                    std::to_string(later) + " allocations)",
+                later == 0 && allocs_after_first > 0);
     const auto g0 = m0.logical_tensors(true), g1 = m1.logical_tensors(true);
     expect_true("offload model: same tensor list" + tag, g0.size() == g1.size());
     for (size_t i = 0; i < g0.size() && i < g1.size(); ++i)

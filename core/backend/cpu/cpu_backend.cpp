@@ -34,7 +34,8 @@ class CpuBackend final : public Backend {
   void* alloc_host(size_t bytes) override { return take(host_, bytes); }
   void release_host(void* p) override { give(host_, p); }
   MemoryStats memory_stats() const override {
-    return {device_.live(), device_.peak(), host_.live(), host_.peak()};
+    return {device_.live(), device_.peak(), host_.live(), host_.peak(),
+            device_.count() + host_.count()};
   }
   void reset_memory_peaks() override {
     device_.reset_peak();
