@@ -87,6 +87,7 @@ class CudaBackend final : public Backend {
     // Destructors must not throw: errors here are ignored.
     cudaFree(partial_);
     cudaFree(adam_table_);
+    cudaFree(sumsq_table_);
     cudaFree(group_table_);
     lt_.reset();
     cudaFree(flag_);
@@ -415,6 +416,55 @@ class CudaBackend final : public Backend {
   void scale(float* x, float s, size_t n) override { cuda::launch_scale(x, s, n, stream_); }
   double sum(const float* x, size_t n) override { return reduce(x, n, false); }
   double sum_squares(const float* x, size_t n) override { return reduce(x, n, true); }
+  // One piece table per tensor list (cached: the gradient chunks are the same
+  // every step), two launches, one copy back.
+  void sum_squares_multi(double* out, const float* const* xs, const size_t* ns,
+                         size_t count) override {
+    if (count == 0) return;
+    std::vector<cuda::SumTensorDev> ts(count);
+    for (size_t i = 0; i < count; ++i) ts[i] = {xs[i], static_cast<int64_t>(ns[i])};
+    const size_t tb = count * sizeof(cuda::SumTensorDev);
+    if (tb != sumsq_host_.size() ||
+        std::memcmp(sumsq_host_.data(), ts.data(), tb) != 0) {
+      std::vector<int64_t> start, first(count + 1, 0);
+      std::vector<int32_t> tensor;
+      for (size_t i = 0; i < count; ++i) {
+        first[i] = static_cast<int64_t>(start.size());
+        for (int64_t at = 0; at < ts[i].n; at += cuda::kSumPiece) {
+          start.push_back(at);
+          tensor.push_back(static_cast<int32_t>(i));
+        }
+      }
+      first[count] = static_cast<int64_t>(start.size());
+      sumsq_pieces_ = static_cast<int64_t>(start.size());
+      // Layout: [int64 piece starts][int64 first pieces][double out][double
+      // partials][tensors][int32 piece tensors], each part 8-byte aligned.
+      const size_t P = start.size(), bytes = 8 * (P + (count + 1) + count + P) + tb + 4 * P + 8;
+      if (bytes > sumsq_bytes_) {
+        if (sumsq_table_ != nullptr) release(sumsq_table_);
+        sumsq_table_ = static_cast<char*>(alloc(bytes));
+        sumsq_bytes_ = bytes;
+      }
+      char* at = sumsq_table_;
+      to_device(at, start.data(), 8 * P);
+      to_device(at + 8 * P, first.data(), 8 * (count + 1));
+      to_device(at + 8 * (P + count + 1 + count + P), ts.data(), tb);
+      to_device(at + 8 * (P + count + 1 + count + P) + tb, tensor.data(), 4 * P);
+      sumsq_host_.assign(reinterpret_cast<const char*>(ts.data()),
+                         reinterpret_cast<const char*>(ts.data()) + tb);
+    }
+    const size_t P = static_cast<size_t>(sumsq_pieces_);
+    char* at = sumsq_table_;
+    double* dev_out = reinterpret_cast<double*>(at + 8 * (P + count + 1));
+    double* partial = dev_out + count;
+    cuda::launch_sum_squares_multi(
+        dev_out, partial,
+        reinterpret_cast<const cuda::SumTensorDev*>(at + 8 * (P + count + 1 + count + P)),
+        reinterpret_cast<const int32_t*>(at + 8 * (P + count + 1 + count + P) + tb),
+        reinterpret_cast<const int64_t*>(at), reinterpret_cast<const int64_t*>(at + 8 * P),
+        static_cast<int64_t>(P), static_cast<int64_t>(count), stream_);
+    to_host(out, dev_out, count * sizeof(double));
+  }
   bool all_finite(const float* x, size_t n) override {
     if (n == 0) return true;
     M6_CUDA_CHECK(cudaMemsetAsync(flag_, 0, sizeof(int), stream_));
@@ -665,6 +715,10 @@ class CudaBackend final : public Backend {
   size_t partial_cap_ = 0;
   char* group_table_ = nullptr;  // linear_fwd_grouped's pointer table on the device
   size_t group_table_bytes_ = 0;
+  char* sumsq_table_ = nullptr;  // sum_squares_multi's tables, outputs and partials
+  size_t sumsq_bytes_ = 0;
+  int64_t sumsq_pieces_ = 0;
+  std::vector<char> sumsq_host_;  // the tensor list the table was built for
   char* adam_table_ = nullptr;  // adamw_multi's chunk table on the device
   size_t adam_table_bytes_ = 0;
   std::vector<char> adam_table_host_;

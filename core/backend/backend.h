@@ -189,6 +189,13 @@ class Backend {
   }
   virtual double sum(const float* x, size_t n) = 0;
   virtual double sum_squares(const float* x, size_t n) = 0;
+  // out[i] = sum_squares(xs[i], ns[i]) for count tensors at once (the
+  // gradient norm over every chunk: one host round trip on the GPU instead
+  // of one per chunk). This default, one sum_squares per tensor, is the reference.
+  virtual void sum_squares_multi(double* out, const float* const* xs, const size_t* ns,
+                                 size_t count) {
+    for (size_t i = 0; i < count; ++i) out[i] = sum_squares(xs[i], ns[i]);
+  }
   virtual bool all_finite(const float* x, size_t n) = 0;
   // x[i] = round_half(x[i], t): the nearest bf16/fp16 value, ties to even
   // (core/util/half_round.h), overflow to inf. The mixed-precision compute

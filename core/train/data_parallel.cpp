@@ -4,6 +4,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "core/train/optimizer.h"
 #include "core/util/error.h"
 
 namespace m6 {
@@ -53,10 +54,9 @@ void GradSync::all_reduce(const std::vector<Chunk>& chunks) {
 double GradSync::global_norm(const std::vector<Chunk>& chunks) {
   const GridLayout& g = grid_.layout();
   double dense = 0, experts = 0;
-  for (const Chunk& c : chunks) {
-    const double s = be_.sum_squares(c.grad, c.numel);
-    (c.kind == ChunkKind::Expert ? experts : dense) += s;
-  }
+  const std::vector<double> sq = grad_squares(be_, chunks);
+  for (size_t i = 0; i < chunks.size(); ++i)
+    (chunks[i].kind == ChunkKind::Expert ? experts : dense) += sq[i];
   if (g.world == 1) return std::sqrt(dense + experts);
   // After all_reduce every holder of a tensor has the same gradient: count
   // the dense part on rank 0 and each expert on the first rank of its

@@ -19,10 +19,13 @@ double lr_at(const OptimConfig& o, int64_t total_steps, int64_t step) {
   return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
-double grad_sum_squares(Backend& be, const std::vector<Chunk>& chunks) {
-  double s = 0;
-  for (const auto& c : chunks) s += be.sum_squares(c.grad, c.numel);
-  return s;
+std::vector<double> grad_squares(Backend& be, const std::vector<Chunk>& chunks) {
+  std::vector<const float*> xs;
+  std::vector<size_t> ns;
+  for (const auto& c : chunks) xs.push_back(c.grad), ns.push_back(c.numel);
+  std::vector<double> out(chunks.size());
+  be.sum_squares_multi(out.data(), xs.data(), ns.data(), chunks.size());
+  return out;
 }
 
 HostStaging::HostStaging(Backend& be, const std::vector<Chunk>& chunks, const OffloadConfig& o)

@@ -14,9 +14,10 @@ namespace m6 {
 // the remaining decay_steps (train.steps when 0); min_lr afterwards. step is 0-based.
 double lr_at(const OptimConfig& o, int64_t total_steps, int64_t step);
 
-// Sum of squares of the gradients of the given chunks (for the global norm;
-// the caller adds the contributions of other ranks).
-double grad_sum_squares(Backend& be, const std::vector<Chunk>& chunks);
+// Sum of squares of each chunk's gradient, in chunk order (for the global
+// norm; the caller adds the contributions of other ranks).
+// Backend::sum_squares_multi: one host round trip for all of them.
+std::vector<double> grad_squares(Backend& be, const std::vector<Chunk>& chunks);
 
 // Host buffers of the offloaded optimizer step (offload.optimizer): two sets
 // (double buffering: one piece is updated on the host while the next comes

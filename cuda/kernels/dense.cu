@@ -74,6 +74,29 @@ __global__ void sum_final_kernel(double* out, const double* partial, size_t bloc
   out[0] = total;
 }
 
+__global__ void sum_squares_piece_kernel(double* partial, const SumTensorDev* ts,
+                                         const int32_t* piece_tensor, const int64_t* piece_start) {
+  const int64_t c = blockIdx.x;
+  const SumTensorDev t = ts[piece_tensor[c]];
+  const int64_t lo = piece_start[c], hi = lo + kSumPiece < t.n ? lo + kSumPiece : t.n;
+  double acc = 0.0;
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    const double v = t.x[i];
+    acc += v * v;
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[c] = acc;
+}
+
+__global__ void sum_pieces_kernel(double* out, const double* partial, const int64_t* first_piece,
+                                  int64_t count) {
+  M6_GRID_STRIDE(t, static_cast<size_t>(count)) {
+    double total = 0.0;
+    for (int64_t c = first_piece[t]; c < first_piece[t + 1]; c++) total += partial[c];
+    out[t] = total;
+  }
+}
+
 __global__ void all_finite_kernel(int* bad, const float* x, size_t n) {
   M6_GRID_STRIDE(i, n) if (!isfinite(x[i])) *bad = 1;
 }
@@ -137,6 +160,21 @@ void launch_sum(double* out, double* partial, const float* x, size_t n, bool squ
     M6_LAUNCH_CHECK();
   }
   sum_final_kernel<<<1, 1, 0, st>>>(out, partial, blocks);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_sum_squares_multi(double* out, double* partial, const SumTensorDev* ts,
+                              const int32_t* piece_tensor, const int64_t* piece_start,
+                              const int64_t* first_piece, int64_t pieces, int64_t count,
+                              cudaStream_t st) {
+  if (count == 0) return;
+  if (pieces > 0) {
+    sum_squares_piece_kernel<<<static_cast<unsigned>(pieces), kThreads, 0, st>>>(
+        partial, ts, piece_tensor, piece_start);
+    M6_LAUNCH_CHECK();
+  }
+  sum_pieces_kernel<<<grid_1d(static_cast<size_t>(count), kThreads), kThreads, 0, st>>>(
+      out, partial, first_piece, count);
   M6_LAUNCH_CHECK();
 }
 

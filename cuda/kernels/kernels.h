@@ -34,6 +34,23 @@ void launch_scale(float* x, float s, size_t n, cudaStream_t st);
 size_t reduce_partials(size_t n);
 void launch_sum(double* out, double* partial, const float* x, size_t n, bool squares,
                 cudaStream_t st);
+// Sums of squares of many tensors in one pass (the gradient norm over every
+// chunk: one launch pair and one copy back instead of one per tensor).
+// Tensor t is ts[t].x[0..n), cut into pieces of kSumPiece elements: piece c
+// is elements [piece_start[c], +kSumPiece) of tensor piece_tensor[c], a
+// tensor's pieces consecutive, tensor t's being [first_piece[t],
+// first_piece[t+1]). out[t] = the sum in order of its pieces' partial sums
+// (double; partial: [pieces] scratch). Deterministic.
+struct SumTensorDev {
+  const float* x;
+  int64_t n;
+};
+constexpr int64_t kSumPiece = 4096;
+void launch_sum_squares_multi(double* out, double* partial, const SumTensorDev* ts,
+                              const int32_t* piece_tensor, const int64_t* piece_start,
+                              const int64_t* first_piece, int64_t pieces, int64_t count,
+                              cudaStream_t st);
+
 // *bad = 1 if some element is NaN or +-Inf (bad must be zeroed before)
 void launch_all_finite(int* bad, const float* x, size_t n, cudaStream_t st);
 
