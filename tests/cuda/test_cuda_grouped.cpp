@@ -67,3 +67,33 @@ void test_linear_bwd_grouped(Backend& c, Backend& g, Backend& g_bf16) {
     }
   }
 }
+
+// The gradient norm's multi-tensor sum of squares against one sum_squares
+// per tensor on the CPU: sizes around the piece size, an empty tensor, and a
+// second call with another list (the CUDA piece table is cached per list).
+void test_sum_squares_multi(Backend& c, Backend& g) {
+  Twin t{c, g};
+  for (const std::vector<size_t>& sizes :
+       {std::vector<size_t>{1, 4095, 4096, 4097, 0, 100000, 3},
+        std::vector<size_t>{70000, 5}}) {
+    std::vector<Twin::Buf> bufs;
+    std::vector<const float*> xs;
+    std::vector<size_t> ns;
+    std::vector<float> want;
+    for (size_t n : sizes) {
+      bufs.push_back(t.make(nullptr, 0));  // placeholder for n == 0 (no storage needed)
+      if (n > 0) bufs.back() = t.f(randn(n));
+      ns.push_back(n);
+      want.push_back(n > 0 ? static_cast<float>(c.sum_squares(bufs.back().fc(), n)) : 0.0f);
+      xs.push_back(bufs.back().fg());
+    }
+    std::vector<double> out(sizes.size(), -1.0);
+    for (int rep = 0; rep < 2; ++rep) {  // the second call reuses the table
+      g.sum_squares_multi(out.data(), xs.data(), ns.data(), xs.size());
+      std::vector<float> got(out.begin(), out.end());
+      expect_close("sum_squares_multi " + std::to_string(sizes.size()) + " tensors, call " +
+                       std::to_string(rep + 1),
+                   got, want, kReduce);
+    }
+  }
+}

@@ -390,6 +390,7 @@ void test_moe(Backend& c, Backend& g);         // test_cuda_moe.cpp
 void test_model_step(Backend& c, Backend& g);  // test_cuda_moe.cpp
 void test_offload(Backend& g);                 // test_cuda_offload.cpp
 void test_linear_bwd_grouped(Backend& c, Backend& g, Backend& g_bf16);  // test_cuda_grouped.cpp
+void test_sum_squares_multi(Backend& c, Backend& g);                    // test_cuda_grouped.cpp
 
 // --cpu-vs-cpu: a second CpuBackend stands in for CUDA, which checks this
 // harness (buffer sizes, the flow of the MoE checks) on a machine without a GPU.
@@ -436,6 +437,7 @@ int main(int argc, char** argv) {
     test_transformer(*cpu, *gpu);
     test_moe(*cpu, *gpu);
     test_model_step(*cpu, *gpu);
+    test_sum_squares_multi(*cpu, *gpu);
     test_offload(*gpu);
   } catch (const std::exception& e) {
     std::printf("FAIL exception: %s\n", e.what());
