@@ -273,8 +273,10 @@ void test_linear(Backend& c, Backend& g, Backend& g_bf16) {
 // Half mode only: the router's linear layer, whose weight keeps an fp32
 // compute copy (README "Mixed precision"): rounded input x, fp32 weight, fp32
 // logits; backward dx += dlogits W (fp32 dlogits, into the MoE layer's input
-// gradient, rounded after) and dW += dlogits^T x (fp32). A backend that feeds
-// these fp32 operands to bf16 tensor cores rounds them and fails here.
+// gradient, rounded after) and dW += dlogits^T x (fp32). Under Fp32Gemms as
+// in MoeLayer; a backend that still fed these fp32 operands to the bf16
+// tensor cores would round them and fail here. The guard restores the
+// backend's setting when it ends.
 void test_router_linear(Backend& c, Backend& g) {
   Twin t{c, g};
   const int n = 37, in = 96, E = 8;
@@ -283,15 +285,23 @@ void test_router_linear(Backend& c, Backend& g) {
                            hd = randn(static_cast<size_t>(n) * E);
   auto x = t.f(hx), w = t.f32(hw);
   auto y = t.zeros_f(static_cast<size_t>(n) * E);
-  c.linear_fwd(y.fc(), nullptr, x.fc(), w.fc(), nullptr, n, in, E);
-  g.linear_fwd(y.fg(), nullptr, x.fg(), w.fg(), nullptr, n, in, E);
+  {
+    Fp32Gemms fc(c), fg(g);
+    c.linear_fwd(y.fc(), nullptr, x.fc(), w.fc(), nullptr, n, in, E);
+    g.linear_fwd(y.fg(), nullptr, x.fg(), w.fg(), nullptr, n, in, E);
+  }
   t.check_f32("router linear_fwd (fp32 weight) logits", y, kGemm, gemm_abs(in, hx, hw));
   auto dl = t.f32(hd), dx = t.f(randn(static_cast<size_t>(n) * in));
   auto dw = t.f32(randn(static_cast<size_t>(E) * in));
-  linear_bwd(c, dx.fc(), GradMode::Accumulate, dw.fc(), nullptr, dl.fc(), x.fc(), w.fc(), n, in, E);
-  linear_bwd(g, dx.fg(), GradMode::Accumulate, dw.fg(), nullptr, dl.fg(), x.fg(), w.fg(), n, in, E);
+  {
+    Fp32Gemms fc(c), fg(g);
+    linear_bwd(c, dx.fc(), GradMode::Accumulate, dw.fc(), nullptr, dl.fc(), x.fc(), w.fc(), n, in, E);
+    linear_bwd(g, dx.fg(), GradMode::Accumulate, dw.fg(), nullptr, dl.fg(), x.fg(), w.fg(), n, in, E);
+  }
   t.check_f("router linear_bwd dx (fp32 dlogits, weight)", dx, kGemm, gemm_abs(E, hd, hw));
   t.check_f32("router linear_bwd dw", dw, kGemm, gemm_abs(n, hd, hx));
+  expect_true("Fp32Gemms restores the backend's GEMM mode",
+              !g.set_fp32_gemms(false) && !c.set_fp32_gemms(false));
 }
 
 // The experts' grouped linear (one grouped cuBLAS call + one bias/GELU kernel
