@@ -177,7 +177,9 @@ class CudaBackend final : public Backend {
   void linear_fwd(float* y, float* act, const float* x, const float* w, const float* b, int n,
                   int in, int out) override {
     check_nonneg("linear_fwd", n, in, out);
-    if (n > 0 && in > 0 && out > 0 && lt_->run(y, act, x, w, b, n, in, out, half_gemms(), stream_)) return;
+    if (n > 0 && in > 0 && out > 0 &&
+        lt_->run(y, act, x, w, b, n, in, out, half_gemms(), stream_))
+      return;
     Backend::linear_fwd(y, act, x, w, b, n, in, out);
   }
   // Every group's GEMM in one cublasGemmGroupedBatchedEx call (the

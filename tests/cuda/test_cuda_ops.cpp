@@ -295,8 +295,10 @@ void test_router_linear(Backend& c, Backend& g) {
   auto dw = t.f32(randn(static_cast<size_t>(E) * in));
   {
     Fp32Gemms fc(c), fg(g);
-    linear_bwd(c, dx.fc(), GradMode::Accumulate, dw.fc(), nullptr, dl.fc(), x.fc(), w.fc(), n, in, E);
-    linear_bwd(g, dx.fg(), GradMode::Accumulate, dw.fg(), nullptr, dl.fg(), x.fg(), w.fg(), n, in, E);
+    linear_bwd(c, dx.fc(), GradMode::Accumulate, dw.fc(), nullptr, dl.fc(), x.fc(), w.fc(), n, in,
+               E);
+    linear_bwd(g, dx.fg(), GradMode::Accumulate, dw.fg(), nullptr, dl.fg(), x.fg(), w.fg(), n, in,
+               E);
   }
   t.check_f("router linear_bwd dx (fp32 dlogits, weight)", dx, kGemm, gemm_abs(E, hd, hw));
   t.check_f32("router linear_bwd dw", dw, kGemm, gemm_abs(n, hd, hx));

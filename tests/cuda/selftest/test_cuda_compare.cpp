@@ -114,9 +114,9 @@ void test_mode(Backend& c, Backend& g, HalfType h) {
       }
     }
   }
-  expect(n > 1000 && one_out == 0,
-         "half_limit admits one ulp" + m + ": " + std::to_string(one_out) + " of " +
-             std::to_string(n) + " outside");
+  expect(n > 1000 && one_out == 0, "half_limit admits one ulp" + m + ": " +
+                                       std::to_string(one_out) + " of " + std::to_string(n) +
+                                       " outside");
   expect(four_in == 0, "half_limit rejects four ulps" + m + ": " + std::to_string(four_in) +
                            " of " + std::to_string(n) + " inside");
   g_half.reset();
