@@ -4,10 +4,12 @@
 // (kTol), NaN never passes; awkward shapes on purpose (1 token, widths 257 and
 // 259, an expert with no token, top_k = E, ties in the router). Then a tiny
 // model: same init on each backend, forward + backward on one batch, loss and
-// every gradient compared.
+// every gradient compared. With --compute bf16|fp16 the same checks run under
+// precision.compute's semantics, with the tolerance derived from the format
+// (cuda_test_util.h, "Half precision").
 //
-// Exit codes: 0 all passed, 1 some check failed, 77 no CUDA device (ctest
-// reports the test as skipped, never as passed: SKIP_RETURN_CODE 77).
+// Exit codes: 0 all passed, 1 some check failed, 2 usage, 77 no CUDA device
+// (ctest reports the test as skipped, never as passed: SKIP_RETURN_CODE 77).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
