@@ -234,7 +234,7 @@ class CudaBackend final : public Backend {
       return;
     }
     const float alpha = g.alpha, beta = g.beta;
-    if (bf16_) {
+    if (half_gemms()) {
       M6_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
           blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b,
           CUDA_R_32F, ldb, g.stride_b, g.a, CUDA_R_32F, lda, g.stride_a, &beta, g.c, CUDA_R_32F,
@@ -251,7 +251,9 @@ class CudaBackend final : public Backend {
   void linear_fwd(float* y, float* act, const float* x, const float* w, const float* b, int n,
                   int in, int out) override {
     check_nonneg("linear_fwd", n, in, out);
-    if (n > 0 && in > 0 && out > 0 && lt_->run(y, act, x, w, b, n, in, out, bf16_, stream_)) return;
+    if (n > 0 && in > 0 && out > 0 &&
+        lt_->run(y, act, x, w, b, n, in, out, half_gemms(), stream_))
+      return;
     Backend::linear_fwd(y, act, x, w, b, n, in, out);
   }
   // Every group's GEMM in one cublasGemmGroupedBatchedEx call (the
@@ -308,7 +310,7 @@ class CudaBackend final : public Backend {
         reinterpret_cast<const void* const*>(group_table_), CUDA_R_32F, lda.data(),
         reinterpret_cast<const void* const*>(group_table_ + pb), CUDA_R_32F, ldb.data(),
         beta.data(), reinterpret_cast<void* const*>(group_table_ + 2 * pb), CUDA_R_32F, ldc.data(),
-        G, size.data(), bf16_ ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F);
+        G, size.data(), half_gemms() ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F);
     if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // an older cuBLAS: one GEMM per group
       M6_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` must outlive the copy above
       return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
@@ -472,6 +474,13 @@ class CudaBackend final : public Backend {
     int bad = 0;
     to_host(&bad, flag_, sizeof(int));
     return bad == 0;
+  }
+  bool set_fp32_gemms(bool on) override {
+    const bool prev = fp32_gemms_;
+    if (bf16_ && on != prev)  // fp32 GEMMs as in fp32 mode (no TF32, no reduced-precision sums)
+      M6_CUBLAS_CHECK(cublasSetMathMode(blas_, on ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH));
+    fp32_gemms_ = on;
+    return prev;
   }
   void round_half(float* x, size_t n, HalfType t) override {
     cuda::launch_round_half(x, n, t, stream_);
@@ -700,6 +709,8 @@ class CudaBackend final : public Backend {
 
   int device_;
   bool bf16_ = false;
+  bool fp32_gemms_ = false;  // set_fp32_gemms: bf16_ suspended (the router)
+  bool half_gemms() const { return bf16_ && !fp32_gemms_; }
   std::unique_ptr<cuda::LtLinear> lt_;  // created on the device, in the constructor
   std::string name_;
   cudaStream_t stream_ = nullptr;

@@ -6,7 +6,13 @@
 # scripts/setup.sh).
 #
 #   1. [cuda] op tests: every op of backend.h, CUDA against the CPU reference,
-#      in fp32 and with precision.compute bf16 (test_cuda_ops --compute bf16).
+#      in fp32 and under precision.compute bf16 and fp16 (test_cuda_ops
+#      --compute bf16|fp16: inputs rounded where the model stores them
+#      rounded, outputs rounded on each backend where the model rounds them,
+#      GEMMs on the bf16 tensor cores in bf16; each rounded output within one
+#      ulp of the format plus the op's fp32 tolerance, tests/cuda/
+#      cuda_test_util.h "Half precision"). Exit 0 pass, 1 fail, 2 the mode is
+#      missing from the build (MISSING row), 77 no CUDA device.
 #   2. NCCL communicator, world of 1 without MPI (test_cuda_nccl): every
 #      collective on device and host buffers, bf16/fp16 payloads, split, and
 #      a stuck collective aborted after the timeout. With 2+ GPUs and mpirun
@@ -113,6 +119,7 @@ op_test() {  # NAME ARGS...
 echo "== op tests ($(secs) s)"
 op_test "cuda ops fp32" "$run" test_cuda_ops
 op_test "cuda ops bf16" "$run" test_cuda_ops --compute bf16
+op_test "cuda ops fp16" "$run" test_cuda_ops --compute fp16
 
 # ---- 2. NCCL ------------------------------------------------------------------------
 echo "== NCCL ($(secs) s)"

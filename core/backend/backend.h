@@ -321,6 +321,29 @@ class Backend {
       adamw(ts[i].p, ts[i].g, ts[i].m, ts[i].v, ts[i].n, b);
     }
   }
+
+  // GEMMs whose operands are not half values (the router's fp32 weight and
+  // logit gradient under precision.compute: bf16): while on, a backend whose
+  // GEMMs convert operands to a half type (CUDA's bf16 tensor cores) runs
+  // gemm / linear_fwd / linear_fwd_grouped in fp32. Returns the previous
+  // setting. The CPU's GEMMs are always fp32: nothing to do. Use Fp32Gemms.
+  virtual bool set_fp32_gemms(bool on) {
+    (void)on;
+    return false;
+  }
+};
+
+// Scoped Backend::set_fp32_gemms(true).
+class Fp32Gemms {
+ public:
+  explicit Fp32Gemms(Backend& be) : be_(be), prev_(be.set_fp32_gemms(true)) {}
+  ~Fp32Gemms() { be_.set_fp32_gemms(prev_); }
+  Fp32Gemms(const Fp32Gemms&) = delete;
+  Fp32Gemms& operator=(const Fp32Gemms&) = delete;
+
+ private:
+  Backend& be_;
+  bool prev_;
 };
 
 // The CPU reference backend (OpenBLAS GEMMs, OpenMP loops). threads <= 0: all cores.

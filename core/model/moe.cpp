@@ -244,8 +244,12 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   x_ = x;
   n_ = n;
   ra_.n = n;
-  // Router in fp32, no bias (its compute copy is fp32; x is the stored activation).
-  linear_fwd(be_, logits_, x, router.weight_of("router.weight"), nullptr, n, d, E);
+  // Router in fp32, no bias (its compute copy is fp32; x is the stored
+  // activation): fp32 GEMMs also where the backend's run on bf16 tensor cores.
+  {
+    Fp32Gemms fp32(be_);
+    linear_fwd(be_, logits_, x, router.weight_of("router.weight"), nullptr, n, d, E);
+  }
   be_.router_fwd(probs_, lse_, expert_, gate_, logits_, ra_);
   be_.moe_assign(pos_, count_, demand_, expert_, n, S_, E, moe_capacity(m_.moe, n, phase));
 
@@ -306,6 +310,7 @@ void MoeLayer::backward(float* dx, const float* dy, const Chunk& router,
   be_.router_bwd(dlogits_, dgate_, probs_, lse_, expert_, gate_, demand_,
                  static_cast<float>(m_.moe.aux_loss_coef * grad_scale),
                  static_cast<float>(m_.moe.z_loss_coef * grad_scale), ra_);
+  Fp32Gemms fp32(be_);  // dlogits and the router weight are fp32
   linear_bwd(be_, dx, GradMode::Accumulate, router.grad_of("router.weight"), nullptr, dlogits_, x_,
              router.weight_of("router.weight"), n, d, E);
 }

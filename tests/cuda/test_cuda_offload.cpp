@@ -103,7 +103,8 @@ void test_prefetch(Backend& g) {
 
 // The model with every layer's master weights and moments in the host arena
 // (offload.params = optimizer = 1: the layers stream through the two-slot
-// prefetch window) computes the same bits as with everything resident.
+// prefetch window) computes the same bits as with everything resident, in
+// fp32 and (half mode) under precision.compute bf16/fp16.
 void test_offload_model(Backend& g) {
   Config cfg;
   cfg.model.vocab_size = 29;
@@ -122,6 +123,9 @@ void test_offload_model(Backend& g) {
   cfg.train.threads = 1;
   cfg.train.seed = 11;
   cfg.data.train = cfg.data.val = "unused";
+  // Half mode: the streamed weights are rounded when their layer runs, as
+  // the resident chunks' compute copies are.
+  if (g_half) cfg.precision.compute = *g_half == HalfType::BF16 ? Precision::Bf16 : Precision::Fp16;
   Batch b;
   b.B = 2;
   b.T = 5;

@@ -4,10 +4,12 @@
 // (kTol), NaN never passes; awkward shapes on purpose (1 token, widths 257 and
 // 259, an expert with no token, top_k = E, ties in the router). Then a tiny
 // model: same init on each backend, forward + backward on one batch, loss and
-// every gradient compared.
+// every gradient compared. With --compute bf16|fp16 the same checks run under
+// precision.compute's semantics, with the tolerance derived from the format
+// (cuda_test_util.h, "Half precision").
 //
-// Exit codes: 0 all passed, 1 some check failed, 77 no CUDA device (ctest
-// reports the test as skipped, never as passed: SKIP_RETURN_CODE 77).
+// Exit codes: 0 all passed, 1 some check failed, 2 usage, 77 no CUDA device
+// (ctest reports the test as skipped, never as passed: SKIP_RETURN_CODE 77).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +21,7 @@
 
 #include "core/backend/backend.h"
 #include "core/backend/cuda_factory.h"
+#include "core/model/linear.h"
 #include "core/parallel/half.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -37,7 +40,9 @@ void test_gemm(Backend& c, Backend& g, Trans ta, Trans tb, int m, int n, int k, 
   const int lda = wa + pad, ldb = wb + pad, ldc = n + pad;
   const int64_t sa = static_cast<int64_t>(ha) * lda + 3, sb = static_cast<int64_t>(hb) * ldb + 1;
   const int64_t sc = static_cast<int64_t>(m) * ldc + 2;
-  auto A = t.f(randn(sa * batch + 8)), B = t.f(randn(sb * batch + 8)), C = t.f(randn(sc * batch + 8));
+  const std::vector<float> hA = randn(sa * batch + 8), hB = randn(sb * batch + 8);
+  auto A = t.f(hA), B = t.f(hB), C = t.f(randn(sc * batch + 8));
+  const double ga = gemm_abs(k, hA, hB);
   GemmArgs a;
   a.trans_a = ta;
   a.trans_b = tb;
@@ -52,10 +57,50 @@ void test_gemm(Backend& c, Backend& g, Trans ta, Trans tb, int m, int n, int k, 
   std::snprintf(name, sizeof name, "gemm %c%c m%d n%d k%d pad%d b%d beta%g",
                 ta == Trans::Yes ? 'T' : 'N', tb == Trans::Yes ? 'T' : 'N', m, n, k, pad, batch,
                 beta);
-  t.check_f(name, C, k == 0 ? kElem : kGemm);
+  // Half mode: dW = dy^T x (trans_a, the weight-gradient GEMM of linear_bwd)
+  // is an fp32 gradient; the other shapes produce activation gradients
+  // (dx = dy W), stored rounded.
+  if (ta == Trans::Yes)
+    t.check_f32(name, C, k == 0 ? kElem : kGemm, ga);
+  else
+    t.check_f(name, C, k == 0 ? kElem : kGemm, ga);
+}
+
+// Half mode only: the rounding is really applied. A linear layer on unrounded
+// inputs (the CPU in fp32) against the same layer under precision.compute on
+// the GPU (rounded inputs, rounded output): they must differ by more than a
+// quarter of the format's unit roundoff (relative to the output's scale), and
+// by less than 16 of them.
+void test_half_differs(Backend& c, Backend& g) {
+  const HalfType h = *g_half;
+  const double u = half_unit_roundoff(h);
+  const int n = 64, in = 96, out = 40;
+  const std::vector<float> hx = randn(static_cast<size_t>(n) * in),
+                           hw = randn(static_cast<size_t>(out) * in, 0.2f);
+  Twin t{c, g};
+  auto x32 = t.f32(hx), w32 = t.f32(hw), xh = t.f(hx), wh = t.f(hw);
+  auto y32 = t.zeros_f(static_cast<size_t>(n) * out), yh = t.zeros_f(static_cast<size_t>(n) * out);
+  c.linear_fwd(y32.fc(), nullptr, x32.fc(), w32.fc(), nullptr, n, in, out);
+  g.linear_fwd(yh.fg(), nullptr, xh.fg(), wh.fg(), nullptr, n, in, out);
+  t.round_g(yh);
+  std::vector<float> a(static_cast<size_t>(n) * out), b(a.size());
+  c.to_host(a.data(), y32.c, a.size() * 4);
+  g.to_host(b.data(), yh.g, b.size() * 4);
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(a[i])));
+  }
+  const double rel = diff / scale;
+  char what[160];
+  std::snprintf(what, sizeof what,
+                "%s differs from fp32: max|diff|/max|y| %.3g in (u/4, 16u), u = %.3g",
+                half_name(h), rel, u);
+  expect_true(what, rel > u / 4 && rel < 16 * u);
 }
 
 void test_dense(Backend& c, Backend& g) {
+  if (g_half) test_half_differs(c, g);
   for (Trans ta : {Trans::No, Trans::Yes})
     for (Trans tb : {Trans::No, Trans::Yes}) test_gemm(c, g, ta, tb, 5, 7, 3, 0, 1, 1.0f, 0.0f);
   test_gemm(c, g, Trans::No, Trans::Yes, 257, 259, 33, 0, 1, 0.5f, 1.0f);
@@ -68,13 +113,13 @@ void test_dense(Backend& c, Backend& g) {
     Twin t{c, g};
     const int w = 259;
     auto y = t.f(randn(static_cast<size_t>(n) * w)), b = t.f(randn(w));
-    auto db = t.f(randn(w));
+    auto db = t.f32(randn(w));  // a weight gradient: fp32
     c.add_bias(y.fc(), b.fc(), n, w);
     g.add_bias(y.fg(), b.fg(), n, w);
     t.check_f("add_bias n" + std::to_string(n), y, kElem);
     c.bias_grad(db.fc(), y.fc(), n, w);
     g.bias_grad(db.fg(), y.fg(), n, w);
-    t.check_f("bias_grad n" + std::to_string(n), db, kReduce);
+    t.check_f32("bias_grad n" + std::to_string(n), db, kReduce);
   }
   {
     Twin t{c, g};
@@ -85,10 +130,10 @@ void test_dense(Backend& c, Backend& g) {
     t.check_f("add (y = a)", a, kElem);
     c.axpy(a.fc(), -0.3f, b.fc(), n);
     g.axpy(a.fg(), -0.3f, b.fg(), n);
-    t.check_f("axpy", a, kElem);
+    t.check_f32("axpy", a, kElem);  // gradient arithmetic: fp32
     c.scale(a.fc(), 1.7f, n);
     g.scale(a.fg(), 1.7f, n);
-    t.check_f("scale", a, kElem);
+    t.check_f32("scale", a, kElem);
     for (size_t len : {size_t{0}, size_t{1}, size_t{4097}, n}) {
       const std::string s = " n" + std::to_string(len);
       expect_close("sum" + s, {static_cast<float>(g.sum(a.fg(), len))},
@@ -100,7 +145,7 @@ void test_dense(Backend& c, Backend& g) {
     for (float bad : {NAN, INFINITY, -INFINITY}) {
       std::vector<float> v = randn(259);
       v[258] = bad;
-      auto x = t.f(v);
+      auto x = t.f32(v);
       expect_true("all_finite sees " + std::to_string(bad), !g.all_finite(x.fg(), 259));
     }
   }
@@ -110,12 +155,12 @@ void test_dense(Backend& c, Backend& g) {
     for (size_t i = 0; i < v.size(); ++i)  // normal, fp16-subnormal and large magnitudes
       v[i] *= i % 3 == 0 ? 1000.0f : i % 3 == 1 ? 1e-6f : 1.0f;
     for (HalfType h : {HalfType::BF16, HalfType::F16}) {
-      auto x = t.f(v);
+      auto x = t.f32(v);  // unrounded, in every mode
       c.round_half(x.fc(), v.size(), h);
       g.round_half(x.fg(), v.size(), h);
-      t.check_f(h == HalfType::BF16 ? "round_half bf16" : "round_half fp16", x, kExact);
+      t.check_f32(h == HalfType::BF16 ? "round_half bf16" : "round_half fp16", x, kExact);
       std::vector<float> big = {70000.0f, -1e30f, 0.0f};
-      auto y = t.f(big);
+      auto y = t.f32(big);
       g.round_half(y.fg(), big.size(), h);
       std::vector<float> back(big.size());
       g.to_host(back.data(), y.fg(), big.size() * sizeof(float));
@@ -126,15 +171,16 @@ void test_dense(Backend& c, Backend& g) {
   {  // AdamW, two steps
     Twin t{c, g};
     const size_t n = 4099;
-    auto p = t.f(randn(n)), gr = t.f(randn(n)), m = t.zeros_f(n), v = t.zeros_f(n);
+    // master weights, gradients and moments: fp32 in every mode
+    auto p = t.f32(randn(n)), gr = t.f32(randn(n)), m = t.zeros_f(n), v = t.zeros_f(n);
     for (int64_t step = 1; step <= 2; ++step) {
       const Backend::AdamArgs a{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, step};
       c.adamw(p.fc(), gr.fc(), m.fc(), v.fc(), n, a);
       g.adamw(p.fg(), gr.fg(), m.fg(), v.fg(), n, a);
     }
-    t.check_f("adamw p", p, kElem);
-    t.check_f("adamw m", m, kElem);
-    t.check_f("adamw v", v, kElem);
+    t.check_f32("adamw p", p, kElem);
+    t.check_f32("adamw m", m, kElem);
+    t.check_f32("adamw v", v, kElem);
   }
   // Multi-tensor AdamW (one launch on the GPU) against the CPU reference,
   // which is adamw() per tensor: sizes across the chunk boundary (16384), an
@@ -146,8 +192,8 @@ void test_dense(Backend& c, Backend& g) {
     const std::vector<size_t> sizes = {1, 257, 16384, 16385, 0, 40000};
     std::vector<Twin::Buf> P, G, M, V;
     for (size_t n : sizes) {
-      P.push_back(t.f(randn(n + 1)));
-      G.push_back(t.f(randn(n + 1)));
+      P.push_back(t.f32(randn(n + 1)));
+      G.push_back(t.f32(randn(n + 1)));
       M.push_back(t.zeros_f(n + 1));
       V.push_back(t.zeros_f(n + 1));
     }
@@ -168,9 +214,9 @@ void test_dense(Backend& c, Backend& g) {
     }
     for (size_t i = 0; i < sizes.size(); ++i) {
       const std::string s = " n" + std::to_string(sizes[i]);
-      t.check_f("adamw_multi p" + s, P[i], kElem);  // element n (past the tensor) untouched
-      t.check_f("adamw_multi m" + s, M[i], kElem);
-      t.check_f("adamw_multi v" + s, V[i], kElem);
+      t.check_f32("adamw_multi p" + s, P[i], kElem);  // element n (past the tensor) untouched
+      t.check_f32("adamw_multi m" + s, M[i], kElem);
+      t.check_f32("adamw_multi v" + s, V[i], kElem);
     }
   }
 }
@@ -186,7 +232,10 @@ void test_linear(Backend& c, Backend& g, Backend& g_bf16) {
                         {64, 256, 768, true, true, 0}, {5, 24, 72, false, true, 1},
                         {33, 96, 40, true, false, 1},  {7, 64, 256, false, false, 0},
                         {0, 8, 8, true, true, 0}};
-  for (bool half : {false, true}) {
+  // fp32 mode: a second pass on the bf16 tensor-core backend with bf16
+  // operands. Half mode: one pass, operands rounded by Twin::f, the GPU
+  // backend configured as the trainer configures it.
+  for (bool half : g_half ? std::vector<bool>{false} : std::vector<bool>{false, true}) {
     Backend& gg = half ? g_bf16 : g;
     for (const Case& k : cases) {
       Twin t{c, gg};
@@ -206,13 +255,15 @@ void test_linear(Backend& c, Backend& g, Backend& g_bf16) {
       std::snprintf(name, sizeof name, "linear_fwd%s n%d in%d out%d%s%s%s", half ? " bf16" : "",
                     k.n, k.in, k.out, k.bias ? " bias" : "", k.gelu ? " gelu" : "",
                     s ? " unaligned" : "");
-      t.check_f(std::string(name) + " y", y, kGemm);
-      if (k.gelu) t.check_f(std::string(name) + " act", act, kGemm);
+      const double ga = gemm_abs(k.in, hx, hw);
+      t.check_f(std::string(name) + " y", y, kGemm, ga);
+      if (k.gelu) t.check_f(std::string(name) + " act", act, kGemm, ga);
       {  // deterministic mode: a second run gives the same bits
         std::vector<float> first(ny), second(ny);
         gg.to_host(first.data(), y.g, ny * 4);
         gg.linear_fwd(y.fg() + s, k.gelu ? act.fg() + s : nullptr, x.fg() + s, w.fg() + s,
                       k.bias ? b.fg() + s : nullptr, k.n, k.in, k.out);
+        t.round_g(y);  // half mode: `first` was rounded by check_f
         gg.to_host(second.data(), y.g, ny * 4);
         expect_true(std::string(name) + " reproducible bit for bit",
                     std::memcmp(first.data(), second.data(), ny * 4) == 0);
@@ -221,11 +272,47 @@ void test_linear(Backend& c, Backend& g, Backend& g_bf16) {
   }
 }
 
+// Half mode only: the router's linear layer, whose weight keeps an fp32
+// compute copy (README "Mixed precision"): rounded input x, fp32 weight, fp32
+// logits; backward dx += dlogits W (fp32 dlogits, into the MoE layer's input
+// gradient, rounded after) and dW += dlogits^T x (fp32). Under Fp32Gemms as
+// in MoeLayer; a backend that still fed these fp32 operands to the bf16
+// tensor cores would round them and fail here. The guard restores the
+// backend's setting when it ends.
+void test_router_linear(Backend& c, Backend& g) {
+  Twin t{c, g};
+  const int n = 37, in = 96, E = 8;
+  const std::vector<float> hx = randn(static_cast<size_t>(n) * in),
+                           hw = randn(static_cast<size_t>(E) * in, 0.2f),
+                           hd = randn(static_cast<size_t>(n) * E);
+  auto x = t.f(hx), w = t.f32(hw);
+  auto y = t.zeros_f(static_cast<size_t>(n) * E);
+  {
+    Fp32Gemms fc(c), fg(g);
+    c.linear_fwd(y.fc(), nullptr, x.fc(), w.fc(), nullptr, n, in, E);
+    g.linear_fwd(y.fg(), nullptr, x.fg(), w.fg(), nullptr, n, in, E);
+  }
+  t.check_f32("router linear_fwd (fp32 weight) logits", y, kGemm, gemm_abs(in, hx, hw));
+  auto dl = t.f32(hd), dx = t.f(randn(static_cast<size_t>(n) * in));
+  auto dw = t.f32(randn(static_cast<size_t>(E) * in));
+  {
+    Fp32Gemms fc(c), fg(g);
+    linear_bwd(c, dx.fc(), GradMode::Accumulate, dw.fc(), nullptr, dl.fc(), x.fc(), w.fc(), n, in,
+               E);
+    linear_bwd(g, dx.fg(), GradMode::Accumulate, dw.fg(), nullptr, dl.fg(), x.fg(), w.fg(), n, in,
+               E);
+  }
+  t.check_f("router linear_bwd dx (fp32 dlogits, weight)", dx, kGemm, gemm_abs(E, hd, hw));
+  t.check_f32("router linear_bwd dw", dw, kGemm, gemm_abs(n, hd, hx));
+  expect_true("Fp32Gemms restores the backend's GEMM mode",
+              !g.set_fp32_gemms(false) && !c.set_fp32_gemms(false));
+}
+
 // The experts' grouped linear (one grouped cuBLAS call + one bias/GELU kernel
 // on the GPU) against linear_fwd per group: empty groups, a group without
 // bias, gaps between the groups' rows (left untouched), GELU on and off.
 void test_linear_grouped(Backend& c, Backend& g, Backend& g_bf16) {
-  for (bool half : {false, true}) {
+  for (bool half : g_half ? std::vector<bool>{false} : std::vector<bool>{false, true}) {
     Backend& gg = half ? g_bf16 : g;
     for (auto [in, out, gelu] : {std::tuple{24, 72, true}, std::tuple{40, 257, false}}) {
       Twin t{c, gg};
@@ -258,8 +345,10 @@ void test_linear_grouped(Backend& c, Backend& g, Backend& g_bf16) {
       char name[96];
       std::snprintf(name, sizeof name, "linear_fwd_grouped%s in%d out%d%s", half ? " bf16" : "",
                     in, out, gelu ? " gelu" : "");
-      t.check_f(std::string(name) + " y", y, kGemm);
-      if (gelu) t.check_f(std::string(name) + " act", act, kGemm);
+      double ga = 0.0;
+      for (int e = 0; e < E; ++e) ga = std::max(ga, gemm_abs(in, hx, hw[e]));
+      t.check_f(std::string(name) + " y", y, kGemm, ga);
+      if (gelu) t.check_f(std::string(name) + " act", act, kGemm, ga);
     }
   }
 }
@@ -270,7 +359,7 @@ void test_add_layernorm(Backend& c, Backend& g) {
   for (auto [N, d] : {std::pair{1, 259}, std::pair{257, 768}, std::pair{3, 8}}) {
     Twin t{c, g};
     const size_t nd = static_cast<size_t>(N) * d;
-    auto x = t.f(randn(nd)), delta = t.f(randn(nd, 0.5f)), w = t.f(randn(d)), b = t.f(randn(d));
+    auto x = t.f(randn(nd)), delta = t.f(randn(nd, 0.5f)), w = t.f32(randn(d)), b = t.f32(randn(d));
     auto xo = t.zeros_f(nd), y = t.zeros_f(nd), mean = t.zeros_f(N), rstd = t.zeros_f(N);
     auto xo2 = t.zeros_f(nd), y2 = t.zeros_f(nd), mean2 = t.zeros_f(N), rstd2 = t.zeros_f(N);
     c.add_layernorm_fwd(xo.fc(), y.fc(), mean.fc(), rstd.fc(), x.fc(), delta.fc(), w.fc(), b.fc(),
@@ -280,10 +369,12 @@ void test_add_layernorm(Backend& c, Backend& g) {
     const std::string s = " N" + std::to_string(N) + " d" + std::to_string(d);
     t.check_f("add_layernorm_fwd x_out" + s, xo, kElem);
     t.check_f("add_layernorm_fwd y" + s, y, kReduce);
-    t.check_f("add_layernorm_fwd mean" + s, mean, kReduce);
-    t.check_f("add_layernorm_fwd rstd" + s, rstd, kReduce);
+    t.check_f32("add_layernorm_fwd mean" + s, mean, kReduce);
+    t.check_f32("add_layernorm_fwd rstd" + s, rstd, kReduce);
+    // (the fused op normalises the unrounded sum: so does this reference)
     g.add(xo2.fg(), x.fg(), delta.fg(), nd);
     g.layernorm_fwd(y2.fg(), mean2.fg(), rstd2.fg(), xo2.fg(), w.fg(), b.fg(), N, d);
+    t.round_g(y2);
     std::vector<float> a1(nd), a2(nd);
     g.to_host(a1.data(), y.g, nd * 4);
     g.to_host(a2.data(), y2.g, nd * 4);
@@ -307,26 +398,26 @@ void test_transformer(Backend& c, Backend& g) {
     t.check_f("embedding_fwd" + s, x, kElem);
     c.embedding_bwd(wte.fc(), wpe.fc(), x.fc(), tok.ic(), B, T, d);
     g.embedding_bwd(wte.fg(), wpe.fg(), x.fg(), tok.ig(), B, T, d);
-    t.check_f("embedding_bwd dwte" + s, wte, kReduce);
-    t.check_f("embedding_bwd dwpe" + s, wpe, kReduce);
+    t.check_f32("embedding_bwd dwte" + s, wte, kReduce);  // weight gradients: fp32
+    t.check_f32("embedding_bwd dwpe" + s, wpe, kReduce);
   }
   for (auto [N, d] : {std::pair{1, 259}, std::pair{257, 259}, std::pair{3, 257}}) {
     Twin t{c, g};
     const std::string s = " N" + std::to_string(N) + " d" + std::to_string(d);
     const size_t nd = static_cast<size_t>(N) * d;
-    auto x = t.f(randn(nd, 2.0f)), w = t.f(randn(d)), b = t.f(randn(d)), y = t.zeros_f(nd);
+    auto x = t.f(randn(nd, 2.0f)), w = t.f32(randn(d)), b = t.f32(randn(d)), y = t.zeros_f(nd);
     auto mean = t.zeros_f(N), rstd = t.zeros_f(N);
     c.layernorm_fwd(y.fc(), mean.fc(), rstd.fc(), x.fc(), w.fc(), b.fc(), N, d);
     g.layernorm_fwd(y.fg(), mean.fg(), rstd.fg(), x.fg(), w.fg(), b.fg(), N, d);
     t.check_f("layernorm_fwd y" + s, y, kReduce);
-    t.check_f("layernorm_fwd mean" + s, mean, kReduce);
-    t.check_f("layernorm_fwd rstd" + s, rstd, kReduce);
-    auto dy = t.f(randn(nd)), dx = t.f(randn(nd)), dw = t.f(randn(d)), db = t.f(randn(d));
+    t.check_f32("layernorm_fwd mean" + s, mean, kReduce);
+    t.check_f32("layernorm_fwd rstd" + s, rstd, kReduce);
+    auto dy = t.f(randn(nd)), dx = t.f(randn(nd)), dw = t.f32(randn(d)), db = t.f32(randn(d));
     c.layernorm_bwd(dx.fc(), dw.fc(), db.fc(), dy.fc(), x.fc(), mean.fc(), rstd.fc(), w.fc(), N, d);
     g.layernorm_bwd(dx.fg(), dw.fg(), db.fg(), dy.fg(), x.fg(), mean.fg(), rstd.fg(), w.fg(), N, d);
     t.check_f("layernorm_bwd dx" + s, dx, kReduce);
-    t.check_f("layernorm_bwd dw" + s, dw, kReduce);
-    t.check_f("layernorm_bwd db" + s, db, kReduce);
+    t.check_f32("layernorm_bwd dw" + s, dw, kReduce);
+    t.check_f32("layernorm_bwd db" + s, db, kReduce);
   }
   {
     Twin t{c, g};
@@ -350,11 +441,11 @@ void test_transformer(Backend& c, Backend& g) {
     g.attention_fwd(out.fg(), att.fg(), qkv.fg(), B, T, H, d);
     t.check_f("attention_fwd out" + s, out, kReduce);
     t.check_f("attention_fwd att" + s, att, kReduce);
-    auto dout = t.f(randn(bt * d)), dqkv = t.f(randn(bt * 3 * d)), datt = t.f(randn(att_n));
+    auto dout = t.f(randn(bt * d)), dqkv = t.f(randn(bt * 3 * d)), datt = t.f32(randn(att_n));
     c.attention_bwd(dqkv.fc(), datt.fc(), dout.fc(), qkv.fc(), att.fc(), B, T, H, d);
     g.attention_bwd(dqkv.fg(), datt.fg(), dout.fg(), qkv.fg(), att.fg(), B, T, H, d);
     t.check_f("attention_bwd dqkv" + s, dqkv, kReduce);
-    t.check_f("attention_bwd datt" + s, datt, kReduce);
+    t.check_f32("attention_bwd datt" + s, datt, kReduce);  // scratch, fp32
   }
   for (auto [N, V] : {std::pair{1, 259}, std::pair{7, 257}}) {
     Twin t{c, g};
@@ -362,11 +453,11 @@ void test_transformer(Backend& c, Backend& g) {
     std::vector<int32_t> tg = randi(N, V);
     tg[0] = N > 1 ? -1 : tg[0];  // an ignored position
     auto targets = t.i(tg), logits = t.f(randn(static_cast<size_t>(N) * V, 3.0f));
-    auto loss = t.f(randn(N));
+    auto loss = t.f32(randn(N));
     c.crossentropy_fwd(loss.fc(), logits.fc(), logits.fc(), targets.ic(), N, V);  // probs = logits
     g.crossentropy_fwd(loss.fg(), logits.fg(), logits.fg(), targets.ig(), N, V);
-    t.check_f("crossentropy_fwd loss" + s, loss, kReduce);
-    t.check_f("crossentropy_fwd probs (= logits)" + s, logits, kReduce);
+    t.check_f32("crossentropy_fwd loss" + s, loss, kReduce);  // loss, probabilities: fp32
+    t.check_f32("crossentropy_fwd probs (= logits)" + s, logits, kReduce);
     c.crossentropy_bwd(logits.fc(), logits.fc(), targets.ic(), 0.25f, N, V);  // dlogits = probs
     g.crossentropy_bwd(logits.fg(), logits.fg(), targets.ig(), 0.25f, N, V);
     t.check_f("crossentropy_bwd (= probs)" + s, logits, kReduce);
@@ -395,10 +486,17 @@ void test_sum_squares_multi(Backend& c, Backend& g);                    // test_
 // --cpu-vs-cpu: a second CpuBackend stands in for CUDA, which checks this
 // harness (buffer sizes, the flow of the MoE checks) on a machine without a GPU.
 //
-// --compute fp32|bf16|fp16: the compute precision of both backends (default
-// fp32). This build's backends compute in fp32 only: bf16/fp16 exit 2 with a
-// message, so that scripts/gpu-check.sh reports them as missing rather than
-// passing an fp32 run under their name.
+// --compute fp32|bf16|fp16: the compute precision (default fp32). bf16 and
+// fp16 run every op under precision.compute's semantics (cuda_test_util.h,
+// "Half precision"): inputs rounded where the model stores them rounded,
+// outputs rounded on each backend where the model rounds them, compared
+// within one ulp of the format plus the op's fp32 tolerance; the GPU backend
+// is configured as the trainer configures it (bf16: GEMMs on the bf16 tensor
+// cores; fp16: fp32 GEMMs on fp16 values, exact). Also checked: the half
+// mode differs from fp32, and most rounded outputs were changed by rounding.
+//
+// Exit codes (scripts/gpu-check.sh reads them): 0 all passed, 1 a check
+// failed, 2 usage, 77 no CUDA device.
 int main(int argc, char** argv) {
   bool cpu_vs_cpu = false;
   std::string compute = "fp32";
@@ -413,9 +511,12 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (compute != "fp32") {
-    std::printf("--compute %s: this build's op tests run fp32 only (no compute-precision "
-                "switch in the backends yet)\n", compute.c_str());
+  if (compute == "bf16") {
+    g_half = HalfType::BF16;
+  } else if (compute == "fp16") {
+    g_half = HalfType::F16;
+  } else if (compute != "fp32") {
+    std::printf("--compute %s: expected fp32, bf16 or fp16\n", compute.c_str());
     return 2;
   }
   if (!cpu_vs_cpu && cuda_device_count() == 0) {
@@ -424,14 +525,20 @@ int main(int argc, char** argv) {
   }
   try {
     auto cpu = make_cpu_backend(2);
-    auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {false, true});
-    std::printf("comparing %s against %s\n", gpu->name().c_str(), cpu->name().c_str());
+    const bool tensor_cores = g_half == HalfType::BF16;  // as make_backend in trainer.cpp
+    auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {tensor_cores, true});
+    std::printf("comparing %s against %s, compute %s\n", gpu->name().c_str(),
+                cpu->name().c_str(), compute.c_str());
     test_dense(*cpu, *gpu);
     {
-      auto gpu_bf16 = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {true, true});
-      test_linear(*cpu, *gpu, *gpu_bf16);
-      test_linear_grouped(*cpu, *gpu, *gpu_bf16);
-      test_linear_bwd_grouped(*cpu, *gpu, *gpu_bf16);
+      auto gpu_bf16 = g_half ? nullptr
+                      : cpu_vs_cpu ? make_cpu_backend(1)
+                                   : make_cuda_backend(0, {true, true});
+      Backend& gb = g_half ? *gpu : *gpu_bf16;
+      test_linear(*cpu, *gpu, gb);
+      if (g_half) test_router_linear(*cpu, *gpu);
+      test_linear_grouped(*cpu, *gpu, gb);
+      test_linear_bwd_grouped(*cpu, *gpu, gb);
       test_add_layernorm(*cpu, *gpu);
     }
     test_transformer(*cpu, *gpu);
@@ -439,6 +546,12 @@ int main(int argc, char** argv) {
     test_model_step(*cpu, *gpu);
     test_sum_squares_multi(*cpu, *gpu);
     test_offload(*gpu);
+    if (g_half) {
+      char what[128];
+      std::snprintf(what, sizeof what, "rounding changed %zu of %zu rounded outputs (> 1/2)",
+                    g_rounded_changed, g_rounded_total);
+      expect_true(what, 2 * g_rounded_changed > g_rounded_total);
+    }
   } catch (const std::exception& e) {
     std::printf("FAIL exception: %s\n", e.what());
     return 1;
