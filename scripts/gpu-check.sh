@@ -6,7 +6,9 @@
 # scripts/setup.sh).
 #
 #   1. [cuda] op tests: every op of backend.h, CUDA against the CPU reference,
-#      in fp32 and with precision.compute bf16 (test_cuda_ops --compute bf16).
+#      in fp32 and with precision.compute bf16 (test_cuda_ops --compute bf16);
+#      the fused attention (test_cuda_attention: forward, dqkv and log-sum-exp
+#      within 2x the error of a naive fp32 attention, bit-identical reruns).
 #   2. NCCL communicator, world of 1 without MPI (test_cuda_nccl): every
 #      collective on device and host buffers, bf16/fp16 payloads, split, and
 #      a stuck collective aborted after the timeout. With 2+ GPUs and mpirun
@@ -55,7 +57,7 @@ if [[ -x "$bundle/run" ]]; then
 else
   build=$src/build-gpu
   cmake -S "$src" -B "$build" -G Ninja -DM6_CUDA=ON -DM6_TESTS=ON > /dev/null || exit 1
-  ninja -C "$build" m6train test_cuda_ops test_cuda_nccl || exit 1
+  ninja -C "$build" m6train test_cuda_ops test_cuda_attention test_cuda_nccl || exit 1
   run=$tmp/run  # an executable, so that `timeout` can start it
   cat > "$run" <<RUN
 #!/usr/bin/env bash
@@ -113,6 +115,7 @@ op_test() {  # NAME ARGS...
 echo "== op tests ($(secs) s)"
 op_test "cuda ops fp32" "$run" test_cuda_ops
 op_test "cuda ops bf16" "$run" test_cuda_ops --compute bf16
+op_test "cuda fused attention" "$run" test_cuda_attention
 
 # ---- 2. NCCL ------------------------------------------------------------------------
 echo "== NCCL ($(secs) s)"

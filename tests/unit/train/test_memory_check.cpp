@@ -68,8 +68,11 @@ class NoHostArenaBackend final : public Backend {
     be_->attention_fwd(out, att, qkv, B, T, H, d);
   }
   void attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
-                     const float* att, int B, int T, int H, int d) override {
-    be_->attention_bwd(dqkv, datt, dout, qkv, att, B, T, H, d);
+                     const float* out, const float* att, int B, int T, int H, int d) override {
+    be_->attention_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d);
+  }
+  AttentionBuffers attention_buffers(int B, int T, int H) const override {
+    return be_->attention_buffers(B, T, H);
   }
   void crossentropy_fwd(float* loss, float* probs, const float* logits, const int32_t* targets,
                         int N, int V) override {

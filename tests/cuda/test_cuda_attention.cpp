@@ -1,0 +1,161 @@
+// The CUDA backend's fused causal attention (cuda/kernels/attention.cu)
+// against the CPU reference: forward output, dqkv and the saved log-sum-exp,
+// over head sizes 4..256 (every instantiation of the kernel, padded and
+// exact), T = 1, T not a multiple of the 32-row tile, T = 1024; and
+// determinism (a second forward and backward are bit-identical).
+//
+// Tolerance: within twice the error of a naive fp32 attention against the
+// CPU's double sums (tests/cuda/attention_ref.h says why). The buffers the
+// kernel overwrites start as NaN, so an element it fails to write fails.
+//
+// Exit codes as test_cuda_ops: 0 passed, 1 a check failed, 77 no CUDA device.
+// --cpu-vs-cpu: a second CpuBackend stands in for CUDA (runs the harness
+// without a GPU; both sides then keep the probabilities).
+#include <cfloat>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/backend/backend.h"
+#include "core/backend/cuda_factory.h"
+#include "tests/cuda/attention_ref.h"
+#include "tests/cuda/cuda_test_util.h"
+
+using namespace m6;
+using namespace m6::cuda_test;
+
+namespace {
+
+struct Side {
+  Backend& be;
+  Backend::AttentionBuffers bufs;
+  float *qkv, *out, *att, *dout, *dqkv, *datt;
+};
+
+std::vector<float> download(Backend& be, const float* p, size_t n) {
+  std::vector<float> h(n);
+  be.to_host(h.data(), p, n * sizeof(float));
+  return h;
+}
+
+void upload(Backend& be, float* p, const std::vector<float>& h) {
+  be.to_device(p, h.data(), h.size() * sizeof(float));
+}
+
+Side make_side(Backend& be, const Shape& s, const std::vector<float>& qkv,
+               const std::vector<float>& dout) {
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  Side x{be, be.attention_buffers(s.B, s.T, s.H), nullptr, nullptr, nullptr, nullptr, nullptr,
+         nullptr};
+  auto alloc = [&](size_t n) { return static_cast<float*>(be.alloc(std::max<size_t>(n, 1) * 4)); };
+  x.qkv = alloc(bt * 3 * d);
+  x.out = alloc(bt * d);
+  x.att = alloc(x.bufs.saved);
+  x.dout = alloc(bt * d);
+  x.dqkv = alloc(bt * 3 * d);
+  x.datt = alloc(x.bufs.scratch);
+  upload(be, x.qkv, qkv);
+  upload(be, x.dout, dout);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  upload(be, x.out, std::vector<float>(bt * d, nan));
+  upload(be, x.dqkv, std::vector<float>(bt * 3 * d, nan));
+  if (x.bufs.saved > 0) upload(be, x.att, std::vector<float>(x.bufs.saved, nan));
+  return x;
+}
+
+void free_side(Side& x) {
+  for (float* p : {x.qkv, x.out, x.att, x.dout, x.dqkv, x.datt}) x.be.release(p);
+}
+
+void run(Side& x, const Shape& s) {
+  const int d = s.H * s.dh;
+  x.be.attention_fwd(x.out, x.att, x.qkv, s.B, s.T, s.H, d);
+  x.be.attention_bwd(x.dqkv, x.datt, x.dout, x.qkv, x.out, x.att, s.B, s.T, s.H, d);
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+void test_shape(Backend& c, Backend& g, const Shape& s) {
+  const std::string name = describe(s);
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  // Scores of order 1 to a few: softmax neither uniform nor one-hot.
+  const std::vector<float> qkv = randn(bt * 3 * d, 1.5f), dout = randn(bt * d);
+  Side cs = make_side(c, s, qkv, dout), gs = make_side(g, s, qkv, dout);
+  run(cs, s);
+  run(gs, s);
+  const Naive<float> nf = naive_attention<float>(qkv, dout, s);
+  const std::vector<float> c_out = download(c, cs.out, bt * d);
+  const std::vector<float> c_dqkv = download(c, cs.dqkv, bt * 3 * d);
+  const std::vector<float> g_out = download(g, gs.out, bt * d);
+  const std::vector<float> g_dqkv = download(g, gs.dqkv, bt * 3 * d);
+  expect_within_naive("attention out" + name, g_out, c_out, nf.out);
+  expect_within_naive("attention dqkv" + name, g_dqkv, c_dqkv, nf.dqkv);
+  if (!gs.bufs.probabilities) {
+    // the saved log-sum-exp [B,H,T] against a double computation
+    const Naive<double> nd = naive_attention<double>(qkv, dout, s);
+    const std::vector<float> g_lse = download(g, gs.att, bt * s.H);
+    expect_within_naive("attention lse" + name, g_lse, nd.lse, nf.lse);
+  }
+  // Determinism: the same inputs again (outputs reset to NaN) give the same bits.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  upload(g, gs.out, std::vector<float>(bt * d, nan));
+  upload(g, gs.dqkv, std::vector<float>(bt * 3 * d, nan));
+  run(gs, s);
+  expect_true("attention rerun bit-identical (out, dqkv)" + name,
+              same_bits(download(g, gs.out, bt * d), g_out) &&
+                  same_bits(download(g, gs.dqkv, bt * 3 * d), g_dqkv));
+  free_side(cs);
+  free_side(gs);
+}
+
+// The sizes the backend asks for: the CPU's probabilities, the GPU's
+// log-sum-exp (unless the harness runs CPU against CPU).
+void test_buffers(Backend& c, Backend& g, bool cpu_vs_cpu) {
+  const Backend::AttentionBuffers cb = c.attention_buffers(2, 100, 3);
+  expect_true("cpu attention_buffers: probabilities [B,H,T,T]",
+              cb.probabilities && cb.saved == 2u * 3 * 100 * 100 && cb.scratch == cb.saved);
+  if (cpu_vs_cpu) return;
+  const Backend::AttentionBuffers gb = g.attention_buffers(2, 100, 3);
+  expect_true("cuda attention_buffers: lse [B,H,T], scratch [B,H,T]",
+              !gb.probabilities && gb.saved == 2u * 3 * 100 && gb.scratch == 2u * 3 * 100);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool cpu_vs_cpu = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--cpu-vs-cpu") {
+      cpu_vs_cpu = true;
+    } else {
+      std::printf("usage: %s [--cpu-vs-cpu]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!cpu_vs_cpu && cuda_device_count() == 0) {
+    std::printf("no CUDA device: skipping [cuda] attention tests\n");
+    return 77;
+  }
+  try {
+    auto cpu = make_cpu_backend(2);
+    auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {false, true});
+    std::printf("comparing %s against %s\n", gpu->name().c_str(), cpu->name().c_str());
+    test_buffers(*cpu, *gpu, cpu_vs_cpu);
+    // dh 4, 8 (tiny configs), 16, 32, 48, 64, 128, 256: kernels DM = 32..256,
+    // padded and exact; T = 1, below, at and across the 32-row tile, 1024.
+    const Shape shapes[] = {{1, 1, 1, 32},  {2, 17, 3, 8},  {1, 7, 3, 4},    {3, 64, 4, 32},
+                            {2, 33, 2, 64}, {1, 70, 2, 48}, {2, 100, 2, 128}, {1, 45, 1, 256},
+                            {1, 40, 4, 16}, {1, 1024, 2, 64}};
+    for (const Shape& s : shapes) test_shape(*cpu, *gpu, s);
+  } catch (const std::exception& e) {
+    std::printf("FAIL exception: %s\n", e.what());
+    return 1;
+  }
+  std::printf("%d of %d checks failed\n", g_failures, g_checks);
+  return g_failures == 0 ? 0 : 1;
+}
