@@ -165,18 +165,20 @@ __device__ inline void record_bad(BadIndex* bad, int value, int row) {
   }
 }
 
-// block per row; probs may alias logits: every read of the row's logits
-// (max, sum, target) happens before the first write, separated by a barrier.
+// Block per row, two passes over the logits: one read computing the max and
+// the sum of exponentials together (online softmax, block_max_sum), then
+// probs = exp(l - max) / sum. probs may alias logits: every read of the
+// row's logits before the write pass (statistics, target) is separated from
+// it by a barrier. The gradient cannot be written here: its scale comes with
+// crossentropy_bwd (one read and one write of the row, in place).
 __global__ void crossentropy_fwd_kernel(float* loss, float* probs, const float* logits,
                                         const int32_t* targets, int V, BadIndex* bad) {
   const int r = blockIdx.x;
   const float* l = logits + static_cast<int64_t>(r) * V;
-  double mx = -DBL_MAX;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmax(mx, static_cast<double>(l[j]));
-  mx = block_max(mx);
-  double z = 0.0;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) z += exp(l[j] - mx);
-  z = block_sum(z);  // ends with a barrier
+  MaxSum ms{-DBL_MAX, 0.0};
+  for (int j = threadIdx.x; j < V; j += blockDim.x) ms = max_sum_add(ms, l[j]);
+  ms = block_max_sum(ms);  // ends with a barrier
+  const double mx = ms.m, z = ms.s;
   const int tgt = targets[r];
   if (threadIdx.x == 0) {
     if (tgt >= V) record_bad(bad, tgt, r);

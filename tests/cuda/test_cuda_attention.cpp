@@ -2,7 +2,8 @@
 // against the CPU reference: forward output, dqkv and the saved log-sum-exp,
 // over head sizes 4..256 (every instantiation of the kernel, padded and
 // exact), T = 1, T not a multiple of the 32-row tile, T = 1024; and
-// determinism (a second forward and backward are bit-identical).
+// determinism (a second forward and backward are bit-identical). Also the
+// fused softmax-cross-entropy (kernels/transformer.cu) against the CPU.
 //
 // Tolerance: within twice the error of a naive fp32 attention against the
 // CPU's double sums (tests/cuda/attention_ref.h says why). The buffers the
@@ -125,6 +126,40 @@ void test_buffers(Backend& c, Backend& g, bool cpu_vs_cpu) {
               !gb.probabilities && gb.saved == 2u * 3 * 100 && gb.scratch == 2u * 3 * 100);
 }
 
+// The softmax-cross-entropy (one pass for max and sum together, online):
+// loss and probabilities, separate and in place over the logits, then the
+// gradient in place; vocabularies below a warp, odd, and GPT-2's; logits
+// spread wide (scale 20) so that the running max moves often. Tolerance
+// "reduction" of cuda_test_util.h (both sides sum in double).
+void test_crossentropy(Backend& c, Backend& g) {
+  struct Case {
+    int N, V;
+    float scale;
+  };
+  for (const Case k : {Case{3, 5, 1.0f}, Case{1, 259, 1.0f}, Case{7, 257, 20.0f},
+                       Case{4, 50257, 3.0f}}) {
+    Twin t{c, g};
+    const std::string s = " N" + std::to_string(k.N) + " V" + std::to_string(k.V) + " scale" +
+                          std::to_string(static_cast<int>(k.scale));
+    std::vector<int32_t> tg = randi(k.N, k.V);
+    tg[0] = -1;  // ignored position: loss 0, gradient row 0
+    const std::vector<float> lv = randn(static_cast<size_t>(k.N) * k.V, k.scale);
+    auto targets = t.i(tg), logits = t.f(lv), probs = t.zeros_f(lv.size());
+    auto loss = t.zeros_f(k.N), loss2 = t.zeros_f(k.N);
+    c.crossentropy_fwd(loss.fc(), probs.fc(), logits.fc(), targets.ic(), k.N, k.V);
+    g.crossentropy_fwd(loss.fg(), probs.fg(), logits.fg(), targets.ig(), k.N, k.V);
+    t.check_f("crossentropy_fwd loss" + s, loss, kReduce);
+    t.check_f("crossentropy_fwd probs" + s, probs, kReduce);
+    c.crossentropy_fwd(loss2.fc(), logits.fc(), logits.fc(), targets.ic(), k.N, k.V);
+    g.crossentropy_fwd(loss2.fg(), logits.fg(), logits.fg(), targets.ig(), k.N, k.V);
+    t.check_f("crossentropy_fwd loss (in place)" + s, loss2, kReduce);
+    t.check_f("crossentropy_fwd probs (in place)" + s, logits, kReduce);
+    c.crossentropy_bwd(logits.fc(), logits.fc(), targets.ic(), 0.125f, k.N, k.V);
+    g.crossentropy_bwd(logits.fg(), logits.fg(), targets.ig(), 0.125f, k.N, k.V);
+    t.check_f("crossentropy_bwd (in place)" + s, logits, kReduce);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -138,7 +173,7 @@ int main(int argc, char** argv) {
     }
   }
   if (!cpu_vs_cpu && cuda_device_count() == 0) {
-    std::printf("no CUDA device: skipping [cuda] attention tests\n");
+    std::printf("no CUDA device: skipping [cuda] attention and cross-entropy tests\n");
     return 77;
   }
   try {
@@ -152,6 +187,7 @@ int main(int argc, char** argv) {
                             {2, 33, 2, 64}, {1, 70, 2, 48}, {2, 100, 2, 128}, {1, 45, 1, 256},
                             {1, 40, 4, 16}, {1, 1024, 2, 64}};
     for (const Shape& s : shapes) test_shape(*cpu, *gpu, s);
+    test_crossentropy(*cpu, *gpu);
   } catch (const std::exception& e) {
     std::printf("FAIL exception: %s\n", e.what());
     return 1;
