@@ -171,10 +171,10 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
   // core/backend/backend.h), every layer its own (nothing to recompute). A
   // GPU layout of a config pinned to train.device: cpu counts the CPU's.
   const bool flash = gpu && cfg.train.device != DeviceKind::Cpu;
-  const Backend::AttentionBuffers fa = flash_attention_buffers(
-      static_cast<int>(s.B), static_cast<int>(s.T), static_cast<int>(s.H));
-  const int64_t att = flash ? buf(static_cast<int64_t>(fa.saved) * w.f32)
-                            : buf(s.B * s.H * s.T * s.T * w.v);
+  const Backend::AttentionBuffers fa =
+      flash_attention_buffers(static_cast<int>(s.B), static_cast<int>(s.T), static_cast<int>(s.H));
+  const int64_t att =
+      flash ? buf(static_cast<int64_t>(fa.saved) * w.f32) : buf(s.B * s.H * s.T * s.T * w.v);
   const int64_t att_scratch = flash ? buf(static_cast<int64_t>(fa.scratch) * w.f32) : att;
   const int64_t att_rc = flash ? att : 0;  // kept per layer under recompute attention
   const int64_t common = layer_common_bytes(s, w);
@@ -208,8 +208,8 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
   work.device += 2 * buf(s.N * w.i32);
   work.device +=
       buf(s.N * s.d * w.v) + 2 * buf(s.N * w.f32) + buf(s.N * s.V * w.v) + buf(s.N * w.f32);
-  work.device += 2 * buf(s.N * s.d * w.v) + buf(s.N * 3 * s.d * w.v) + buf(s.N * s.F * w.v) +
-                 att_scratch;
+  work.device +=
+      2 * buf(s.N * s.d * w.v) + buf(s.N * 3 * s.d * w.v) + buf(s.N * s.F * w.v) + att_scratch;
 
   p.lines = {master, copy, grads, adam, offload, acts, rows, buckets, work};
   if (!compute_copy) p.lines.erase(p.lines.begin() + 1);

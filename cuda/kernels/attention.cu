@@ -42,8 +42,9 @@ void launch_flash_attention_fwd(float* out, float* lse, const float* qkv, int B,
   if (static_cast<int64_t>(B) * T == 0) return;
   FlashParams p = make_params(B, T, H, d);
   p.qkv = qkv, p.o = out, p.lse_out = lse;
-  dispatch(p.dh, [&] { run_fwd<32>(p, st); }, [&] { run_fwd<64>(p, st); },
-           [&] { run_fwd<128>(p, st); }, [&] { run_fwd<256>(p, st); });
+  dispatch(
+      p.dh, [&] { run_fwd<32>(p, st); }, [&] { run_fwd<64>(p, st); }, [&] { run_fwd<128>(p, st); },
+      [&] { run_fwd<256>(p, st); });
 }
 
 void launch_flash_attention_bwd(float* dqkv, float* delta, const float* dout, const float* qkv,
@@ -57,8 +58,9 @@ void launch_flash_attention_bwd(float* dqkv, float* delta, const float* dout, co
   const int64_t blocks = (rows * 32 + kDeltaThreads - 1) / kDeltaThreads;
   flash_bwd_delta_kernel<<<static_cast<unsigned>(blocks), kDeltaThreads, 0, st>>>(p);
   M6_LAUNCH_CHECK();
-  dispatch(p.dh, [&] { run_bwd<32>(p, st); }, [&] { run_bwd<64>(p, st); },
-           [&] { run_bwd<128>(p, st); }, [&] { run_bwd<256>(p, st); });
+  dispatch(
+      p.dh, [&] { run_bwd<32>(p, st); }, [&] { run_bwd<64>(p, st); }, [&] { run_bwd<128>(p, st); },
+      [&] { run_bwd<256>(p, st); });
 }
 
 }  // namespace m6::cuda

@@ -35,8 +35,8 @@
 
 namespace m6::cuda::flash {
 
-constexpr int kTile = 32;    // queries per block tile and keys per block tile
-constexpr int kLanes = 8;    // lanes per tile row (consecutive, inside one warp)
+constexpr int kTile = 32;  // queries per block tile and keys per block tile
+constexpr int kLanes = 8;  // lanes per tile row (consecutive, inside one warp)
 constexpr int kThreads = kTile * kLanes;
 constexpr int kPer = kTile / kLanes;  // keys (queries) per lane in a tile
 
@@ -52,9 +52,9 @@ struct FlashParams {
   float* delta;       // [B,H,T] D = rowsum(dO * O)
   float* dqkv;        // [B,T,3d]
   int B, T, H, d, dh;
-  int64_t row;        // 3d: stride between tokens in qkv / dqkv
-  float scale;        // 1/sqrt(dh)
-  int tiles;          // ceil(T / kTile)
+  int64_t row;  // 3d: stride between tokens in qkv / dqkv
+  float scale;  // 1/sqrt(dh)
+  int tiles;    // ceil(T / kTile)
 };
 
 // Block -> (tile, b*H+h). Tiles of one head in descending order: under the
@@ -128,8 +128,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(FlashParams p) {
 #pragma unroll
     for (int j = 0; j < kPer; j++) {
       const int c = g + kLanes * j;
-      s[j] = k0 + c <= qlim ? dot_row<DM>(Qs + r * (DM + 1), Ks + c * (DM + 1)) * p.scale
-                            : -INFINITY;
+      s[j] =
+          k0 + c <= qlim ? dot_row<DM>(Qs + r * (DM + 1), Ks + c * (DM + 1)) * p.scale : -INFINITY;
       mt = fmaxf(mt, s[j]);
     }
     const float mn = fmaxf(m, row_max(mt));  // finite: key 0 is in every row's first tile
@@ -148,7 +148,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(FlashParams p) {
     for (int u = 0; u < DM / kLanes; u++) {
       const int i = g + kLanes * u;
       float acc = 0.0f;
-      for (int c = 0; c < kTile; c++) acc = fmaf(Ps[r * (kTile + 1) + c], Vs[c * (DM + 1) + i], acc);
+      for (int c = 0; c < kTile; c++)
+        acc = fmaf(Ps[r * (kTile + 1) + c], Vs[c * (DM + 1) + i], acc);
       o[u] = o[u] * alpha + acc;
     }
   }
@@ -209,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(FlashParams p)
 #pragma unroll
   for (int u = 0; u < DM / kLanes; u++) dk[u] = dv[u] = 0.0f;
   for (int q0 = k0; q0 < p.T; q0 += kTile) {  // kTile-aligned: k0 is a tile start
-    __syncthreads();  // previous query tile fully used
+    __syncthreads();                          // previous query tile fully used
     load_tile<DM>(Qs, qkv, p.row, q0, p.T, p.dh);
     load_tile<DM>(dOs, dout, p.d, q0, p.T, p.dh);
     if (threadIdx.x < kTile) {
@@ -341,10 +342,14 @@ constexpr int kDeltaThreads = 256;  // flash_bwd_delta_kernel: 8 warps, one row 
 // The instantiation for head size dh: the smallest DM >= dh.
 template <class F32, class F64, class F128, class F256>
 void dispatch(int dh, F32 f32, F64 f64, F128 f128, F256 f256) {
-  if (dh <= 32) f32();
-  else if (dh <= 64) f64();
-  else if (dh <= 128) f128();
-  else f256();
+  if (dh <= 32)
+    f32();
+  else if (dh <= 64)
+    f64();
+  else if (dh <= 128)
+    f128();
+  else
+    f256();
 }
 
 }  // namespace m6::cuda::flash

@@ -131,7 +131,7 @@ inline double max_abs(const std::vector<float>& a) {
 
 // The tolerance rule of the header on one tensor.
 inline void expect_within_naive(const std::string& what, const std::vector<float>& got,
-                         const std::vector<float>& want, const std::vector<float>& naive) {
+                                const std::vector<float>& want, const std::vector<float>& naive) {
   ++g_checks;
   const double err = got.size() == want.size() ? max_abs_diff(got, want) : INFINITY;
   const double naive_err = max_abs_diff(naive, want);

@@ -49,7 +49,7 @@ void upload(Backend& be, float* p, const std::vector<float>& h) {
 Side make_side(Backend& be, const Shape& s, const std::vector<float>& qkv,
                const std::vector<float>& dout) {
   const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
-  Side x{be, be.attention_buffers(s.B, s.T, s.H), nullptr, nullptr, nullptr, nullptr, nullptr,
+  Side x{be,     be.attention_buffers(s.B, s.T, s.H), nullptr, nullptr, nullptr, nullptr, nullptr,
          nullptr};
   auto alloc = [&](size_t n) { return static_cast<float*>(be.alloc(std::max<size_t>(n, 1) * 4)); };
   x.qkv = alloc(bt * 3 * d);
@@ -136,8 +136,8 @@ void test_crossentropy(Backend& c, Backend& g) {
     int N, V;
     float scale;
   };
-  for (const Case k : {Case{3, 5, 1.0f}, Case{1, 259, 1.0f}, Case{7, 257, 20.0f},
-                       Case{4, 50257, 3.0f}}) {
+  for (const Case k :
+       {Case{3, 5, 1.0f}, Case{1, 259, 1.0f}, Case{7, 257, 20.0f}, Case{4, 50257, 3.0f}}) {
     Twin t{c, g};
     const std::string s = " N" + std::to_string(k.N) + " V" + std::to_string(k.V) + " scale" +
                           std::to_string(static_cast<int>(k.scale));
@@ -183,8 +183,8 @@ int main(int argc, char** argv) {
     test_buffers(*cpu, *gpu, cpu_vs_cpu);
     // dh 4, 8 (tiny configs), 16, 32, 48, 64, 128, 256: kernels DM = 32..256,
     // padded and exact; T = 1, below, at and across the 32-row tile, 1024.
-    const Shape shapes[] = {{1, 1, 1, 32},  {2, 17, 3, 8},  {1, 7, 3, 4},    {3, 64, 4, 32},
-                            {2, 33, 2, 64}, {1, 70, 2, 48}, {2, 100, 2, 128}, {1, 45, 1, 256},
+    const Shape shapes[] = {{1, 1, 1, 32},  {2, 17, 3, 8},   {1, 7, 3, 4},     {3, 64, 4, 32},
+                            {2, 33, 2, 64}, {1, 70, 2, 48},  {2, 100, 2, 128}, {1, 45, 1, 256},
                             {1, 40, 4, 16}, {1, 1024, 2, 64}};
     for (const Shape& s : shapes) test_shape(*cpu, *gpu, s);
     test_crossentropy(*cpu, *gpu);

@@ -8,9 +8,11 @@
 // compiled kernels on a GPU.
 //
 // Exit codes: 0 passed, 1 a check failed.
+// clang-format off
 #include "tests/cuda/emulated/cuda_emulation.h"
 // after the emulation: the kernels use its built-ins
 #include "cuda/kernels/attention_kernels.cuh"
+// clang-format on
 
 #include <cstdio>
 #include <limits>
@@ -36,8 +38,8 @@ void run_emulated(fl::FlashParams p) {
   cuda_emu::launch(blocks, fl::kThreads, fl::fwd_shared_floats(DM),
                    [&] { fl::flash_fwd_kernel<DM>(p); });
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.T;
-  const unsigned dblocks = static_cast<unsigned>((rows * 32 + fl::kDeltaThreads - 1) /
-                                                 fl::kDeltaThreads);
+  const unsigned dblocks =
+      static_cast<unsigned>((rows * 32 + fl::kDeltaThreads - 1) / fl::kDeltaThreads);
   cuda_emu::launch(dblocks, fl::kDeltaThreads, 0, [&] { fl::flash_bwd_delta_kernel(p); });
   cuda_emu::launch(blocks, fl::kThreads, fl::dkdv_shared_floats(DM),
                    [&] { fl::flash_bwd_dkdv_kernel<DM>(p); });
@@ -57,8 +59,9 @@ Result emulate(const std::vector<float>& qkv, const std::vector<float>& dout, co
   p.qkv = qkv.data(), p.o = r.out.data(), p.lse_out = r.lse.data();
   p.out = r.out.data(), p.dout = dout.data(), p.lse = r.lse.data(), p.delta = delta.data();
   p.dqkv = r.dqkv.data();
-  fl::dispatch(p.dh, [&] { run_emulated<32>(p); }, [&] { run_emulated<64>(p); },
-               [&] { run_emulated<128>(p); }, [&] { run_emulated<256>(p); });
+  fl::dispatch(
+      p.dh, [&] { run_emulated<32>(p); }, [&] { run_emulated<64>(p); },
+      [&] { run_emulated<128>(p); }, [&] { run_emulated<256>(p); });
   return r;
 }
 
@@ -93,7 +96,7 @@ void test_shape(Backend& cpu, const Shape& s) {
 int main() {
   try {
     auto cpu = make_cpu_backend(1);
-    const Shape shapes[] = {{1, 1, 1, 32},  {2, 17, 3, 8},  {1, 7, 3, 4},  {1, 33, 2, 64},
+    const Shape shapes[] = {{1, 1, 1, 32},  {2, 17, 3, 8},   {1, 7, 3, 4},    {1, 33, 2, 64},
                             {1, 70, 1, 48}, {1, 45, 1, 256}, {1, 40, 1, 128}, {1, 96, 1, 16}};
     for (const Shape& s : shapes) test_shape(*cpu, s);
   } catch (const std::exception& e) {
