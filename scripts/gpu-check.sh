@@ -8,7 +8,8 @@
 #   1. [cuda] op tests: every op of backend.h, CUDA against the CPU reference,
 #      in fp32 and with precision.compute bf16 (test_cuda_ops --compute bf16);
 #      the fused attention (test_cuda_attention: forward, dqkv and log-sum-exp
-#      within 2x the error of a naive fp32 attention, bit-identical reruns).
+#      within 2x the error of a naive fp32 attention, bit-identical reruns)
+#      and its speed at the shape of configs/bench-gpu.yaml (an INFO row).
 #   2. NCCL communicator, world of 1 without MPI (test_cuda_nccl): every
 #      collective on device and host buffers, bf16/fp16 payloads, split, and
 #      a stuck collective aborted after the timeout. With 2+ GPUs and mpirun
@@ -116,6 +117,11 @@ echo "== op tests ($(secs) s)"
 op_test "cuda ops fp32" "$run" test_cuda_ops
 op_test "cuda ops bf16" "$run" test_cuda_ops --compute bf16
 op_test "cuda fused attention" "$run" test_cuda_attention
+if timeout 60 "$run" test_cuda_attention --bench > "$tmp/att.txt" 2>&1; then
+  row "attention speed B8 T1024 H12 dh64" INFO "$(tail -1 "$tmp/att.txt")"
+else
+  row "attention speed B8 T1024 H12 dh64" FAIL "$(tail -1 "$tmp/att.txt" | cut -c1-160)"
+fi
 
 # ---- 2. NCCL ------------------------------------------------------------------------
 echo "== NCCL ($(secs) s)"

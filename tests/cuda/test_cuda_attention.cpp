@@ -11,8 +11,10 @@
 //
 // Exit codes as test_cuda_ops: 0 passed, 1 a check failed, 77 no CUDA device.
 // --cpu-vs-cpu: a second CpuBackend stands in for CUDA (runs the harness
-// without a GPU; both sides then keep the probabilities).
+// without a GPU; both sides then keep the probabilities). --bench: the
+// speed line of scripts/gpu-check.sh instead of the checks.
 #include <cfloat>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -160,15 +162,51 @@ void test_crossentropy(Backend& c, Backend& g) {
   }
 }
 
+// --bench: speed of the fused attention at the shape of configs/bench-gpu.yaml
+// (B 8, T 1024, 12 heads of 64), forward and backward timed apart on the host
+// around synchronised loops; FLOPs counted as flash-attention does (causal:
+// forward 2 T^2 dh per head, backward 2.5 x forward). One line per pass.
+int bench(Backend& g) {
+  const Shape s{8, 1024, 12, 64};
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  Side x = make_side(g, s, randn(bt * 3 * d), randn(bt * d));
+  const int d_i = static_cast<int>(d);
+  auto time_ms = [&](auto&& f) {
+    for (int i = 0; i < 2; ++i) f();  // warm-up
+    g.sync();
+    const auto t0 = std::chrono::steady_clock::now();
+    constexpr int kIters = 10;
+    for (int i = 0; i < kIters; ++i) f();
+    g.sync();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+               .count() /
+           kIters;
+  };
+  const double fwd = time_ms([&] { g.attention_fwd(x.out, x.att, x.qkv, s.B, s.T, s.H, d_i); });
+  const double bwd = time_ms([&] {
+    g.attention_bwd(x.dqkv, x.datt, x.dout, x.qkv, x.out, x.att, s.B, s.T, s.H, d_i);
+  });
+  const double flop_fwd = 2.0 * s.B * s.H * static_cast<double>(s.T) * s.T * s.dh;
+  std::printf("attention B%d T%d H%d dh%d on %s: saved %zu floats per layer\n", s.B, s.T, s.H,
+              s.dh, g.name().c_str(), x.bufs.saved);
+  std::printf("forward %.3f ms (%.2f TFLOP/s), backward %.3f ms (%.2f TFLOP/s)\n", fwd,
+              flop_fwd / fwd / 1e9, bwd, 2.5 * flop_fwd / bwd / 1e9);
+  free_side(x);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool cpu_vs_cpu = false;
+  bool cpu_vs_cpu = false, speed = false;
   for (int i = 1; i < argc; ++i) {
-    if (std::string(argv[i]) == "--cpu-vs-cpu") {
+    const std::string a = argv[i];
+    if (a == "--cpu-vs-cpu") {
       cpu_vs_cpu = true;
+    } else if (a == "--bench") {
+      speed = true;
     } else {
-      std::printf("usage: %s [--cpu-vs-cpu]\n", argv[0]);
+      std::printf("usage: %s [--cpu-vs-cpu] [--bench]\n", argv[0]);
       return 2;
     }
   }
@@ -179,6 +217,7 @@ int main(int argc, char** argv) {
   try {
     auto cpu = make_cpu_backend(2);
     auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {false, true});
+    if (speed) return bench(*gpu);
     std::printf("comparing %s against %s\n", gpu->name().c_str(), cpu->name().c_str());
     test_buffers(*cpu, *gpu, cpu_vs_cpu);
     // dh 4, 8 (tiny configs), 16, 32, 48, 64, 128, 256: kernels DM = 32..256,
