@@ -53,9 +53,10 @@ void check_attention(int B, int T, int H, int d) {
   if (H <= 0 || d % H != 0)
     throw Error(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
   if (B < 0 || T < 0) throw Error(fmt("attention: negative shape B=", B, " T=", T));
-  if (T > cuda::kAttentionMaxT)
-    throw Error(fmt("attention (cuda): sequence length T (", T, ") is above the supported ",
-                    cuda::kAttentionMaxT, " (one query row of scores is kept in shared memory)"));
+  if (d / H > cuda::kFlashMaxHeadDim)
+    throw Error(fmt("attention (cuda): head size d/H (", d, "/", H, " = ", d / H,
+                    ") is above the fused kernel's ", cuda::kFlashMaxHeadDim,
+                    "; use more heads (model.n_heads)"));
 }
 
 class CudaBackend final : public Backend {
@@ -521,15 +522,20 @@ class CudaBackend final : public Backend {
   void gelu_bwd(float* dx, const float* x, const float* dy, size_t n) override {
     cuda::launch_gelu_bwd(dx, x, dy, n, stream_);
   }
+  // Fused (flash-style) attention, kernels/attention.cu: att is the
+  // log-sum-exp [B,H,T], datt the scratch D [B,H,T].
+  AttentionBuffers attention_buffers(int B, int T, int H) const override {
+    return flash_attention_buffers(B, T, H);
+  }
   void attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H,
                      int d) override {
     check_attention(B, T, H, d);
-    cuda::launch_attention_fwd(out, att, qkv, B, T, H, d, stream_);
+    cuda::launch_flash_attention_fwd(out, att, qkv, B, T, H, d, stream_);
   }
   void attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
-                     const float* att, int B, int T, int H, int d) override {
+                     const float* out, const float* att, int B, int T, int H, int d) override {
     check_attention(B, T, H, d);
-    cuda::launch_attention_bwd(dqkv, datt, dout, qkv, att, B, T, H, d, stream_);
+    cuda::launch_flash_attention_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d, stream_);
   }
   void crossentropy_fwd(float* loss, float* probs, const float* logits, const int32_t* targets,
                         int N, int V) override {

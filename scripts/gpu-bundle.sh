@@ -2,7 +2,7 @@
 # Builds the CUDA build on THIS machine (nvcc + the CUDA libraries, no GPU
 # needed) and packs what a GPU machine with only the driver, CUDA and Python
 # needs to run it into bundle/ (well under 60 MB):
-#   bundle/bin/m6train, test_cuda_ops, test_cuda_nccl   the binaries
+#   bundle/bin/m6train, test_cuda_ops, test_cuda_attention, test_cuda_nccl   the binaries
 #   bundle/lib/*.so*     every shared library they load that is neither glibc's,
 #       the driver's, nor one of the large CUDA libraries: yaml-cpp, OpenBLAS,
 #       gomp, gfortran, Open MPI's libmpi and its dependencies, cudart, ...
@@ -26,12 +26,13 @@ out=${2:-$src/bundle}
 jobs=${M6_JOBS:-2}
 
 cmake -S "$src" -B "$build" -G Ninja -DM6_CUDA=ON -DM6_TESTS=ON
-ninja -C "$build" -j"$jobs" m6train test_cuda_ops test_cuda_nccl
+ninja -C "$build" -j"$jobs" m6train test_cuda_ops test_cuda_attention test_cuda_nccl
 
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/scripts"
 cp "$build/m6train" "$out/bin/"
-cp "$build/tests/test_cuda_ops" "$build/tests/test_cuda_nccl" "$out/bin/"
+cp "$build/tests/test_cuda_ops" "$build/tests/test_cuda_attention" "$build/tests/test_cuda_nccl" \
+  "$out/bin/"
 cp -r "$src/configs" "$out/"
 mkdir -p "$out/tests/ref"
 cp -r "$src/tests/ref/configs" "$src/tests/ref/safetensors_io.py" "$out/tests/ref/"

@@ -13,6 +13,9 @@
 #      ulp of the format plus the op's fp32 tolerance, tests/cuda/
 #      cuda_test_util.h "Half precision"). Exit 0 pass, 1 fail, 2 the mode is
 #      missing from the build (MISSING row), 77 no CUDA device.
+#      The fused attention (test_cuda_attention: forward, dqkv and
+#      log-sum-exp within 2x the error of a naive fp32 attention, bit-identical
+#      reruns) and its speed at the shape of configs/bench-gpu.yaml (INFO row).
 #   2. NCCL communicator, world of 1 without MPI (test_cuda_nccl): every
 #      collective on device and host buffers, bf16/fp16 payloads, split, and
 #      a stuck collective aborted after the timeout. With 2+ GPUs and mpirun
@@ -61,7 +64,7 @@ if [[ -x "$bundle/run" ]]; then
 else
   build=$src/build-gpu
   cmake -S "$src" -B "$build" -G Ninja -DM6_CUDA=ON -DM6_TESTS=ON > /dev/null || exit 1
-  ninja -C "$build" m6train test_cuda_ops test_cuda_nccl || exit 1
+  ninja -C "$build" m6train test_cuda_ops test_cuda_attention test_cuda_nccl || exit 1
   run=$tmp/run  # an executable, so that `timeout` can start it
   cat > "$run" <<RUN
 #!/usr/bin/env bash
@@ -120,6 +123,12 @@ echo "== op tests ($(secs) s)"
 op_test "cuda ops fp32" "$run" test_cuda_ops
 op_test "cuda ops bf16" "$run" test_cuda_ops --compute bf16
 op_test "cuda ops fp16" "$run" test_cuda_ops --compute fp16
+op_test "cuda fused attention" "$run" test_cuda_attention
+if timeout 60 "$run" test_cuda_attention --bench > "$tmp/att.txt" 2>&1; then
+  row "attention speed B8 T1024 H12 dh64" INFO "$(tail -1 "$tmp/att.txt")"
+else
+  row "attention speed B8 T1024 H12 dh64" FAIL "$(tail -1 "$tmp/att.txt" | cut -c1-160)"
+fi
 
 # ---- 2. NCCL ------------------------------------------------------------------------
 echo "== NCCL ($(secs) s)"

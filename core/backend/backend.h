@@ -230,13 +230,30 @@ class Backend {
   virtual void gelu_fwd(float* y, const float* x, size_t n) = 0;
   virtual void gelu_bwd(float* dx, const float* x, const float* dy, size_t n) = 0;
   // Causal multi-head attention on fused qkv[B,T,3d] (order q,k,v; head h is
-  // columns h*dh..(h+1)*dh of each), scale 1/sqrt(dh). out[B,T,d]; att[B,H,T,T]
-  // keeps the softmax probabilities (zero above the diagonal) for backward.
+  // columns h*dh..(h+1)*dh of each), scale 1/sqrt(dh). out[B,T,d]; `att`
+  // receives what backward needs, in the layout the backend chose
+  // (attention_buffers): the CPU reference keeps the softmax probabilities
+  // [B,H,T,T] (zero above the diagonal); the CUDA backend (fused, tiled) keeps
+  // only the log-sum-exp of each query row's scaled scores [B,H,T].
   virtual void attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H,
                              int d) = 0;
-  // dqkv[B,T,3d] (overwrite); datt[B,H,T,T] is scratch
+  // dqkv[B,T,3d] (overwrite) from dout[B,T,d], qkv, the forward's out[B,T,d]
+  // and its saved att; datt is scratch of attention_buffers().scratch floats.
   virtual void attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
-                             const float* att, int B, int T, int H, int d) = 0;
+                             const float* out, const float* att, int B, int T, int H, int d) = 0;
+  // The sizes of attention's buffers, the backend's choice: `saved` floats
+  // per layer (att of attention_fwd), `scratch` floats (datt of
+  // attention_bwd, one buffer shared by the layers). `probabilities`: saved
+  // is the [B,H,T,T] probabilities, an activation the mixed-precision path
+  // rounds like the others (a log-sum-exp is kept in fp32).
+  struct AttentionBuffers {
+    size_t saved = 0, scratch = 0;
+    bool probabilities = true;
+  };
+  virtual AttentionBuffers attention_buffers(int B, int T, int H) const {
+    const size_t probs = static_cast<size_t>(B) * H * T * T;
+    return {probs, probs, true};
+  }
   // Per-position cross-entropy of logits[N,V] against targets[N] (target < 0:
   // ignored, loss 0). probs[N,V] receives softmax(logits) (may alias logits).
   virtual void crossentropy_fwd(float* loss, float* probs, const float* logits,
@@ -345,6 +362,14 @@ class Fp32Gemms {
   Backend& be_;
   bool prev_;
 };
+
+// The buffers of the fused (flash-style) attention of the CUDA backend: the
+// log-sum-exp [B,H,T] saved, D = rowsum(dout * out) [B,H,T] as scratch. Also
+// what the memory planner counts for a GPU layout.
+inline Backend::AttentionBuffers flash_attention_buffers(int B, int T, int H) {
+  const size_t rows = static_cast<size_t>(B) * H * T;
+  return {rows, rows, false};
+}
 
 // The CPU reference backend (OpenBLAS GEMMs, OpenMP loops). threads <= 0: all cores.
 std::unique_ptr<Backend> make_cpu_backend(int threads);

@@ -22,7 +22,9 @@ KvModel::KvModel(const ModelConfig& m, Backend& be, const std::vector<Chunk>& ch
   mean_ = arena_.floats(T);
   rstd_ = arena_.floats(T);
   qkv_ = arena_.floats(T * 3 * d);
-  att_ = arena_.floats(static_cast<size_t>(H) * T * T);
+  // what attention_fwd keeps, for the longest prompt (the prompt's n <= T
+  // tokens fit the layout for T)
+  att_ = arena_.floats(be_.attention_buffers(1, cap_, H).saved);
   atty_ = arena_.floats(T * d);
   tmp_ = arena_.floats(T * d);
   ff_pre_ = arena_.floats(T * F);

@@ -27,7 +27,7 @@ double MicroStats::loss(const MoeConfig& c) const {
 struct Model::LayerActs {
   float *ln1_out, *ln1_mean, *ln1_rstd;  // [N,d], [N], [N]
   float* qkv;                            // [N,3d]
-  float* att;                            // [B,H,T,T] softmax probabilities
+  float* att;                            // what attention_fwd saves (Backend::attention_buffers)
   float* atty;                           // [N,d] attention output before proj
   float* res1;                           // [N,d] residual after attention
   float *ln2_out, *ln2_mean, *ln2_rstd;  // [N,d], [N], [N]
@@ -57,10 +57,15 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
   // train.recompute: None keeps every layer's activations; Attention shares
   // one attention-probability buffer between layers (recomputed from qkv in
   // backward); Layer keeps only residual_[l] and shares one set of
-  // activations (and one MoE layer's buffers) between all layers.
+  // activations (and one MoE layer's buffers) between all layers. What
+  // attention keeps is the backend's choice: the CPU the probabilities
+  // [B,H,T,T]; the CUDA backend's fused kernel a log-sum-exp [B,H,T], which
+  // every layer keeps under recompute attention too (nothing to recompute).
   recompute_ = cfg_.train.recompute;
-  const size_t att_n = static_cast<size_t>(B_) * H * T_ * T_;
-  float* att_shared = recompute_ == Recompute::None ? nullptr : arena_.floats(att_n);
+  att_bufs_ = be_.attention_buffers(B_, T_, H);
+  const size_t att_n = att_bufs_.saved;
+  att_recompute_ = recompute_ == Recompute::Attention && att_bufs_.probabilities;
+  float* att_shared = att_recompute_ ? arena_.floats(att_n) : nullptr;
   bool any_dense = false, any_moe = false;
   for (int l = 0; l < L; ++l) (m.is_moe_layer(l) ? any_moe : any_dense) = true;
   const int sets = recompute_ == Recompute::Layer ? 1 : L;
@@ -93,7 +98,7 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
   dtmp_ = arena_.floats(N * d);
   dqkv_ = arena_.floats(N * 3 * d);
   dff_ = arena_.floats(N * F);
-  datt_ = arena_.floats(att_n);
+  datt_ = arena_.floats(att_bufs_.scratch);
 }
 
 Model::~Model() = default;
@@ -234,7 +239,7 @@ void Model::layer_forward(int l, Phase phase, MicroStats* st) {
   rnd(a.qkv, 3 * Nd);
   be_.attention_fwd(a.atty, a.att, a.qkv, B, T, H, d);
   rnd(a.atty, Nd);
-  rnd(a.att, static_cast<size_t>(B) * H * T * T);
+  if (att_bufs_.probabilities) rnd(a.att, att_bufs_.saved);
   linear_fwd(be_, dtmp_, a.atty, c.weight_of("proj.weight"), c.weight_of("proj.bias"), N, d, d);
   rnd(dtmp_, Nd);
   // fp32: the residual add fused with the LayerNorm after it (one kernel on
@@ -362,15 +367,15 @@ void Model::backward(float grad_scale) {
     // The shared probabilities hold another layer's: recompute this layer's
     // from its kept qkv (the output goes to dqkv_, free until attention_bwd),
     // rounded as the forward stored them.
-    if (recompute_ == Recompute::Attention) {
+    if (att_recompute_) {
       be_.attention_fwd(dqkv_, a.att, a.qkv, B, T, H, d);
-      rnd(a.att, static_cast<size_t>(B) * H * T * T);
+      rnd(a.att, att_bufs_.saved);
     }
     // dres_ is now d loss / d res1 = x + proj(attn(ln1(x))).
     linear_bwd(be_, dtmp_, GradMode::Overwrite, c.grad_of("proj.weight"), c.grad_of("proj.bias"),
                dres_, a.atty, c.weight_of("proj.weight"), N, d, d);
     rnd(dtmp_, Nd);
-    be_.attention_bwd(dqkv_, datt_, dtmp_, a.qkv, a.att, B, T, H, d);
+    be_.attention_bwd(dqkv_, datt_, dtmp_, a.qkv, a.atty, a.att, B, T, H, d);
     rnd(dqkv_, 3 * Nd);
     linear_bwd(be_, dtmp_, GradMode::Overwrite, c.grad_of("qkv.weight"), c.grad_of("qkv.bias"),
                dqkv_, a.ln1_out, c.weight_of("qkv.weight"), N, d, 3 * d);

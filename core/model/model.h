@@ -107,6 +107,8 @@ class Model {
   ActRound round_;
   DeviceArena arena_;
   Recompute recompute_ = Recompute::None;
+  Backend::AttentionBuffers att_bufs_;  // attention state's sizes (the backend's)
+  bool att_recompute_ = false;  // one shared attention state, recomputed in backward
   float* window_[2] = {nullptr, nullptr};  // offload.params slots, window_floats_ each
   int window_set_[2] = {-1, -1};           // the layer set each slot holds
   bool window_ready_[2] = {false, false};  // its copy waited for and rounded

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 
+#include "core/backend/backend.h"
 #include "core/model/moe.h"
 #include "core/model/offload.h"
 #include "core/model/params.h"
@@ -163,17 +164,29 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
   p.moe_layers = 0;
   for (int l = 0; l < L; ++l) p.moe_layers += m.is_moe_layer(l);
   p.dense_layers = L - p.moe_layers;
-  const int64_t att = buf(s.B * s.H * s.T * s.T * w.v);
+  // Attention's saved state per layer and its backward scratch: on the CPU
+  // backend the probabilities [B,H,T,T] (compute precision), shared by the
+  // layers under recompute attention; the CUDA backend's fused kernel keeps
+  // a log-sum-exp [B,H,T] and D [B,H,T] in fp32 (flash_attention_buffers in
+  // core/backend/backend.h), every layer its own (nothing to recompute). A
+  // GPU layout of a config pinned to train.device: cpu counts the CPU's.
+  const bool flash = gpu && cfg.train.device != DeviceKind::Cpu;
+  const Backend::AttentionBuffers fa =
+      flash_attention_buffers(static_cast<int>(s.B), static_cast<int>(s.T), static_cast<int>(s.H));
+  const int64_t att =
+      flash ? buf(static_cast<int64_t>(fa.saved) * w.f32) : buf(s.B * s.H * s.T * s.T * w.v);
+  const int64_t att_scratch = flash ? buf(static_cast<int64_t>(fa.scratch) * w.f32) : att;
+  const int64_t att_rc = flash ? att : 0;  // kept per layer under recompute attention
   const int64_t common = layer_common_bytes(s, w);
   const int64_t ffn = 2 * buf(s.N * s.F * w.v);
   const auto [moe_acts, moe_rows] =
       any_moe ? moe_layer_bytes(s, w) : std::pair<int64_t, int64_t>{0, 0};
   const int64_t residual = buf(s.N * s.d * w.v);
   p.per_layer.dense[0] = residual + common + att + ffn;
-  p.per_layer.dense[1] = residual + common + ffn;
+  p.per_layer.dense[1] = residual + common + att_rc + ffn;
   p.per_layer.dense[2] = residual;
   p.per_layer.moe[0] = residual + common + att + moe_acts + moe_rows;
-  p.per_layer.moe[1] = residual + common + moe_acts + moe_rows;
+  p.per_layer.moe[1] = residual + common + att_rc + moe_acts + moe_rows;
   p.per_layer.moe[2] = residual;
   MemoryLine acts{"activations"}, rows{"all-to-all buffers"}, buckets{"comm buckets"},
       work{"workspace"};
@@ -182,7 +195,7 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
     acts.device += att + common + any_dense * ffn + any_moe * moe_acts;
     rows.device += any_moe * moe_rows;
   } else {
-    if (rc == Recompute::Attention) acts.device += att;
+    if (rc == Recompute::Attention) acts.device += flash ? L * att : att;
     acts.device += L * common + p.dense_layers * ffn + p.moe_layers * moe_acts;
     if (rc == Recompute::None) acts.device += L * att;
     rows.device += p.moe_layers * moe_rows;
@@ -191,11 +204,12 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
   buckets.device += buf(4 * bucket_staging(dense_spans)) * (bucket_staging(dense_spans) > 0);
   buckets.device += buf(4 * bucket_staging(expert_spans)) * (bucket_staging(expert_spans) > 0);
   // Inputs, the head (final LayerNorm, logits [N,V], losses) and the backward
-  // scratch (dres, dtmp [N,d], dqkv [N,3d], dff [N,F], datt [B,H,T,T]).
+  // scratch (dres, dtmp [N,d], dqkv [N,3d], dff [N,F], attention's scratch).
   work.device += 2 * buf(s.N * w.i32);
   work.device +=
       buf(s.N * s.d * w.v) + 2 * buf(s.N * w.f32) + buf(s.N * s.V * w.v) + buf(s.N * w.f32);
-  work.device += 2 * buf(s.N * s.d * w.v) + buf(s.N * 3 * s.d * w.v) + buf(s.N * s.F * w.v) + att;
+  work.device +=
+      2 * buf(s.N * s.d * w.v) + buf(s.N * 3 * s.d * w.v) + buf(s.N * s.F * w.v) + att_scratch;
 
   p.lines = {master, copy, grads, adam, offload, acts, rows, buckets, work};
   if (!compute_copy) p.lines.erase(p.lines.begin() + 1);

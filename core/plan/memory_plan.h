@@ -16,7 +16,9 @@
 //    except the fp32 router, LayerNorm statistics and int32 routing indices:
 //    every layer keeps ln1/ln2 outputs, qkv, attention output and residual;
 //    the attention probabilities [B,H,T,T] unless recompute is attention or
-//    layer (one shared buffer); a dense layer its FFN pre- and post-GELU
+//    layer (one shared buffer) -- on a GPU layout (train.device not cpu) the
+//    fused attention's log-sum-exp [B,H,T] instead, in every layer but under
+//    recompute layer; a dense layer its FFN pre- and post-GELU
 //    [N,F]; an MoE layer its router and the packed rows and expert
 //    activations of its local experts. recompute: layer keeps only each
 //    layer's input [N,d] plus one layer's activations.

@@ -111,17 +111,24 @@ void launch_layernorm_bwd(float* dx, float* dw, float* db, const float* dy, cons
                           cudaStream_t st);
 void launch_gelu_fwd(float* y, const float* x, size_t n, cudaStream_t st);
 void launch_gelu_bwd(float* dx, const float* x, const float* dy, size_t n, cudaStream_t st);
-// T <= kAttentionMaxT (scores of one query row live in shared memory, in double)
-constexpr int kAttentionMaxT = 4096;
-void launch_attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H, int d,
-                          cudaStream_t st);
-void launch_attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
-                          const float* att, int B, int T, int H, int d, cudaStream_t st);
 void launch_crossentropy_fwd(float* loss, float* probs, const float* logits,
                              const int32_t* targets, int N, int V, BadIndex* bad,
                              cudaStream_t st);
 void launch_crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets,
                              float dscale, int N, int V, BadIndex* bad, cudaStream_t st);
+
+// ---- fused causal attention (attention.cu) ---------------------------------------
+// Flash-style: tiled, online softmax, no [T,T] buffer. Forward writes out[B,T,d]
+// and lse[B,H,T] (log-sum-exp of each query row's scaled scores); backward
+// writes every element of dqkv[B,T,3d] from dout, qkv, out and lse, with
+// delta[B,H,T] as scratch (D = rowsum(dout * out)); deterministic (no atomics).
+// Head size dh = d/H <= kFlashMaxHeadDim; any T.
+constexpr int kFlashMaxHeadDim = 256;
+void launch_flash_attention_fwd(float* out, float* lse, const float* qkv, int B, int T, int H,
+                                int d, cudaStream_t st);
+void launch_flash_attention_bwd(float* dqkv, float* delta, const float* dout, const float* qkv,
+                                const float* out, const float* lse, int B, int T, int H, int d,
+                                cudaStream_t st);
 
 // ---- mixture of experts (moe.cu) ------------------------------------------------
 void launch_router_fwd(float* probs, float* lse, int32_t* expert, float* gate,

@@ -1,9 +1,8 @@
 // Transformer kernels of the CUDA backend (twins of core/backend/cpu/cpu_transformer.h):
-// embedding, LayerNorm, GELU (tanh), causal attention, cross-entropy. Plain
-// first cut, correctness before speed: one block per row for the row ops with
-// double reductions (reduce.cuh), one thread per column for the column sums
-// (rows in order, as the CPU), naive attention with the probabilities kept in
-// att[B,H,T,T] as the interface requires.
+// embedding, LayerNorm, GELU (tanh), cross-entropy. Plain first cut,
+// correctness before speed: one block per row for the row ops with double
+// reductions (reduce.cuh), one thread per column for the column sums (rows in
+// order, as the CPU). The attention is in attention.cu.
 #include <cmath>
 
 #include "cuda/check.h"
@@ -158,115 +157,6 @@ __global__ void gelu_bwd_kernel(float* dx, const float* x, const float* dy, size
   }
 }
 
-// ---- attention ----------------------------------------------------------------------
-// One block per query row (b, h, t): scores p[0..t] in shared memory (double),
-// softmax, att row written (zero above the diagonal), out[b,t,h] = sum p v.
-// grid: B*H*T blocks; dynamic shared memory: T doubles.
-__global__ void attention_fwd_kernel(float* out, float* att, const float* qkv, int T, int H,
-                                     int d, double scale) {
-  extern __shared__ double p[];
-  const int t = blockIdx.x % T, h = (blockIdx.x / T) % H, b = blockIdx.x / (T * H);
-  const int dh = d / H;
-  const int64_t row = 3 * static_cast<int64_t>(d);
-  const float* q = qkv + (static_cast<int64_t>(b) * T + t) * row + h * dh;
-  double mx = -DBL_MAX;
-  for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) {
-    const float* k = qkv + (static_cast<int64_t>(b) * T + t2) * row + d + h * dh;
-    double s = 0.0;
-    for (int i = 0; i < dh; i++) s += static_cast<double>(q[i]) * k[i];
-    p[t2] = s * scale;
-    mx = fmax(mx, p[t2]);
-  }
-  mx = block_max(mx);  // syncs: p[] complete
-  double z = 0.0;
-  for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) {
-    p[t2] = exp(p[t2] - mx);
-    z += p[t2];
-  }
-  z = block_sum(z);  // syncs: exp'd p[] complete
-  float* a = att + static_cast<int64_t>(blockIdx.x) * T;  // (b,h,t) row of att
-  for (int t2 = threadIdx.x; t2 < T; t2 += blockDim.x) {
-    if (t2 <= t) {
-      p[t2] /= z;
-      a[t2] = static_cast<float>(p[t2]);
-    } else {
-      a[t2] = 0.0f;
-    }
-  }
-  __syncthreads();
-  float* o = out + (static_cast<int64_t>(b) * T + t) * d + h * dh;
-  for (int i = threadIdx.x; i < dh; i += blockDim.x) {
-    double acc = 0.0;
-    for (int t2 = 0; t2 <= t; t2++)
-      acc += p[t2] * qkv[(static_cast<int64_t>(b) * T + t2) * row + 2 * d + h * dh + i];
-    o[i] = static_cast<float>(acc);
-  }
-}
-
-// Backward, pass 1, one block per query row (b,h,t):
-//   ds[t2] = dout[t].v[t2]; g[t2] = att[t2] * (ds[t2] - sum att*ds) -> datt row
-//   dq[t] = scale * sum_t2 g[t2] k[t2]
-// grid B*H*T, shared memory T doubles.
-__global__ void attention_bwd_q_kernel(float* dqkv, float* datt, const float* dout,
-                                       const float* qkv, const float* att, int T, int H, int d,
-                                       double scale) {
-  extern __shared__ double g[];
-  const int t = blockIdx.x % T, h = (blockIdx.x / T) % H, b = blockIdx.x / (T * H);
-  const int dh = d / H;
-  const int64_t row = 3 * static_cast<int64_t>(d);
-  const int64_t bt0 = static_cast<int64_t>(b) * T;
-  const float* go = dout + (bt0 + t) * d + h * dh;
-  const float* a = att + static_cast<int64_t>(blockIdx.x) * T;
-  double dot = 0.0;
-  for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) {
-    const float* v = qkv + (bt0 + t2) * row + 2 * d + h * dh;
-    double s = 0.0;
-    for (int i = 0; i < dh; i++) s += static_cast<double>(go[i]) * v[i];
-    g[t2] = s;
-    dot += a[t2] * s;
-  }
-  dot = block_sum(dot);  // syncs: g[] holds ds
-  float* da = datt + static_cast<int64_t>(blockIdx.x) * T;
-  for (int t2 = threadIdx.x; t2 < T; t2 += blockDim.x) {
-    if (t2 <= t) {
-      g[t2] = a[t2] * (g[t2] - dot);
-      da[t2] = static_cast<float>(g[t2]);
-    } else {
-      da[t2] = 0.0f;
-    }
-  }
-  __syncthreads();
-  float* dq = dqkv + (bt0 + t) * row + h * dh;
-  for (int i = threadIdx.x; i < dh; i += blockDim.x) {
-    double acc = 0.0;
-    for (int t2 = 0; t2 <= t; t2++) acc += g[t2] * qkv[(bt0 + t2) * row + d + h * dh + i];
-    dq[i] = static_cast<float>(acc * scale);
-  }
-}
-
-// Backward, pass 2, one block per key/value position (b,h,t2), summing over
-// the queries t >= t2 in order:
-//   dk[t2] = scale * sum_t datt[t,t2] q[t];  dv[t2] = sum_t att[t,t2] dout[t]
-__global__ void attention_bwd_kv_kernel(float* dqkv, const float* datt, const float* dout,
-                                        const float* qkv, const float* att, int T, int H, int d,
-                                        double scale) {
-  const int t2 = blockIdx.x % T, h = (blockIdx.x / T) % H, b = blockIdx.x / (T * H);
-  const int dh = d / H;
-  const int64_t row = 3 * static_cast<int64_t>(d);
-  const int64_t bt0 = static_cast<int64_t>(b) * T;
-  const int64_t a0 = (static_cast<int64_t>(b) * H + h) * T * T;
-  for (int i = threadIdx.x; i < dh; i += blockDim.x) {
-    double dk = 0.0, dv = 0.0;
-    for (int t = t2; t < T; t++) {
-      const int64_t ai = a0 + static_cast<int64_t>(t) * T + t2;
-      dk += static_cast<double>(datt[ai]) * qkv[(bt0 + t) * row + h * dh + i];
-      dv += static_cast<double>(att[ai]) * dout[(bt0 + t) * d + h * dh + i];
-    }
-    dqkv[(bt0 + t2) * row + d + h * dh + i] = static_cast<float>(dk * scale);
-    dqkv[(bt0 + t2) * row + 2 * d + h * dh + i] = static_cast<float>(dv);
-  }
-}
-
 // ---- cross-entropy -------------------------------------------------------------------
 __device__ inline void record_bad(BadIndex* bad, int value, int row) {
   if (atomicCAS(&bad->flag, 0, 1) == 0) {
@@ -275,18 +165,20 @@ __device__ inline void record_bad(BadIndex* bad, int value, int row) {
   }
 }
 
-// block per row; probs may alias logits: every read of the row's logits
-// (max, sum, target) happens before the first write, separated by a barrier.
+// Block per row, two passes over the logits: one read computing the max and
+// the sum of exponentials together (online softmax, block_max_sum), then
+// probs = exp(l - max) / sum. probs may alias logits: every read of the
+// row's logits before the write pass (statistics, target) is separated from
+// it by a barrier. The gradient cannot be written here: its scale comes with
+// crossentropy_bwd (one read and one write of the row, in place).
 __global__ void crossentropy_fwd_kernel(float* loss, float* probs, const float* logits,
                                         const int32_t* targets, int V, BadIndex* bad) {
   const int r = blockIdx.x;
   const float* l = logits + static_cast<int64_t>(r) * V;
-  double mx = -DBL_MAX;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmax(mx, static_cast<double>(l[j]));
-  mx = block_max(mx);
-  double z = 0.0;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) z += exp(l[j] - mx);
-  z = block_sum(z);  // ends with a barrier
+  MaxSum ms{-DBL_MAX, 0.0};
+  for (int j = threadIdx.x; j < V; j += blockDim.x) ms = max_sum_add(ms, l[j]);
+  ms = block_max_sum(ms);  // ends with a barrier
+  const double mx = ms.m, z = ms.s;
   const int tgt = targets[r];
   if (threadIdx.x == 0) {
     if (tgt >= V) record_bad(bad, tgt, r);
@@ -378,27 +270,6 @@ void launch_gelu_fwd(float* y, const float* x, size_t n, cudaStream_t st) {
 void launch_gelu_bwd(float* dx, const float* x, const float* dy, size_t n, cudaStream_t st) {
   if (n == 0) return;
   gelu_bwd_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(dx, x, dy, n);
-  M6_LAUNCH_CHECK();
-}
-
-void launch_attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H, int d,
-                          cudaStream_t st) {
-  if (B * T == 0) return;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d / H));
-  const size_t shmem = static_cast<size_t>(T) * sizeof(double);
-  attention_fwd_kernel<<<B * H * T, kRowThreads, shmem, st>>>(out, att, qkv, T, H, d, scale);
-  M6_LAUNCH_CHECK();
-}
-
-void launch_attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
-                          const float* att, int B, int T, int H, int d, cudaStream_t st) {
-  if (B * T == 0) return;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d / H));
-  const size_t shmem = static_cast<size_t>(T) * sizeof(double);
-  attention_bwd_q_kernel<<<B * H * T, kRowThreads, shmem, st>>>(dqkv, datt, dout, qkv, att, T, H,
-                                                                d, scale);
-  M6_LAUNCH_CHECK();
-  attention_bwd_kv_kernel<<<B * H * T, 64, 0, st>>>(dqkv, datt, dout, qkv, att, T, H, d, scale);
   M6_LAUNCH_CHECK();
 }
 

@@ -430,23 +430,7 @@ void test_transformer(Backend& c, Backend& g) {
     g.gelu_bwd(dy.fg(), x.fg(), dy.fg(), n);
     t.check_f("gelu_bwd (dx = dy)", dy, kElem);
   }
-  for (auto [B, T, H, d] : {std::tuple{1, 1, 1, 8}, std::tuple{2, 17, 3, 24},
-                            std::tuple{1, 259, 2, 16}}) {
-    Twin t{c, g};
-    const std::string s = " B" + std::to_string(B) + " T" + std::to_string(T) + " H" +
-                          std::to_string(H) + " d" + std::to_string(d);
-    const size_t bt = static_cast<size_t>(B) * T, att_n = bt * H * T;
-    auto qkv = t.f(randn(bt * 3 * d)), out = t.f(randn(bt * d)), att = t.f(randn(att_n));
-    c.attention_fwd(out.fc(), att.fc(), qkv.fc(), B, T, H, d);
-    g.attention_fwd(out.fg(), att.fg(), qkv.fg(), B, T, H, d);
-    t.check_f("attention_fwd out" + s, out, kReduce);
-    t.check_f("attention_fwd att" + s, att, kReduce);
-    auto dout = t.f(randn(bt * d)), dqkv = t.f(randn(bt * 3 * d)), datt = t.f32(randn(att_n));
-    c.attention_bwd(dqkv.fc(), datt.fc(), dout.fc(), qkv.fc(), att.fc(), B, T, H, d);
-    g.attention_bwd(dqkv.fg(), datt.fg(), dout.fg(), qkv.fg(), att.fg(), B, T, H, d);
-    t.check_f("attention_bwd dqkv" + s, dqkv, kReduce);
-    t.check_f32("attention_bwd datt" + s, datt, kReduce);  // scratch, fp32
-  }
+  // attention: tests/cuda/test_cuda_attention.cpp (its own binary)
   for (auto [N, V] : {std::pair{1, 259}, std::pair{7, 257}}) {
     Twin t{c, g};
     const std::string s = " N" + std::to_string(N) + " V" + std::to_string(V);

@@ -89,7 +89,8 @@ class CpuBackend final : public Backend {
     cpu::attention_fwd(out, att, qkv, B, T, H, d);
   }
   void attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
-                     const float* att, int B, int T, int H, int d) override {
+                     const float* /*out: the saved probabilities suffice*/, const float* att, int B,
+                     int T, int H, int d) override {
     cpu::attention_bwd(dqkv, datt, dout, qkv, att, B, T, H, d);
   }
   void crossentropy_fwd(float* loss, float* probs, const float* logits, const int32_t* targets,

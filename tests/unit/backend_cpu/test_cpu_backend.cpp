@@ -171,7 +171,7 @@ TEST_CASE("CpuBackend float attention agrees with double", "[backend_cpu][float]
   DevBuf fq(*be, qkv), fdo(*be, dout), fo(*be, B * T * d), fa(*be, B * H * T * T);
   DevBuf fdq(*be, B * T * 3 * d), fda(*be, B * H * T * T);
   be->attention_fwd(fo.get(), fa.get(), fq.get(), B, T, H, d);
-  be->attention_bwd(fdq.get(), fda.get(), fdo.get(), fq.get(), fa.get(), B, T, H, d);
+  be->attention_bwd(fdq.get(), fda.get(), fdo.get(), fq.get(), fo.get(), fa.get(), B, T, H, d);
   std::vector<double> o(B * T * d), a(B * H * T * T), dq(B * T * 3 * d), da(B * H * T * T);
   cpu::attention_fwd(o.data(), a.data(), qkv.data(), B, T, H, d);
   cpu::attention_bwd(dq.data(), da.data(), dout.data(), qkv.data(), a.data(), B, T, H, d);

@@ -15,11 +15,16 @@ using namespace m6;
 namespace {
 
 // A backend with the CPU backend's ops but no host arena (like a build whose
-// device backend has none).
+// device backend has none). With AttentionSizes::Flash it asks for the CUDA
+// backend's attention buffers instead (for allocation only: its attention
+// ops are the CPU's, which need the probabilities).
+enum class AttentionSizes { Cpu, Flash };
 class NoHostArenaBackend final : public Backend {
  public:
-  NoHostArenaBackend() : be_(make_cpu_backend(1)) {}
+  explicit NoHostArenaBackend(AttentionSizes sizes = AttentionSizes::Cpu)
+      : be_(make_cpu_backend(1)), sizes_(sizes) {}
   std::string name() const override { return be_->name(); }
+  MemoryStats memory_stats() const override { return be_->memory_stats(); }
   void* alloc(size_t bytes) override { return be_->alloc(bytes); }
   void release(void* p) override { be_->release(p); }
   void to_device(void* dst, const void* host_src, size_t bytes) override {
@@ -68,8 +73,12 @@ class NoHostArenaBackend final : public Backend {
     be_->attention_fwd(out, att, qkv, B, T, H, d);
   }
   void attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
-                     const float* att, int B, int T, int H, int d) override {
-    be_->attention_bwd(dqkv, datt, dout, qkv, att, B, T, H, d);
+                     const float* out, const float* att, int B, int T, int H, int d) override {
+    be_->attention_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d);
+  }
+  AttentionBuffers attention_buffers(int B, int T, int H) const override {
+    return sizes_ == AttentionSizes::Flash ? flash_attention_buffers(B, T, H)
+                                           : be_->attention_buffers(B, T, H);
   }
   void crossentropy_fwd(float* loss, float* probs, const float* logits, const int32_t* targets,
                         int N, int V) override {
@@ -119,6 +128,7 @@ class NoHostArenaBackend final : public Backend {
 
  private:
   std::unique_ptr<Backend> be_;
+  AttentionSizes sizes_;
 };
 
 Config small_moe() {
@@ -184,5 +194,30 @@ TEST_CASE("memory check: an unfit layout is refused unless allowed", "[memory]")
   {
     Model model(c, *be, ExpertRange{0, 4});
     CHECK(be->memory_stats().device_live == plan.device_total - buckets);
+  }
+}
+
+TEST_CASE("memory plan: a GPU layout counts the fused attention's state, as the model takes it",
+          "[memory]") {
+  for (const Recompute rc : {Recompute::None, Recompute::Attention, Recompute::Layer}) {
+    CAPTURE(recompute_name(rc));
+    NoHostArenaBackend be(AttentionSizes::Flash);
+    Config c = small_moe();
+    c.train.recompute = rc;
+    c.train.device = DeviceKind::Cuda;
+    // fp32 compute: the GPU layout's widths are the CPU backend's, so the
+    // plan is exactly what the model allocates
+    const MemoryPlan plan = plan_memory(c, 1, PlanStorage::Gpu);
+    int64_t buckets = -1;
+    for (const MemoryLine& l : plan.lines)
+      if (l.name == "comm buckets") buckets = l.device;
+    REQUIRE(buckets > 0);
+    {
+      Model model(c, be, ExpertRange{0, 4});
+      CHECK(be.memory_stats().device_live == plan.device_total - buckets);
+    }
+    // pinned to the CPU backend, the same layout counts the probabilities
+    c.train.device = DeviceKind::Cpu;
+    CHECK(plan_memory(c, 1, PlanStorage::Gpu).device_total > plan.device_total);
   }
 }

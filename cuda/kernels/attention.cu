@@ -1,0 +1,66 @@
+// Launchers of the fused causal attention (kernels in attention_kernels.cuh,
+// which says how they work): head size -> instantiation, shared memory
+// opt-in, grid of (tile, b, h) blocks.
+#include <cmath>
+
+#include "cuda/check.h"
+#include "cuda/kernels/attention_kernels.cuh"
+#include "cuda/kernels/kernels.h"
+
+namespace m6::cuda {
+namespace {
+
+using namespace flash;
+
+// Kernels above 48 KiB of dynamic shared memory must opt in (a host-side
+// attribute, cheap to set at every launch).
+template <class K>
+void launch(K kernel, const FlashParams& p, size_t shmem_floats, cudaStream_t st) {
+  const size_t bytes = shmem_floats * sizeof(float);
+  M6_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     static_cast<int>(bytes)));
+  const unsigned blocks = static_cast<unsigned>(static_cast<int64_t>(p.tiles) * p.B * p.H);
+  kernel<<<blocks, kThreads, bytes, st>>>(p);
+  M6_LAUNCH_CHECK();
+}
+
+template <int DM>
+void run_fwd(const FlashParams& p, cudaStream_t st) {
+  launch(flash_fwd_kernel<DM>, p, fwd_shared_floats(DM), st);
+}
+
+template <int DM>
+void run_bwd(const FlashParams& p, cudaStream_t st) {
+  launch(flash_bwd_dkdv_kernel<DM>, p, dkdv_shared_floats(DM), st);
+  launch(flash_bwd_dq_kernel<DM>, p, dq_shared_floats(DM), st);
+}
+
+}  // namespace
+
+void launch_flash_attention_fwd(float* out, float* lse, const float* qkv, int B, int T, int H,
+                                int d, cudaStream_t st) {
+  if (static_cast<int64_t>(B) * T == 0) return;
+  FlashParams p = make_params(B, T, H, d);
+  p.qkv = qkv, p.o = out, p.lse_out = lse;
+  dispatch(
+      p.dh, [&] { run_fwd<32>(p, st); }, [&] { run_fwd<64>(p, st); }, [&] { run_fwd<128>(p, st); },
+      [&] { run_fwd<256>(p, st); });
+}
+
+void launch_flash_attention_bwd(float* dqkv, float* delta, const float* dout, const float* qkv,
+                                const float* out, const float* lse, int B, int T, int H, int d,
+                                cudaStream_t st) {
+  if (static_cast<int64_t>(B) * T == 0) return;
+  FlashParams p = make_params(B, T, H, d);
+  p.qkv = qkv, p.out = out, p.dout = dout, p.lse = lse, p.delta = delta;
+  p.dqkv = dqkv;
+  const int64_t rows = static_cast<int64_t>(B) * H * T;
+  const int64_t blocks = (rows * 32 + kDeltaThreads - 1) / kDeltaThreads;
+  flash_bwd_delta_kernel<<<static_cast<unsigned>(blocks), kDeltaThreads, 0, st>>>(p);
+  M6_LAUNCH_CHECK();
+  dispatch(
+      p.dh, [&] { run_bwd<32>(p, st); }, [&] { run_bwd<64>(p, st); }, [&] { run_bwd<128>(p, st); },
+      [&] { run_bwd<256>(p, st); });
+}
+
+}  // namespace m6::cuda

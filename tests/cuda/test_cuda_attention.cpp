@@ -1,0 +1,236 @@
+// The CUDA backend's fused causal attention (cuda/kernels/attention.cu)
+// against the CPU reference: forward output, dqkv and the saved log-sum-exp,
+// over head sizes 4..256 (every instantiation of the kernel, padded and
+// exact), T = 1, T not a multiple of the 32-row tile, T = 1024; and
+// determinism (a second forward and backward are bit-identical). Also the
+// fused softmax-cross-entropy (kernels/transformer.cu) against the CPU.
+//
+// Tolerance: within twice the error of a naive fp32 attention against the
+// CPU's double sums (tests/cuda/attention_ref.h says why). The buffers the
+// kernel overwrites start as NaN, so an element it fails to write fails.
+//
+// Exit codes as test_cuda_ops: 0 passed, 1 a check failed, 77 no CUDA device.
+// --cpu-vs-cpu: a second CpuBackend stands in for CUDA (runs the harness
+// without a GPU; both sides then keep the probabilities). --bench: the
+// speed line of scripts/gpu-check.sh instead of the checks.
+#include <cfloat>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/backend/backend.h"
+#include "core/backend/cuda_factory.h"
+#include "tests/cuda/attention_ref.h"
+#include "tests/cuda/cuda_test_util.h"
+
+using namespace m6;
+using namespace m6::cuda_test;
+
+namespace {
+
+struct Side {
+  Backend& be;
+  Backend::AttentionBuffers bufs;
+  float *qkv, *out, *att, *dout, *dqkv, *datt;
+};
+
+std::vector<float> download(Backend& be, const float* p, size_t n) {
+  std::vector<float> h(n);
+  be.to_host(h.data(), p, n * sizeof(float));
+  return h;
+}
+
+void upload(Backend& be, float* p, const std::vector<float>& h) {
+  be.to_device(p, h.data(), h.size() * sizeof(float));
+}
+
+Side make_side(Backend& be, const Shape& s, const std::vector<float>& qkv,
+               const std::vector<float>& dout) {
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  Side x{be,     be.attention_buffers(s.B, s.T, s.H), nullptr, nullptr, nullptr, nullptr, nullptr,
+         nullptr};
+  auto alloc = [&](size_t n) { return static_cast<float*>(be.alloc(std::max<size_t>(n, 1) * 4)); };
+  x.qkv = alloc(bt * 3 * d);
+  x.out = alloc(bt * d);
+  x.att = alloc(x.bufs.saved);
+  x.dout = alloc(bt * d);
+  x.dqkv = alloc(bt * 3 * d);
+  x.datt = alloc(x.bufs.scratch);
+  upload(be, x.qkv, qkv);
+  upload(be, x.dout, dout);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  upload(be, x.out, std::vector<float>(bt * d, nan));
+  upload(be, x.dqkv, std::vector<float>(bt * 3 * d, nan));
+  if (x.bufs.saved > 0) upload(be, x.att, std::vector<float>(x.bufs.saved, nan));
+  return x;
+}
+
+void free_side(Side& x) {
+  for (float* p : {x.qkv, x.out, x.att, x.dout, x.dqkv, x.datt}) x.be.release(p);
+}
+
+void run(Side& x, const Shape& s) {
+  const int d = s.H * s.dh;
+  x.be.attention_fwd(x.out, x.att, x.qkv, s.B, s.T, s.H, d);
+  x.be.attention_bwd(x.dqkv, x.datt, x.dout, x.qkv, x.out, x.att, s.B, s.T, s.H, d);
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+void test_shape(Backend& c, Backend& g, const Shape& s) {
+  const std::string name = describe(s);
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  // Scores of order 1 to a few: softmax neither uniform nor one-hot.
+  const std::vector<float> qkv = randn(bt * 3 * d, 1.5f), dout = randn(bt * d);
+  Side cs = make_side(c, s, qkv, dout), gs = make_side(g, s, qkv, dout);
+  run(cs, s);
+  run(gs, s);
+  const Naive<float> nf = naive_attention<float>(qkv, dout, s);
+  const std::vector<float> c_out = download(c, cs.out, bt * d);
+  const std::vector<float> c_dqkv = download(c, cs.dqkv, bt * 3 * d);
+  const std::vector<float> g_out = download(g, gs.out, bt * d);
+  const std::vector<float> g_dqkv = download(g, gs.dqkv, bt * 3 * d);
+  expect_within_naive("attention out" + name, g_out, c_out, nf.out);
+  expect_within_naive("attention dqkv" + name, g_dqkv, c_dqkv, nf.dqkv);
+  if (!gs.bufs.probabilities) {
+    // the saved log-sum-exp [B,H,T] against a double computation
+    const Naive<double> nd = naive_attention<double>(qkv, dout, s);
+    const std::vector<float> g_lse = download(g, gs.att, bt * s.H);
+    expect_within_naive("attention lse" + name, g_lse, nd.lse, nf.lse);
+  }
+  // Determinism: the same inputs again (outputs reset to NaN) give the same bits.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  upload(g, gs.out, std::vector<float>(bt * d, nan));
+  upload(g, gs.dqkv, std::vector<float>(bt * 3 * d, nan));
+  run(gs, s);
+  expect_true("attention rerun bit-identical (out, dqkv)" + name,
+              same_bits(download(g, gs.out, bt * d), g_out) &&
+                  same_bits(download(g, gs.dqkv, bt * 3 * d), g_dqkv));
+  free_side(cs);
+  free_side(gs);
+}
+
+// The sizes the backend asks for: the CPU's probabilities, the GPU's
+// log-sum-exp (unless the harness runs CPU against CPU).
+void test_buffers(Backend& c, Backend& g, bool cpu_vs_cpu) {
+  const Backend::AttentionBuffers cb = c.attention_buffers(2, 100, 3);
+  expect_true("cpu attention_buffers: probabilities [B,H,T,T]",
+              cb.probabilities && cb.saved == 2u * 3 * 100 * 100 && cb.scratch == cb.saved);
+  if (cpu_vs_cpu) return;
+  const Backend::AttentionBuffers gb = g.attention_buffers(2, 100, 3);
+  expect_true("cuda attention_buffers: lse [B,H,T], scratch [B,H,T]",
+              !gb.probabilities && gb.saved == 2u * 3 * 100 && gb.scratch == 2u * 3 * 100);
+}
+
+// The softmax-cross-entropy (one pass for max and sum together, online):
+// loss and probabilities, separate and in place over the logits, then the
+// gradient in place; vocabularies below a warp, odd, and GPT-2's; logits
+// spread wide (scale 20) so that the running max moves often. Tolerance
+// "reduction" of cuda_test_util.h (both sides sum in double).
+void test_crossentropy(Backend& c, Backend& g) {
+  struct Case {
+    int N, V;
+    float scale;
+  };
+  for (const Case k :
+       {Case{3, 5, 1.0f}, Case{1, 259, 1.0f}, Case{7, 257, 20.0f}, Case{4, 50257, 3.0f}}) {
+    Twin t{c, g};
+    const std::string s = " N" + std::to_string(k.N) + " V" + std::to_string(k.V) + " scale" +
+                          std::to_string(static_cast<int>(k.scale));
+    std::vector<int32_t> tg = randi(k.N, k.V);
+    tg[0] = -1;  // ignored position: loss 0, gradient row 0
+    const std::vector<float> lv = randn(static_cast<size_t>(k.N) * k.V, k.scale);
+    auto targets = t.i(tg), logits = t.f(lv), probs = t.zeros_f(lv.size());
+    auto loss = t.zeros_f(k.N), loss2 = t.zeros_f(k.N);
+    c.crossentropy_fwd(loss.fc(), probs.fc(), logits.fc(), targets.ic(), k.N, k.V);
+    g.crossentropy_fwd(loss.fg(), probs.fg(), logits.fg(), targets.ig(), k.N, k.V);
+    t.check_f("crossentropy_fwd loss" + s, loss, kReduce);
+    t.check_f("crossentropy_fwd probs" + s, probs, kReduce);
+    c.crossentropy_fwd(loss2.fc(), logits.fc(), logits.fc(), targets.ic(), k.N, k.V);
+    g.crossentropy_fwd(loss2.fg(), logits.fg(), logits.fg(), targets.ig(), k.N, k.V);
+    t.check_f("crossentropy_fwd loss (in place)" + s, loss2, kReduce);
+    t.check_f("crossentropy_fwd probs (in place)" + s, logits, kReduce);
+    c.crossentropy_bwd(logits.fc(), logits.fc(), targets.ic(), 0.125f, k.N, k.V);
+    g.crossentropy_bwd(logits.fg(), logits.fg(), targets.ig(), 0.125f, k.N, k.V);
+    t.check_f("crossentropy_bwd (in place)" + s, logits, kReduce);
+  }
+}
+
+// --bench: speed of the fused attention at the shape of configs/bench-gpu.yaml
+// (B 8, T 1024, 12 heads of 64), forward and backward timed apart on the host
+// around synchronised loops; FLOPs counted as flash-attention does (causal:
+// forward 2 T^2 dh per head, backward 2.5 x forward). One line per pass.
+int bench(Backend& g) {
+  const Shape s{8, 1024, 12, 64};
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  Side x = make_side(g, s, randn(bt * 3 * d), randn(bt * d));
+  const int d_i = static_cast<int>(d);
+  auto time_ms = [&](auto&& f) {
+    for (int i = 0; i < 2; ++i) f();  // warm-up
+    g.sync();
+    const auto t0 = std::chrono::steady_clock::now();
+    constexpr int kIters = 10;
+    for (int i = 0; i < kIters; ++i) f();
+    g.sync();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+               .count() /
+           kIters;
+  };
+  const double fwd = time_ms([&] { g.attention_fwd(x.out, x.att, x.qkv, s.B, s.T, s.H, d_i); });
+  const double bwd = time_ms([&] {
+    g.attention_bwd(x.dqkv, x.datt, x.dout, x.qkv, x.out, x.att, s.B, s.T, s.H, d_i);
+  });
+  const double flop_fwd = 2.0 * s.B * s.H * static_cast<double>(s.T) * s.T * s.dh;
+  std::printf("attention B%d T%d H%d dh%d on %s: saved %zu floats per layer\n", s.B, s.T, s.H,
+              s.dh, g.name().c_str(), x.bufs.saved);
+  std::printf("forward %.3f ms (%.2f TFLOP/s), backward %.3f ms (%.2f TFLOP/s)\n", fwd,
+              flop_fwd / fwd / 1e9, bwd, 2.5 * flop_fwd / bwd / 1e9);
+  free_side(x);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool cpu_vs_cpu = false, speed = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--cpu-vs-cpu") {
+      cpu_vs_cpu = true;
+    } else if (a == "--bench") {
+      speed = true;
+    } else {
+      std::printf("usage: %s [--cpu-vs-cpu] [--bench]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!cpu_vs_cpu && cuda_device_count() == 0) {
+    std::printf("no CUDA device: skipping [cuda] attention and cross-entropy tests\n");
+    return 77;
+  }
+  try {
+    auto cpu = make_cpu_backend(2);
+    auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {false, true});
+    if (speed) return bench(*gpu);
+    std::printf("comparing %s against %s\n", gpu->name().c_str(), cpu->name().c_str());
+    test_buffers(*cpu, *gpu, cpu_vs_cpu);
+    // dh 4, 8 (tiny configs), 16, 32, 48, 64, 128, 256: kernels DM = 32..256,
+    // padded and exact; T = 1, below, at and across the 32-row tile, 1024.
+    const Shape shapes[] = {{1, 1, 1, 32},  {2, 17, 3, 8},   {1, 7, 3, 4},     {3, 64, 4, 32},
+                            {2, 33, 2, 64}, {1, 70, 2, 48},  {2, 100, 2, 128}, {1, 45, 1, 256},
+                            {1, 40, 4, 16}, {1, 1024, 2, 64}};
+    for (const Shape& s : shapes) test_shape(*cpu, *gpu, s);
+    test_crossentropy(*cpu, *gpu);
+  } catch (const std::exception& e) {
+    std::printf("FAIL exception: %s\n", e.what());
+    return 1;
+  }
+  std::printf("%d of %d checks failed\n", g_failures, g_checks);
+  return g_failures == 0 ? 0 : 1;
+}
