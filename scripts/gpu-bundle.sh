@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the CUDA build on THIS machine (nvcc + the CUDA libraries, no GPU
 # needed) and packs what a GPU machine with only the driver, CUDA and Python
-# needs to run it into bundle/ (well under 60 MB):
+# needs to run it into bundle/ (well under 60 MB; the largest libraries packed
+# with xz, unpacked by bundle/run on first use):
 #   bundle/bin/m6train, test_cuda_ops, test_cuda_attention, test_cuda_nccl   the binaries
 #   bundle/lib/*.so*     every shared library they load that is neither glibc's,
 #       the driver's, nor one of the large CUDA libraries: yaml-cpp, OpenBLAS,
@@ -68,6 +69,24 @@ here=$(cd "$(dirname "$0")" && pwd)
 prog=$1
 shift
 dirs="$here/lib"
+# Libraries packed as NAME.xz (the large ones: OpenBLAS, ICU's data): unpacked
+# once, next to the pack when bundle/lib is writable, else under $TMPDIR.
+packed=$(ls "$here"/lib/*.xz 2>/dev/null)
+if [[ -n "$packed" ]]; then
+  unpack=$here/lib
+  [[ -w $unpack ]] || unpack=${TMPDIR:-/tmp}/m6-bundle-lib-$(id -u)-$(cat "$here/COMMIT" 2>/dev/null)
+  mkdir -p "$unpack"
+  for p in $packed; do
+    so=$unpack/$(basename "${p%.xz}")
+    [[ -s $so ]] && continue
+    if command -v xz > /dev/null; then
+      xz -dc "$p" > "$so.tmp"
+    else
+      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$p" "$so.tmp"
+    fi && mv "$so.tmp" "$so" || { echo "bundle/run: cannot unpack $p" >&2; exit 1; }
+  done
+  [[ $unpack == "$here/lib" ]] || dirs="$unpack:$dirs"
+fi
 # libstdc++: the target's when it is at least as new as the build's.
 need=$(cat "$here/lib/fallback/glibcxx" 2>/dev/null)
 sys=$(ldconfig -p 2>/dev/null | awk '$1 == "libstdc++.so.6" {print $NF; exit}')
@@ -101,14 +120,6 @@ exec "$here/bin/$prog" "$@"
 RUN
 chmod +x "$out/run"
 
-echo "bundle: $out"
-du -sh "$out"
-ls "$out/lib"
-total=$(du -sm "$out" | cut -f1)
-if ((total >= 60)); then
-  echo "gpu-bundle: the bundle is ${total} MB, over the 60 MB limit" >&2
-  exit 1
-fi
 # Every library must resolve from bundle/lib, glibc, or (on the target) the
 # CUDA libraries left out above.
 missing=$(LD_LIBRARY_PATH="$out/lib:$out/lib/fallback" ldd "$out/bin/m6train" | grep "not found" |
@@ -116,5 +127,23 @@ missing=$(LD_LIBRARY_PATH="$out/lib:$out/lib/fallback" ldd "$out/bin/m6train" | 
 if [[ -n "$missing" ]]; then
   echo "gpu-bundle: m6train has unresolved libraries:" >&2
   echo "$missing" >&2
+  exit 1
+fi
+# Smaller to carry: binaries without symbols; libraries over 8 MB (OpenBLAS
+# with its kernels for every CPU, ICU's data) packed with xz, which bundle/run
+# unpacks on first use (xz, or Python's lzma where xz is missing).
+strip --strip-unneeded "$out"/bin/*
+for lib in "$out"/lib/*.so*; do
+  if (($(stat -c %s "$lib") > 8 * 1024 * 1024)); then
+    xz -T"$jobs" -6 "$lib"
+  fi
+done
+
+echo "bundle: $out"
+du -sh "$out"
+ls "$out/lib"
+total=$(du -sm "$out" | cut -f1)
+if ((total >= 60)); then
+  echo "gpu-bundle: the bundle is ${total} MB, over the 60 MB limit" >&2
   exit 1
 fi
