@@ -339,7 +339,7 @@ void MpiSession::start(int* argc, char*** argv) {
     exit_after(kAbortGraceS, static_cast<int>(ExitCode::Internal));
     if (multiple) MPI_Abort(MPI_COMM_WORLD, static_cast<int>(ExitCode::Internal));
     std::_Exit(static_cast<int>(ExitCode::Internal));
-  });
+  }, /*park_on_fire=*/true);
 }
 
 std::unique_ptr<Comm> MpiSession::world(std::shared_ptr<CommActivity> activity) {

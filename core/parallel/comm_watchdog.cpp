@@ -4,7 +4,8 @@
 
 namespace m6 {
 
-CommWatchdog::CommWatchdog(Fire fire) : fire_(std::move(fire)), thread_([this] { loop(); }) {}
+CommWatchdog::CommWatchdog(Fire fire, bool park_on_fire)
+    : fire_(std::move(fire)), park_on_fire_(park_on_fire), thread_([this] { loop(); }) {}
 
 CommWatchdog::~CommWatchdog() {
   {
@@ -25,6 +26,7 @@ CommWatchdog::Guard::Guard(CommWatchdog* w, const CommActivity& a, const char* o
     : w_(w), t0_(Clock::now()) {
   if (!w_) return;
   std::lock_guard<std::mutex> lk(w_->mu_);
+  fired_before_ = w_->fired_;
   w_->armed_ = true;
   w_->start_ = t0_;
   w_->activity_ = &a;
@@ -36,8 +38,11 @@ CommWatchdog::Guard::Guard(CommWatchdog* w, const CommActivity& a, const char* o
 
 CommWatchdog::Guard::~Guard() {
   if (!w_) return;
-  std::lock_guard<std::mutex> lk(w_->mu_);
+  std::unique_lock<std::mutex> lk(w_->mu_);
   w_->armed_ = false;
+  if (!w_->park_on_fire_ || w_->fired_ == fired_before_) return;
+  lk.unlock();
+  for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));  // `fire` ends the process
 }
 
 double CommWatchdog::Guard::seconds() const {

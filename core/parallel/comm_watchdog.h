@@ -24,8 +24,12 @@ class CommWatchdog {
  public:
   // `fire` receives the timeout message; in production it does not return. If
   // it does (tests), the collective is forgotten and the watchdog keeps going.
+  // park_on_fire: a collective that completes after its watchdog fired (the
+  // late peer arrived while `fire` was aborting the job) does not return to
+  // its caller, whose next steps (a checkpoint, say) would wait on ranks the
+  // abort is ending: the thread waits for the abort instead.
   using Fire = std::function<void(const std::string& message)>;
-  explicit CommWatchdog(Fire fire);
+  explicit CommWatchdog(Fire fire, bool park_on_fire = false);
   ~CommWatchdog();  // stops and joins the thread
   CommWatchdog(const CommWatchdog&) = delete;
   CommWatchdog& operator=(const CommWatchdog&) = delete;
@@ -44,6 +48,7 @@ class CommWatchdog {
    private:
     CommWatchdog* w_;
     std::chrono::steady_clock::time_point t0_;
+    int64_t fired_before_ = 0;
   };
 
   int64_t fired() const;  // timeouts reported so far
@@ -52,6 +57,7 @@ class CommWatchdog {
   void loop();
   using Clock = std::chrono::steady_clock;
   Fire fire_;
+  bool park_on_fire_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;

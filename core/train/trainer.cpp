@@ -502,6 +502,15 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   }
   if (!evaluated_last && end > 0 && state.step == 0) sum.final_eval_loss = sum.first_eval_loss;
   sum.steps = state.step;
+  if (sum.stop_signal && saved_step != state.step) {
+    // Every rank confirms it is here before a file is written. A rank whose
+    // stop agreement timed out is aborting (its watchdog parks it even if the
+    // late peer then completed the collective), so a rank that was stopped
+    // and continued with a stop request pending times out here instead of
+    // beginning a checkpoint that waits on ranks that are gone.
+    CommLabel label(comm.activity(), "stop: save begins");
+    comm.barrier();
+  }
   if (saved_step != state.step) save();
   if (sum.stop_signal) {
     log_info(fmt("stopped by ", stop_signal_name(sum.stop_signal), " at step ", state.step,

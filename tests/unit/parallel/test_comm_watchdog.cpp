@@ -2,7 +2,9 @@
 // timeout_s is reported once, with the step, the collective, its label, the
 // communicator and the seconds waited; a call that ends in time never is.
 #include <catch2/catch.hpp>
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -85,4 +87,48 @@ TEST_CASE("watchdog: a guard without a watchdog only measures", "[comm]") {
   const std::string comm = "world";
   const CommWatchdog::Guard g(nullptr, a, "barrier", comm, 1);
   CHECK(g.seconds() >= 0);
+}
+
+TEST_CASE("watchdog: park_on_fire keeps a collective that ends after the timeout from returning",
+          "[comm]") {
+  // The late peer arrives while the abort is under way: the collective
+  // completes, but its caller must not go on (it would start a checkpoint
+  // that waits on ranks the abort is ending).
+  Recorder rec;
+  CommWatchdog w(rec.fire(), /*park_on_fire=*/true);
+  static CommActivity a;  // outlives the parked thread's guard
+  a.timeout_s = 0.05;
+  static const std::string comm = "world";
+  auto returned = std::make_shared<std::atomic<bool>>(false);
+  auto ended = std::make_shared<std::atomic<bool>>(false);
+  std::thread([&w, &rec, returned, ended] {
+    {
+      const CommWatchdog::Guard g(&w, a, "all_reduce", comm, 2);
+      // The collective outlives the timeout until the report (up to 20 s,
+      // generous under load), then completes.
+      for (int i = 0; i < 2000 && rec.count() == 0; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      ended->store(true);
+    }
+    returned->store(true);
+  }).detach();
+  for (int i = 0; i < 2500 && !ended->load(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // after the collective ended
+  CHECK(ended->load());
+  CHECK(rec.count() == 1);
+  CHECK_FALSE(returned->load());
+
+  // Without it (the default) the same collective returns after the report.
+  Recorder rec2;
+  CommWatchdog w2(rec2.fire());
+  bool back = false;
+  {
+    const CommWatchdog::Guard g(&w2, a, "all_reduce", comm, 2);
+    for (int i = 0; i < 2000 && rec2.count() == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  back = true;
+  CHECK(rec2.count() == 1);
+  CHECK(back);
 }
