@@ -8,6 +8,7 @@
 #include "core/backend/backend.h"
 #include "core/model/model.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/tiny_model.h"
 
 using namespace m6;
 using namespace m6::cuda_test;
@@ -140,34 +141,10 @@ void test_moe(Backend& c, Backend& g) {
 // 5e-2), and the loss (an fp32 mean of fp32 cross-entropies of rounded
 // logits) by 4u relative.
 void test_model_step(Backend& c, Backend& g) {
-  Config cfg;
-  cfg.model.vocab_size = 29;
-  cfg.model.max_seq_len = 7;
-  cfg.model.d_model = 12;
-  cfg.model.n_heads = 3;
-  cfg.model.n_layers = 2;
-  cfg.model.d_ff = 10;
-  cfg.model.moe.every = 1;
-  cfg.model.moe.experts = 4;
-  cfg.model.moe.top_k = 2;
-  cfg.model.moe.capacity_factor = 1.25;
+  Config cfg = tiny_moe_config(2, 1, 7);
   cfg.model.moe.aux_loss_coef = 0.3;
   cfg.model.moe.z_loss_coef = 0.1;
-  cfg.train.seq_len = 5;
-  cfg.train.micro_batch = 2;
-  cfg.train.global_batch = 2;
-  cfg.train.threads = 1;
-  cfg.train.seed = 7;
-  cfg.data.train = cfg.data.val = "unused";
-  if (g_half) cfg.precision.compute = *g_half == HalfType::BF16 ? Precision::Bf16 : Precision::Fp16;
-  Batch b;
-  b.B = 2;
-  b.T = 5;
-  std::mt19937 rng(5);
-  for (int i = 0; i < b.B * b.T; ++i) {
-    b.inputs.push_back(static_cast<int32_t>(rng() % 29));
-    b.targets.push_back(static_cast<int32_t>(rng() % 29));
-  }
+  Batch b = tiny_batch(cfg, 5);
   b.targets[3] = -1;
   const int E = cfg.model.moe.experts;
   Model mc(cfg, c, ExpertRange{0, E}), mg(cfg, g, ExpertRange{0, E});

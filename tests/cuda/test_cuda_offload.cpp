@@ -10,6 +10,7 @@
 #include "core/backend/backend.h"
 #include "core/model/model.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/tiny_model.h"
 
 using namespace m6;
 using namespace m6::cuda_test;
@@ -106,33 +107,10 @@ void test_prefetch(Backend& g) {
 // prefetch window) computes the same bits as with everything resident, in
 // fp32 and (half mode) under precision.compute bf16/fp16.
 void test_offload_model(Backend& g) {
-  Config cfg;
-  cfg.model.vocab_size = 29;
-  cfg.model.max_seq_len = 7;
-  cfg.model.d_model = 12;
-  cfg.model.n_heads = 3;
-  cfg.model.n_layers = 4;
-  cfg.model.d_ff = 10;
-  cfg.model.moe.every = 2;
-  cfg.model.moe.experts = 4;
-  cfg.model.moe.top_k = 2;
-  cfg.model.moe.capacity_factor = 1.25;
-  cfg.train.seq_len = 5;
-  cfg.train.micro_batch = 2;
-  cfg.train.global_batch = 2;
-  cfg.train.threads = 1;
-  cfg.train.seed = 11;
-  cfg.data.train = cfg.data.val = "unused";
   // Half mode: the streamed weights are rounded when their layer runs, as
-  // the resident chunks' compute copies are.
-  if (g_half) cfg.precision.compute = *g_half == HalfType::BF16 ? Precision::Bf16 : Precision::Fp16;
-  Batch b;
-  b.B = 2;
-  b.T = 5;
-  for (int i = 0; i < b.B * b.T; ++i) {
-    b.inputs.push_back((7 * i + 3) % 29);
-    b.targets.push_back((5 * i + 1) % 29);
-  }
+  // the resident chunks' compute copies are (tiny_moe_config sets precision.compute).
+  Config cfg = tiny_moe_config(4, 2, 11);
+  const Batch b = tiny_batch(cfg, 3);
   const int E = cfg.model.moe.experts;
   Config off = cfg;
   off.offload.optimizer = off.offload.params = 1.0;

@@ -1,0 +1,50 @@
+// A tiny MoE model config and batch for the whole-model checks of the CUDA
+// tests (test_cuda_moe.cpp, test_cuda_offload.cpp): vocabulary 29, d 12, 3
+// heads, d_ff 10, 4 experts top-2 with capacity 1.25, micro-batch 2 x 5
+// tokens; in half mode (--compute bf16|fp16) precision.compute matches.
+#pragma once
+#include <cstdint>
+#include <random>
+
+#include "core/config/config.h"
+#include "core/model/model.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace m6::cuda_test {
+
+inline Config tiny_moe_config(int n_layers, int moe_every, uint64_t seed) {
+  Config cfg;
+  cfg.model.vocab_size = 29;
+  cfg.model.max_seq_len = 7;
+  cfg.model.d_model = 12;
+  cfg.model.n_heads = 3;
+  cfg.model.n_layers = n_layers;
+  cfg.model.d_ff = 10;
+  cfg.model.moe.every = moe_every;
+  cfg.model.moe.experts = 4;
+  cfg.model.moe.top_k = 2;
+  cfg.model.moe.capacity_factor = 1.25;
+  cfg.train.seq_len = 5;
+  cfg.train.micro_batch = 2;
+  cfg.train.global_batch = 2;
+  cfg.train.threads = 1;
+  cfg.train.seed = seed;
+  cfg.data.train = cfg.data.val = "unused";
+  if (g_half) cfg.precision.compute = *g_half == HalfType::BF16 ? Precision::Bf16 : Precision::Fp16;
+  return cfg;
+}
+
+// Random tokens and targets of the config's micro-batch shape.
+inline Batch tiny_batch(const Config& cfg, uint32_t seed) {
+  Batch b;
+  b.B = cfg.train.micro_batch;
+  b.T = cfg.train.seq_len;
+  std::mt19937 rng(seed);
+  for (int i = 0; i < b.B * b.T; ++i) {
+    b.inputs.push_back(static_cast<int32_t>(rng() % cfg.model.vocab_size));
+    b.targets.push_back(static_cast<int32_t>(rng() % cfg.model.vocab_size));
+  }
+  return b;
+}
+
+}  // namespace m6::cuda_test
