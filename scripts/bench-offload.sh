@@ -14,9 +14,11 @@
 # RAM, so offload costs the extra copies (weights streamed in per layer and
 # pass, gradients and weights through the host staging pieces) and the
 # recompute modes cost their extra forward work; nothing is hidden by overlap.
-# On CUDA the weight stream is meant to run one layer ahead on a side stream
-# and the host AdamW beside the backward, so that only PCIe time beyond the
-# compute of a layer shows.
+# On CUDA the weight stream runs one layer ahead on a side copy stream
+# (Backend::copy_async), so only PCIe time beyond a layer's compute shows,
+# and the host AdamW runs beside the device's, its gradient pieces coming
+# down one piece ahead of the update (two staging sets): what shows is the
+# larger of the PCIe time and the host update's time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=12
