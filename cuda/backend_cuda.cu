@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/backend/alloc_tracker.h"
@@ -285,21 +287,8 @@ class CudaBackend final : public Backend {
     if (in == 0) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
     // Device table: [A][B][C][bias] pointers, [row][prefix] int64.
     const size_t pb = static_cast<size_t>(G) * sizeof(void*);
-    const size_t bytes = 4 * pb + (2 * static_cast<size_t>(G) + 1) * sizeof(int64_t);
-    if (bytes > group_table_bytes_) {
-      if (group_table_ != nullptr) release(group_table_);
-      group_table_bytes_ = std::max<size_t>(bytes, 4096);
-      group_table_ = static_cast<char*>(alloc(group_table_bytes_));
-    }
-    std::vector<char> host(bytes);
-    std::memcpy(host.data(), a.data(), pb);
-    std::memcpy(host.data() + pb, b.data(), pb);
-    std::memcpy(host.data() + 2 * pb, c.data(), pb);
-    std::memcpy(host.data() + 3 * pb, bias.data(), pb);
-    std::memcpy(host.data() + 4 * pb, row.data(), G * sizeof(int64_t));
-    std::memcpy(host.data() + 4 * pb + G * sizeof(int64_t), prefix.data(),
-                (G + 1) * sizeof(int64_t));
-    M6_CUDA_CHECK(cudaMemcpyAsync(group_table_, host.data(), bytes, cudaMemcpyHostToDevice, stream_));
+    upload_group_table({{a.data(), pb}, {b.data(), pb}, {c.data(), pb}, {bias.data(), pb},
+                        {row.data(), G * sizeof(int64_t)}, {prefix.data(), (G + 1) * sizeof(int64_t)}});
     // Row-major y_i[rows,out] = x_i[rows,in] w_i^T is column-major
     // Y^T[out,rows] = W[out,in] X^T: A = w (op T, ld in), B = x (op N, ld in).
     std::vector<cublasOperation_t> ta(G, CUBLAS_OP_T), tb(G, CUBLAS_OP_N);
@@ -313,7 +302,6 @@ class CudaBackend final : public Backend {
         beta.data(), reinterpret_cast<void* const*>(group_table_ + 2 * pb), CUDA_R_32F, ldc.data(),
         G, size.data(), half_gemms() ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F);
     if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // an older cuBLAS: one GEMM per group
-      M6_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` must outlive the copy above
       return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
     }
     M6_CUBLAS_CHECK(st);
@@ -321,7 +309,6 @@ class CudaBackend final : public Backend {
                                   reinterpret_cast<const int64_t*>(group_table_ + 4 * pb),
                                   reinterpret_cast<const int64_t*>(group_table_ + 4 * pb + G * 8),
                                   G, prefix.back(), out, stream_);
-    // `host` is pageable: cudaMemcpyAsync has copied it before returning.
   }
 
   // Every group's dx GEMM in one cublasGemmGroupedBatchedEx call, every dw
@@ -354,22 +341,9 @@ class CudaBackend final : public Backend {
     if (in == 0 || out == 0) return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
     // Device table: [W][DY][DX][X][DW][DB] pointers, [row][rows] int64.
     const size_t pb = static_cast<size_t>(G) * sizeof(void*);
-    const size_t bytes = 6 * pb + 2 * static_cast<size_t>(G) * sizeof(int64_t);
-    if (bytes > group_table_bytes_) {
-      if (group_table_ != nullptr) release(group_table_);
-      group_table_bytes_ = std::max<size_t>(bytes, 4096);
-      group_table_ = static_cast<char*>(alloc(group_table_bytes_));
-    }
-    std::vector<char> host(bytes);
-    std::memcpy(host.data(), w.data(), pb);
-    std::memcpy(host.data() + pb, dyp.data(), pb);
-    std::memcpy(host.data() + 2 * pb, dxp.data(), pb);
-    std::memcpy(host.data() + 3 * pb, xp.data(), pb);
-    std::memcpy(host.data() + 4 * pb, dwp.data(), pb);
-    std::memcpy(host.data() + 5 * pb, db.data(), pb);
-    std::memcpy(host.data() + 6 * pb, row.data(), G * sizeof(int64_t));
-    std::memcpy(host.data() + 6 * pb + G * sizeof(int64_t), rows.data(), G * sizeof(int64_t));
-    M6_CUDA_CHECK(cudaMemcpyAsync(group_table_, host.data(), bytes, cudaMemcpyHostToDevice, stream_));
+    upload_group_table({{w.data(), pb}, {dyp.data(), pb}, {dxp.data(), pb}, {xp.data(), pb},
+                        {dwp.data(), pb}, {db.data(), pb}, {row.data(), G * sizeof(int64_t)},
+                        {rows.data(), G * sizeof(int64_t)}});
     auto ptrs = [&](int p) { return reinterpret_cast<const void* const*>(group_table_ + p * pb); };
     auto outs = [&](int p) { return reinterpret_cast<void* const*>(group_table_ + p * pb); };
     const cublasComputeType_t compute = bf16_ ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
@@ -385,7 +359,6 @@ class CudaBackend final : public Backend {
         CUDA_R_32F, ld_in.data(), ptrs(1), CUDA_R_32F, ld_out.data(), zero.data(), outs(2),
         CUDA_R_32F, ld_in.data(), G, size.data(), compute);
     if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // an older cuBLAS: one GEMM per group
-      M6_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` must outlive the copy above
       return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
     }
     M6_CUBLAS_CHECK(st);
@@ -399,7 +372,6 @@ class CudaBackend final : public Backend {
                                    reinterpret_cast<const int64_t*>(group_table_ + 6 * pb),
                                    reinterpret_cast<const int64_t*>(group_table_ + 6 * pb + G * 8),
                                    G, out, stream_);
-    // `host` is pageable: cudaMemcpyAsync has copied it before returning.
   }
 
   void add_bias(float* y, const float* b, int n, int c) override {
@@ -704,6 +676,26 @@ class CudaBackend final : public Backend {
   static void check_slot(int slot) {
     M6_CHECK(slot >= 0 && slot < kCopySlots, "async copy slot ", slot, " is outside [0, ",
              kCopySlots, ")");
+  }
+  // The pointer and row tables of the grouped linear layers: `parts` (host
+  // ranges, each a multiple of 8 bytes) back to back in group_table_, grown
+  // when too small. The host buffer is pageable, so cudaMemcpyAsync has read
+  // it before returning; the copy is ordered before the GEMMs that read it.
+  void upload_group_table(std::initializer_list<std::pair<const void*, size_t>> parts) {
+    size_t bytes = 0;
+    for (const auto& p : parts) bytes += p.second;
+    if (bytes > group_table_bytes_) {
+      if (group_table_ != nullptr) release(group_table_);
+      group_table_bytes_ = std::max<size_t>(bytes, 4096);
+      group_table_ = static_cast<char*>(alloc(group_table_bytes_));
+    }
+    std::vector<char> host(bytes);
+    size_t at = 0;
+    for (const auto& p : parts) {
+      std::memcpy(host.data() + at, p.first, p.second);
+      at += p.second;
+    }
+    M6_CUDA_CHECK(cudaMemcpyAsync(group_table_, host.data(), bytes, cudaMemcpyHostToDevice, stream_));
   }
   void clear_bad() { M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, sizeof(BadIndex), stream_)); }
   template <class F>

@@ -267,7 +267,7 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   st.demand.assign(demand_h.begin(), demand_h.end());
   st.slots = static_cast<int64_t>(n) * S_;
   st.dropped = st.slots - rows;
-  st.routing = routing_fingerprint(n);
+  if (phase == Phase::Train) st.routing = routing_fingerprint(n);  // metrics of training steps only
   rows_ = rows;
 
   be_.moe_permute(xp_, x, expert_, pos_, offset_, n, S_, d);
