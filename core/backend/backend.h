@@ -197,6 +197,50 @@ class Backend {
     for (size_t i = 0; i < count; ++i) out[i] = sum_squares(xs[i], ns[i]);
   }
   virtual bool all_finite(const float* x, size_t n) = 0;
+
+  // ---- stream-ordered results (no host read inside a step) -------------------
+  // The ops above that return a value synchronise. Inside a training
+  // micro-batch the model instead leaves its results in device memory and
+  // reads them all at the end of the step (Model::collect_stats):
+  //  - sum_to: *dst (one device double) = sum(x, n), the same value as sum();
+  //  - router_aux_sums: dst[0..E) = sum_n probs[n,e], dst[E] = sum lse^2 (the
+  //    sums of router_aux_fwd; router_aux_combine finishes them on the host);
+  //  - routing_hash: *dst (a device uint64) = MoeStats::routing of these
+  //    slots (core/model/moe.h), a wrapping sum of per-slot hashes, so any
+  //    summation order gives the same bits.
+  // Defaults: through the synchronous ops (the reference).
+  virtual void sum_to(double* dst, const float* x, size_t n);
+  virtual void router_aux_sums(double* dst, const float* probs, const float* lse,
+                               const RouterArgs& a);
+  virtual void routing_hash(uint64_t* dst, const int32_t* expert, const int32_t* pos, int n,
+                            int S);
+  // Bad indices seen by device kernels (a target >= vocab, an expert id out
+  // of range) are reported without a host read per op on a GPU: they are
+  // kept on the device and thrown here, which the trainer calls at the end
+  // of every step (and Model::collect_stats before it reads). The CPU
+  // backend throws at the op itself; nothing is deferred there.
+  virtual void check_errors() {}
+  // Host reads (to_host, the value-returning ops, sync) since creation: what
+  // the step's "no host sync" claims are tested by (README: GPU performance).
+  virtual int64_t host_reads() const { return -1; }  // -1: not counted
+
+  // ---- graphs (static-shape replay) -------------------------------------------
+  // capture_begin .. capture_end records the ops issued in between without
+  // running them; graph_launch runs the recording again, with the arguments
+  // (pointers, sizes, scalars) it was recorded with. Between begin and end
+  // no host read, allocation or host-to-device copy may be issued (each is
+  // an error, and the capture is abandoned). CUDA: CUDA graphs on the
+  // compute stream. The CPU reference records closures, so the same model
+  // code path is tested for replay on any machine.
+  class Graph {
+   public:
+    virtual ~Graph() = default;
+  };
+  virtual bool graphs_available() const { return false; }
+  virtual void capture_begin();
+  // nullptr when the capture failed (the error is logged): run eagerly.
+  virtual std::unique_ptr<Graph> capture_end();
+  virtual void graph_launch(Graph& g);
   // x[i] = round_half(x[i], t): the nearest bf16/fp16 value, ties to even
   // (core/util/half_round.h), overflow to inf. The mixed-precision compute
   // path (precision.compute) applies it where a tensor is stored in half.
@@ -301,6 +345,10 @@ class Backend {
   struct AuxLosses { double aux, z; };
   virtual AuxLosses router_aux_fwd(const float* probs, const float* lse, const int32_t* demand,
                                    const RouterArgs& a) = 0;
+  // {aux, z} of router_aux_fwd from the sums of router_aux_sums (E + 1
+  // doubles) and the demand (host ints): the same arithmetic in the same order.
+  static AuxLosses router_aux_combine(const double* sums, const int32_t* demand,
+                                      const RouterArgs& a);
   // dlogits[N,E] (overwrite) from: dgate[N,S] through the gate (normalised or
   // not) and the group softmax, plus aux_coef * d aux / d logits and
   // z_coef * d z / d logits. The caller folds its loss scale into dgate and the
@@ -373,6 +421,10 @@ inline Backend::AttentionBuffers flash_attention_buffers(int B, int T, int H) {
 
 // The CPU reference backend (OpenBLAS GEMMs, OpenMP loops). threads <= 0: all cores.
 std::unique_ptr<Backend> make_cpu_backend(int threads);
+// A backend that forwards every op to `inner` and adds graphs (capture as
+// closures, replay) and the host-read count: the CPU twin of CUDA graphs
+// (core/backend/graph_recorder.cpp).
+std::unique_ptr<Backend> make_recording_backend(std::unique_ptr<Backend> inner);
 
 // AdamW on host arrays (OpenMP, vectorised): the optimizer step of offloaded
 // chunks on every backend. The same code as the CPU backend's adamw, so an

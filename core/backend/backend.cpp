@@ -1,0 +1,63 @@
+// The Backend's default ops: the stream-ordered results through the
+// synchronous ops (the reference), and no graphs.
+#include "core/backend/backend.h"
+
+#include <vector>
+
+#include "core/util/error.h"
+#include "core/util/splitmix.h"
+
+namespace m6 {
+
+void Backend::sum_to(double* dst, const float* x, size_t n) {
+  const double s = sum(x, n);
+  to_device(dst, &s, sizeof s);
+}
+
+void Backend::router_aux_sums(double* dst, const float* probs, const float* lse,
+                              const RouterArgs& a) {
+  const size_t E = static_cast<size_t>(a.e), rows = static_cast<size_t>(a.n);
+  const size_t lrows = rows * static_cast<size_t>(a.groups);
+  std::vector<float> p(rows * E), l(lrows);
+  to_host(p.data(), probs, p.size() * sizeof(float));
+  to_host(l.data(), lse, l.size() * sizeof(float));
+  std::vector<double> s(E + 1, 0.0);
+  for (size_t n = 0; n < rows; n++)
+    for (size_t e = 0; e < E; e++) s[e] += p[n * E + e];
+  for (size_t i = 0; i < lrows; i++) s[E] += static_cast<double>(l[i]) * l[i];
+  to_device(dst, s.data(), s.size() * sizeof(double));
+}
+
+void Backend::routing_hash(uint64_t* dst, const int32_t* expert, const int32_t* pos, int n,
+                           int S) {
+  const size_t slots = static_cast<size_t>(n) * static_cast<size_t>(S);
+  std::vector<int32_t> e(slots), p(slots);
+  to_host(e.data(), expert, slots * sizeof(int32_t));
+  to_host(p.data(), pos, slots * sizeof(int32_t));
+  uint64_t h = 0;
+  for (size_t i = 0; i < slots; ++i) h += routing_slot_hash(i, e[i], p[i] >= 0);
+  to_device(dst, &h, sizeof h);
+}
+
+Backend::AuxLosses Backend::router_aux_combine(const double* sums, const int32_t* demand,
+                                               const RouterArgs& a) {
+  if (a.n == 0) return {0.0, 0.0};
+  const int E = a.e, G = a.groups, Eg = E / G;
+  double aux = 0.0;
+  for (int e = 0; e < E; e++)
+    aux += (static_cast<double>(demand[e]) / (static_cast<double>(a.n) * a.top_k)) *
+           (sums[e] / a.n);
+  aux *= static_cast<double>(Eg) / G;
+  const double z = sums[E] / (static_cast<double>(a.n) * G);
+  return {aux, z};
+}
+
+void Backend::capture_begin() {
+  throw Error(fmt("backend ", name(), " has no graphs (train.graphs: off, or a CUDA device)"));
+}
+std::unique_ptr<Backend::Graph> Backend::capture_end() {
+  throw Error(fmt("backend ", name(), " has no graphs"));
+}
+void Backend::graph_launch(Graph&) { throw Error(fmt("backend ", name(), " has no graphs")); }
+
+}  // namespace m6
