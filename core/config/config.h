@@ -21,6 +21,12 @@ enum class DelinkOptimizer { Copy, Reset };
 // layer (recomputed from the kept qkv in backward); Layer keeps only each
 // layer's input and recomputes the whole layer forward in backward.
 enum class Recompute { None, Attention, Layer };
+// train.graphs: replay each training micro-batch from a graph (CUDA graphs)
+// where its shapes and host logic are static: no MoE layer (the capacity
+// logic reads expert loads to the host) and no streamed weights
+// (offload.params). Auto: on for a CUDA device where allowed; On: required
+// (a config error where not allowed; on the CPU the recording twin).
+enum class GraphMode { Auto, On, Off };
 
 struct MoeConfig {
   int every = 0;  // layer l is MoE iff every > 0 and l % every == every - 1
@@ -87,6 +93,7 @@ struct TrainConfig {
   int64_t max_skipped_steps = 10;  // consecutive skipped steps before the run aborts
   SpikeGuardConfig spike_guard;
   Recompute recompute = Recompute::None;
+  GraphMode graphs = GraphMode::Auto;
   // Memory the fit check (core/plan/memory_plan.h) plans for: "" = what the
   // backend reports (device memory; physical RAM on the CPU backend), else a
   // size such as "80GiB". allow_unfit trains even when the plan does not fit.
@@ -185,6 +192,10 @@ Config load_config(const std::string& file, const std::vector<std::string>& over
 
 // Validation alone (load_config calls it); also used after programmatic edits.
 void validate_config(const Config& c, int world);
+
+// Why a training micro-batch of this config cannot be replayed from a graph
+// (train.graphs), or "" when it can.
+std::string graphs_blocker(const Config& c);
 
 // The resolved config as JSON (written to <run>/config.json and into exports),
 // and back (used when reading a checkpoint manifest or an export).

@@ -46,6 +46,8 @@ constexpr Spelling<DelinkOptimizer> kDelinkNames[] = {{"copy", DelinkOptimizer::
                                                       {"reset", DelinkOptimizer::Reset}};
 constexpr Spelling<Recompute> kRecomputeNames[] = {
     {"none", Recompute::None}, {"attention", Recompute::Attention}, {"layer", Recompute::Layer}};
+constexpr Spelling<GraphMode> kGraphNames[] = {
+    {"auto", GraphMode::Auto}, {"on", GraphMode::On}, {"off", GraphMode::Off}};
 
 template <class E>
 struct EnumRef {
@@ -55,7 +57,8 @@ struct EnumRef {
 
 using FieldRef = std::variant<int*, int64_t*, uint64_t*, double*, std::string*, EnumRef<RouterKind>,
                               EnumRef<GateNorm>, EnumRef<DeviceKind>, EnumRef<Precision>,
-                              EnumRef<DelinkOptimizer>, EnumRef<Recompute>, EnumRef<bool>>;
+                              EnumRef<DelinkOptimizer>, EnumRef<Recompute>, EnumRef<GraphMode>,
+                              EnumRef<bool>>;
 
 struct Field {
   const char* key;  // dotted YAML path, e.g. "model.moe.top_k"
@@ -100,6 +103,7 @@ std::vector<Field> fields_of(Config& c) {
       {"train.spike_guard.window", &c.train.spike_guard.window},
       {"train.spike_guard.z_threshold", &c.train.spike_guard.z_threshold},
       {"train.recompute", EnumRef<Recompute>{&c.train.recompute, kRecomputeNames}},
+      {"train.graphs", EnumRef<GraphMode>{&c.train.graphs, kGraphNames}},
       {"train.device_memory", &c.train.device_memory},
       {"train.host_memory", &c.train.host_memory},
       {"train.allow_unfit", EnumRef<bool>{&c.train.allow_unfit, kBoolNames}},

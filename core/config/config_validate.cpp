@@ -194,6 +194,14 @@ void check_train(const Checker& k, const Config& c, int world) {
                2 * unit, ", ", 3 * unit, ", ..."),
            {"train.micro_batch"});
   k.at_least("train.threads", t.threads, 0, " (0 = all cores)");
+  if (t.graphs == GraphMode::On) {
+    const std::string why = graphs_blocker(c);
+    if (!why.empty())
+      k.fail("train.graphs",
+             fmt("on, but a micro-batch of this config cannot be replayed from a graph: ", why,
+                 "; allowed here: auto or off"),
+             {"model.moe.every", "offload.params"});
+  }
   k.at_least<int64_t>("train.max_skipped_steps", t.max_skipped_steps, 1);
   if (t.spike_guard.window < 0 || t.spike_guard.window == 1)
     k.fail("train.spike_guard.window",
@@ -305,6 +313,17 @@ void validate_config_at(const Config& c, int world, const WhereFn& where) {
 }
 
 }  // namespace config_detail
+
+std::string graphs_blocker(const Config& c) {
+  if (c.model.moe.every > 0)
+    return fmt("model.moe.every is ", c.model.moe.every,
+               " (MoE layers read their expert loads to the host in every micro-batch: the "
+               "capacity logic)");
+  if (c.offload.params > 0)
+    return fmt("offload.params is ", c.offload.params,
+               " (streamed weights are copied between the host and the device in the step)");
+  return "";
+}
 
 void validate_config(const Config& c, int world) {
   config_detail::validate_config_at(c, world, nullptr);

@@ -25,6 +25,7 @@ class DeviceArena {
 
   float* floats(size_t n) { return static_cast<float*>(raw(n * sizeof(float))); }
   int32_t* ints(size_t n) { return static_cast<int32_t*>(raw(n * sizeof(int32_t))); }
+  double* doubles(size_t n) { return static_cast<double*>(raw(n * sizeof(double))); }
 
  private:
   void* raw(size_t bytes) {

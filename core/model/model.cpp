@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 
 #include "core/model/linear.h"
 #include "core/util/error.h"
+#include "core/util/log.h"
 
 namespace m6 {
 
@@ -99,9 +101,40 @@ Model::Model(const Config& cfg, Backend& be, ExpertRange experts, MoeExchange ex
   dqkv_ = arena_.floats(N * 3 * d);
   dff_ = arena_.floats(N * F);
   datt_ = arena_.floats(att_bufs_.scratch);
+  for (int l = 0; l < L; ++l)
+    if (m.is_moe_layer(l)) stats_per_slot_ += static_cast<size_t>(m.moe.experts) + 2;
+
+  reserve_stats(1);  // the trainer reserves one slot per micro-batch of a step
+
+  graphs_off_ = cfg_.train.graphs == GraphMode::Off ? "train.graphs is off" : graphs_blocker(cfg_);
+  if (graphs_off_.empty() && !be_.graphs_available())
+    graphs_off_ = fmt("the backend (", be_.name(), ") records no graphs");
+  graphs_ = graphs_off_.empty();
 }
 
-Model::~Model() = default;
+Model::~Model() {
+  if (stats_ != nullptr) be_.release(stats_);
+}
+
+void Model::reserve_stats(int slots) {
+  if (slots <= stats_slots_) return;
+  if (stats_ != nullptr) be_.release(stats_);  // first: the high-water mark is the new size
+  // Slot -1 (the first) is the graph's: a replay writes its recorded address.
+  stats_ = static_cast<double*>(be_.alloc(stats_per_slot_ * (slots + 1) * sizeof(double)));
+  stats_slots_ = slots;
+}
+
+void Model::ensure_stats_slots(int slots) {
+  if (slots <= stats_slots_) return;
+  // Grown in the middle of a step (no reserve_stats): the slots written so far move along.
+  const size_t keep = stats_per_slot_ * (stats_slots_ + 1) * sizeof(double);
+  double* old = stats_;
+  stats_ = nullptr;
+  stats_slots_ = 0;
+  reserve_stats(slots);
+  be_.copy(stats_, old, keep);
+  be_.release(old);
+}
 
 // Per-set lookups for forward and backward, built once per layout (a scan of
 // all chunks per layer and step is quadratic in the layer count for the real
@@ -158,6 +191,8 @@ void Model::delink(DelinkOptimizer opt) {
   window_reset();
   index_chunks();
   size_window();  // the real model may stream more of a layer than the pseudo one did
+  graph_.reset();  // it holds the pseudo model's pointers
+  warm_ = false;
 }
 
 void Model::size_window() {
@@ -255,8 +290,12 @@ void Model::layer_forward(int l, Phase phase, MicroStats* st) {
   }
   rnd(a.ln2_out, Nd);
   if (MoeLayer* moe = moe_at(l)) {
-    MoeStats ms = moe->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase);
-    if (st) st->moe.push_back(std::move(ms));
+    if (st) {
+      double* ds = cur_stats_ + 1 + st->moe.size() * moe->stats_doubles();
+      st->moe.push_back(moe->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase, ds));
+    } else {  // recomputed in backward: the statistics are not kept
+      moe->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase, nullptr);
+    }
   } else {
     if (rnd.active()) {  // the GELU reads the rounded pre-activation
       linear_fwd(be_, a.fc1_pre, a.ln2_out, c.weight_of("fc1.weight"), c.weight_of("fc1.bias"), N,
@@ -279,30 +318,44 @@ void Model::layer_forward(int l, Phase phase, MicroStats* st) {
   }
 }
 
-MicroStats Model::forward(const Batch& batch, Phase phase) {
+MicroStats Model::prologue(const Batch& batch) {
   const ModelConfig& m = cfg_.model;
-  const int B = batch.B, T = batch.T, N = B * T;
-  const int d = m.d_model, V = m.vocab_size, L = m.n_layers;
+  const int B = batch.B, T = batch.T, N = B * T, V = m.vocab_size;
   M6_CHECK(N <= max_tokens_ && T <= cfg_.train.seq_len, "batch ", B, "x", T, " exceeds the ",
            max_tokens_, " tokens and seq_len ", cfg_.train.seq_len, " the model was sized for");
   B_ = B;
   T_ = T;
+  // Targets are checked here, on the host, so that no kernel's check has to
+  // be read back in the step (a device reports a bad index at check_errors).
+  MicroStats st;
+  for (int i = 0; i < N; ++i) {
+    const int32_t t = batch.targets[i];
+    if (t >= V) throw Error(fmt("crossentropy: target ", t, " at row ", i, " is >= vocab (", V, ")"));
+    st.n_valid += t >= 0;
+  }
+  n_valid_last_ = st.n_valid;
   be_.to_device(tokens_, batch.inputs.data(), N * sizeof(int32_t));
   be_.to_device(targets_, batch.targets.data(), N * sizeof(int32_t));
-
   // The compute copy follows the master weights (changed by the optimizer,
   // a checkpoint load or a delink since the last forward).
   if (compute_) compute_->refresh(chunks_);
+  window_reset();  // the optimizer (or a checkpoint load) may have changed host masters
+  return st;
+}
+
+void Model::forward_body(Phase phase, MicroStats& st, double* stats) {
+  const ModelConfig& m = cfg_.model;
+  const int B = B_, T = T_, N = B * T;
+  const int d = m.d_model, V = m.vocab_size, L = m.n_layers;
   const ActRound& rnd = round_;
   const size_t Nd = static_cast<size_t>(N) * d;
+  cur_stats_ = stats;
 
   const Chunk& emb = chunks_.front();
   const Chunk& head = chunks_.back();
   be_.embedding_fwd(residual_[0], tokens_, emb.weight_of("tok_emb.weight"),
                     emb.weight_of("pos_emb.weight"), B, T, d);
   rnd(residual_[0], Nd);
-  MicroStats st;
-  window_reset();  // the optimizer (or a checkpoint load) may have changed host masters
   for (int l = 0; l < L; ++l) {
     stream_layer(l, l + 1);
     layer_forward(l, phase, &st);
@@ -314,10 +367,93 @@ MicroStats Model::forward(const Batch& batch, Phase phase) {
   linear_fwd(be_, logits_, lnf_out_, emb.weight_of("tok_emb.weight"), nullptr, N, d, V);
   rnd(logits_, static_cast<size_t>(N) * V);
   be_.crossentropy_fwd(losses_, logits_, logits_, targets_, N, V);  // logits_ now holds probs (fp32)
-  st.ce_sum = be_.sum(losses_, N);
-  for (int i = 0; i < N; ++i) st.n_valid += batch.targets[i] >= 0;
-  n_valid_last_ = st.n_valid;
+  be_.sum_to(stats, losses_, N);
+}
+
+MicroStats Model::forward_deferred(const Batch& batch, Phase phase, int slot) {
+  M6_CHECK(slot >= 0, "stats slot ", slot, " is negative");
+  ensure_stats_slots(slot + 1);
+  MicroStats st = prologue(batch);
+  forward_body(phase, st, stats_at(slot));
   return st;
+}
+
+MicroStats Model::forward(const Batch& batch, Phase phase) {
+  MicroStats st = forward_deferred(batch, phase, 0);
+  collect_stats(&st, 1);
+  return st;
+}
+
+MicroStats Model::train_micro(const Batch& batch, float grad_scale, int slot) {
+  if (!graphs_) {
+    MicroStats st = forward_deferred(batch, Phase::Train, slot);
+    backward(grad_scale);
+    return st;
+  }
+  // A graph writes slot -1 (its recorded address), copied to `slot` after.
+  M6_CHECK(slot >= 0, "stats slot ", slot, " is negative");
+  ensure_stats_slots(slot + 1);
+  MicroStats st = prologue(batch);
+  GraphKey key{B_, T_, st.n_valid, 0};
+  std::memcpy(&key.grad_scale_bits, &grad_scale, sizeof grad_scale);
+  auto eager = [&] {
+    forward_body(Phase::Train, st, stats_at(-1));
+    backward(grad_scale);
+  };
+  if (graph_ && key == graph_key_) {
+    be_.graph_launch(*graph_);
+    ++replays_;
+  } else if (warm_ && key == warm_key_) {
+    graph_.reset();
+    MicroStats rec = st;
+    be_.capture_begin();
+    try {
+      forward_body(Phase::Train, rec, stats_at(-1));
+      backward(grad_scale);
+    } catch (const Error& e) {
+      // A forbidden op inside the capture: the step runs eagerly, and so
+      // does every later one (the backend abandoned the capture).
+      (void)be_.capture_end();
+      graphs_ = false;
+      graphs_off_ = fmt("the capture failed: ", e.what());
+      log_warn(fmt("train.graphs: ", graphs_off_, "; micro-batches run without graphs"));
+      graph_.reset();
+    }
+    if (graphs_) graph_ = be_.capture_end();
+    if (!graph_) {
+      if (graphs_) graphs_off_ = "the backend could not record the micro-batch";
+      graphs_ = false;
+      eager();
+    } else {
+      graph_key_ = key;
+      be_.graph_launch(*graph_);
+      ++replays_;
+    }
+  } else {
+    eager();  // the first micro-batch of a key runs eagerly (warm-up)
+    warm_ = true;
+    warm_key_ = key;
+  }
+  be_.copy(stats_at(slot), stats_at(-1), stats_per_slot_ * sizeof(double));
+  return st;
+}
+
+void Model::collect_stats(MicroStats* st, int count) {
+  be_.check_errors();
+  if (count <= 0) return;
+  M6_CHECK(count <= stats_slots_, "collect_stats: ", count, " slots asked, ", stats_slots_,
+           " written");
+  std::vector<double> h(stats_per_slot_ * count);
+  be_.to_host(h.data(), stats_at(0), h.size() * sizeof(double));
+  const MoeLayer* moe = nullptr;
+  for (const auto& p : moe_)
+    if (p) moe = p.get();
+  for (int i = 0; i < count; ++i) {
+    const double* at = h.data() + stats_per_slot_ * i;
+    st[i].ce_sum = at[0];
+    for (size_t j = 0; j < st[i].moe.size(); ++j)
+      moe->finish_stats(st[i].moe[j], at + 1 + j * moe->stats_doubles());
+  }
 }
 
 void Model::backward(float grad_scale) {

@@ -56,10 +56,30 @@ class Model {
   // same function afterwards. Invalidates pointers into chunks().
   void delink(DelinkOptimizer opt);
 
-  // Forward of one micro-batch (B sequences of T tokens, B*T <= max tokens).
+  // Forward of one micro-batch (B sequences of T tokens, B*T <= max tokens),
+  // its statistics read back at once.
   MicroStats forward(const Batch& batch, Phase phase);
+  // The same without reading anything back but the MoE loads (the capacity
+  // logic's one host read per MoE layer): the values computed on the device
+  // (the loss sum, the MoE aux sums and routing fingerprints) wait in stats
+  // slot `slot` for collect_stats; n_valid and the MoE loads are filled now.
+  MicroStats forward_deferred(const Batch& batch, Phase phase, int slot);
   // Backward of the last forward: parameter gradients += grad_scale * d loss / d param.
   void backward(float grad_scale);
+  // One training micro-batch, forward_deferred then backward; with graphs on
+  // (train.graphs) the two are replayed from a graph recorded once per
+  // (shape, valid targets, grad_scale).
+  MicroStats train_micro(const Batch& batch, float grad_scale, int slot);
+  // Fills the deferred values of st[0..count) from stats slots 0..count-1:
+  // one host read, after the backend's deferred error check.
+  void collect_stats(MicroStats* st, int count);
+  // Sizes the stats slots for `slots` micro-batches per step (before the
+  // first; more are grown on demand, copying the ones written).
+  void reserve_stats(int slots);
+  // Whether train_micro replays graphs, and if not, why ("" when on).
+  bool graphs_on() const { return graphs_; }
+  const std::string& graphs_off_reason() const { return graphs_off_; }
+  int64_t graph_replays() const { return replays_; }  // micro-batches run from a graph
 
   // Host copies of parameters by global tensor name (every logical layer
   // listed, shared sets repeated), for export and the reference test.
@@ -92,6 +112,14 @@ class Model {
   void stream_set(int set, int keep, bool use_now);
   void window_reset();  // forgets what the slots hold (the masters changed)
   void size_window();   // allocates the slots for the current chunks
+  // Host side of a micro-batch: checks and uploads tokens and targets,
+  // refreshes the compute copy; returns the stats known on the host.
+  MicroStats prologue(const Batch& batch);
+  // The device side of forward (nothing read back but the MoE loads);
+  // device results go to `stats` (stats_per_slot_ doubles).
+  void forward_body(Phase phase, MicroStats& st, double* stats);
+  void ensure_stats_slots(int slots);
+  double* stats_at(int slot) { return stats_ + static_cast<size_t>(slot + 1) * stats_per_slot_; }
 
   Config cfg_;
   Backend& be_;
@@ -122,6 +150,26 @@ class Model {
   std::vector<std::unique_ptr<MoeLayer>> moe_;  // per logical layer (null for dense); one with Layer
   float *lnf_out_, *lnf_mean_, *lnf_rstd_, *logits_, *losses_;
   float *dres_, *dtmp_, *dqkv_, *dff_, *datt_;  // backward scratch
+  // Deferred statistics: per slot the loss sum, then per MoE layer its
+  // MoeLayer::stats_doubles().
+  double* stats_ = nullptr;
+  int stats_slots_ = 0;
+  size_t stats_per_slot_ = 1;
+  double* cur_stats_ = nullptr;  // the slot forward_body writes
+  // Graphs (train.graphs): the recorded micro-batch and what it was recorded
+  // for; a key is first run eagerly (warm-up), then recorded and replayed.
+  struct GraphKey {
+    int B = 0, T = 0;
+    int64_t n_valid = 0;
+    uint32_t grad_scale_bits = 0;
+    bool operator==(const GraphKey&) const = default;
+  };
+  bool graphs_ = false;
+  std::string graphs_off_;
+  std::unique_ptr<Backend::Graph> graph_;
+  GraphKey graph_key_, warm_key_;
+  bool warm_ = false;
+  int64_t replays_ = 0;
 };
 
 }  // namespace m6

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/model/linear.h"
 #include "core/util/error.h"
-#include "core/util/splitmix.h"
 
 namespace m6 {
 
@@ -60,8 +60,9 @@ MoeLayer::MoeLayer(Backend& be, const ModelConfig& m, int max_tokens, int layer,
   dgate_ = arena_.floats(NS);
   expert_ = arena_.ints(NS);
   pos_ = arena_.ints(NS);
-  count_ = arena_.ints(E);
-  demand_ = arena_.ints(E);
+  own_stats_ = arena_.doubles(static_cast<size_t>(E) + 2);
+  count_ = arena_.ints(2 * static_cast<size_t>(E));  // [count | demand]: one read back
+  demand_ = count_ + E;
   offset_ = arena_.ints(E);
   xp_ = arena_.floats(NS * d);
   yp_ = arena_.floats(NS * d);
@@ -221,24 +222,31 @@ void MoeLayer::experts_bwd(const std::vector<const Chunk*>& experts) {
   for_row_blocks(g1, [&](size_t o, size_t r) { round_(dxe_ + o * d, r * d); });
 }
 
-uint64_t MoeLayer::routing_fingerprint(int n) {
-  const size_t slots = static_cast<size_t>(n) * S_;
-  expert_h_.resize(slots);
-  pos_h_.resize(slots);
-  be_.to_host(expert_h_.data(), expert_, slots * sizeof(int32_t));
-  be_.to_host(pos_h_.data(), pos_, slots * sizeof(int32_t));
-  // A sum of per-slot hashes (wrapping): independent of the order of slots,
-  // changed by any single flip of an expert or of kept/dropped.
-  uint64_t h = 0;
-  for (size_t i = 0; i < slots; ++i) {
-    const uint64_t e = static_cast<uint32_t>(expert_h_[i]);
-    h += splitmix64((static_cast<uint64_t>(i) << 33) ^ (e << 1) ^ (pos_h_[i] >= 0 ? 1u : 0u));
-  }
-  return h;
+void MoeLayer::finish_stats(MoeStats& st, const double* host_stats) const {
+  const int E = ra_.e;
+  RouterArgs a = ra_;
+  a.n = static_cast<int>(st.slots / S_);
+  std::vector<int32_t> demand(st.demand.begin(), st.demand.end());
+  const Backend::AuxLosses aux = Backend::router_aux_combine(host_stats, demand.data(), a);
+  st.aux = aux.aux;
+  st.z = aux.z;
+  std::memcpy(&st.routing, host_stats + E + 1, sizeof st.routing);
 }
 
 MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
                            const std::vector<const Chunk*>& experts, Phase phase) {
+  MoeStats st = forward(y, x, n, router, experts, phase, own_stats_);
+  be_.check_errors();
+  std::vector<double> h(static_cast<size_t>(stats_doubles()));
+  be_.to_host(h.data(), own_stats_, h.size() * sizeof(double));
+  finish_stats(st, h.data());
+  return st;
+}
+
+MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
+                           const std::vector<const Chunk*>& experts, Phase phase,
+                           double* dev_stats) {
+  if (dev_stats == nullptr) dev_stats = own_stats_;  // statistics not kept
   const int E = m_.moe.experts, d = m_.d_model;
   check_experts(experts);
   x_ = x;
@@ -254,9 +262,9 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   be_.moe_assign(pos_, count_, demand_, expert_, n, S_, E, moe_capacity(m_.moe, n, phase));
 
   MoeStats st;
-  std::vector<int32_t> demand_h(E);
-  be_.to_host(count_h_.data(), count_, E * sizeof(int32_t));
-  be_.to_host(demand_h.data(), demand_, E * sizeof(int32_t));
+  assign_h_.resize(2 * static_cast<size_t>(E));
+  be_.to_host(assign_h_.data(), count_, assign_h_.size() * sizeof(int32_t));
+  std::copy(assign_h_.begin(), assign_h_.begin() + E, count_h_.begin());
   int32_t rows = 0;
   for (int e = 0; e < E; ++e) {
     offset_h_[e] = rows;
@@ -264,10 +272,15 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   }
   be_.to_device(offset_, offset_h_.data(), E * sizeof(int32_t));
   st.load.assign(count_h_.begin(), count_h_.end());
-  st.demand.assign(demand_h.begin(), demand_h.end());
+  st.demand.assign(assign_h_.begin() + E, assign_h_.end());
   st.slots = static_cast<int64_t>(n) * S_;
   st.dropped = st.slots - rows;
-  if (phase == Phase::Train) st.routing = routing_fingerprint(n);  // metrics of training steps only
+  // The fingerprint: metrics of training steps only (0 otherwise).
+  uint64_t* routing = reinterpret_cast<uint64_t*>(dev_stats + E + 1);
+  if (phase == Phase::Train)
+    be_.routing_hash(routing, expert_, pos_, n, S_);
+  else
+    be_.zero(routing, sizeof(uint64_t));
   rows_ = rows;
 
   be_.moe_permute(xp_, x, expert_, pos_, offset_, n, S_, d);
@@ -284,9 +297,7 @@ MoeStats MoeLayer::forward(float* y, const float* x, int n, const Chunk& router,
   be_.zero(y, static_cast<size_t>(n) * d * sizeof(float));
   be_.moe_unpermute(y, yp_, gate_, expert_, pos_, offset_, n, S_, d);
   round_(y, static_cast<size_t>(n) * d);
-  const auto aux = be_.router_aux_fwd(probs_, lse_, demand_, ra_);
-  st.aux = aux.aux;
-  st.z = aux.z;
+  be_.router_aux_sums(dev_stats, probs_, lse_, ra_);
   return st;
 }
 

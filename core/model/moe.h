@@ -63,7 +63,18 @@ class MoeLayer {
 
   // y[N,d] = MoE(x[N,d]). Pointers to x must stay valid until backward.
   // router: the layer chunk holding moe.router.weight; experts: this rank's
-  // expert chunks of the layer, in expert order.
+  // expert chunks of the layer, in expert order. The loads and demand are
+  // read to the host here (the capacity logic needs them: the only host
+  // read of a training micro-batch); aux, z and routing are left in
+  // dev_stats (stats_doubles() device doubles) for finish_stats.
+  MoeStats forward(float* y, const float* x, int n, const Chunk& router,
+                   const std::vector<const Chunk*>& experts, Phase phase, double* dev_stats);
+  // Device doubles forward leaves per call: the E + 1 router sums, the
+  // routing fingerprint (training only; 64 bits).
+  int stats_doubles() const { return ra_.e + 2; }
+  // Fills st.aux, st.z and st.routing from the host copy of forward's dev_stats.
+  void finish_stats(MoeStats& st, const double* host_stats) const;
+  // forward with its statistics read back at once (inference, tests).
   MoeStats forward(float* y, const float* x, int n, const Chunk& router,
                    const std::vector<const Chunk*>& experts, Phase phase);
   // dx[N,d] += d loss/d x given dy[N,d]; grad_scale multiplies the aux and z
@@ -84,7 +95,6 @@ class MoeLayer {
   void experts_fwd(const std::vector<const Chunk*>& experts);
   void experts_bwd(const std::vector<const Chunk*>& experts);
   void check_experts(const std::vector<const Chunk*>& experts) const;
-  uint64_t routing_fingerprint(int n);  // of the last forward's n tokens
 
   Backend& be_;
   const ModelConfig& m_;
@@ -101,7 +111,7 @@ class MoeLayer {
   const float* x_ = nullptr;
   int n_ = 0;
   std::vector<int32_t> count_h_, offset_h_;  // [E] kept rows per expert from this rank's tokens
-  std::vector<int32_t> expert_h_, pos_h_;    // [N*S] host copies for MoeStats::routing
+  std::vector<int32_t> assign_h_;            // [2E] count_, demand_ read back together
   std::vector<int32_t> recv_cnt_;            // [P, El] rows source p sends to local expert le
   std::vector<int32_t> erows_, eoff_;        // [El] rows and first row of each local expert's block
   std::vector<int64_t> sc_, sd_, rc_, rd_;   // [P] element counts/displacements of the exchange
@@ -111,12 +121,13 @@ class MoeLayer {
   std::vector<Segment> segs_;
   // device buffers (sized for max_tokens)
   float *logits_, *probs_, *lse_, *gate_, *dgate_, *dlogits_;
-  int32_t *expert_, *pos_, *count_, *demand_, *offset_;
+  int32_t *expert_, *pos_, *count_, *demand_, *offset_;  // count_, demand_ adjacent
   float *xp_, *yp_, *dxp_, *dyp_;  // [N*S, d] packed rows in this rank's (source) layout
   // Expert side, [max_rows, *]: the local experts' inputs, activations and
   // outputs, expert-major. With P = 1 xe_ aliases xp_ (and ye_ yp_, ...).
   float *xe_, *he_pre_, *he_act_, *ye_, *dxe_, *dhe_, *dye_;
   float* xr_ = nullptr;  // [max_rows, d] received rows, source-major (P > 1)
+  double* own_stats_ = nullptr;  // [stats_doubles()] for the reading forward
 };
 
 }  // namespace m6

@@ -94,7 +94,8 @@ Shapes shapes_of(const Config& cfg) {
 std::pair<int64_t, int64_t> moe_layer_bytes(const Shapes& s, const Widths& w) {
   const int64_t NS = s.N * s.S;
   int64_t acts = 3 * buf(s.N * s.E * w.f32) + buf(s.N * s.groups * w.f32) + 2 * buf(NS * w.f32) +
-                 2 * buf(NS * w.i32) + 3 * buf(s.E * w.i32);
+                 2 * buf(NS * w.i32) + buf(2 * s.E * w.i32) /* count | demand */ +
+                 buf(s.E * w.i32) /* offset */ + buf((s.E + 2) * 8) /* its own statistics */;
   acts += 3 * buf(s.R * s.F * w.v);  // he_pre, he_act, dhe
   int64_t rows = 4 * buf(NS * s.d * w.v);
   if (s.P > 1) rows += 4 * buf(s.R * s.d * w.v);  // xr, xe, ye, dxe
@@ -210,6 +211,10 @@ MemoryPlan plan_with(const PlanInputs& in, Recompute rc, const OffloadConfig& of
       buf(s.N * s.d * w.v) + 2 * buf(s.N * w.f32) + buf(s.N * s.V * w.v) + buf(s.N * w.f32);
   work.device +=
       2 * buf(s.N * s.d * w.v) + buf(s.N * 3 * s.d * w.v) + buf(s.N * s.F * w.v) + att_scratch;
+  // The deferred statistics of a step's micro-batches (Model::collect_stats):
+  // the loss sum and, per MoE layer, E + 1 router sums and a fingerprint,
+  // per micro-batch and once more for a graph's replays.
+  work.device += buf(8 * (1 + p.moe_layers * (s.E + 2)) * (cfg.accum_steps(in.world) + 1));
 
   p.lines = {master, copy, grads, adam, offload, acts, rows, buckets, work};
   if (!compute_copy) p.lines.erase(p.lines.begin() + 1);

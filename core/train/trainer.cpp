@@ -83,6 +83,10 @@ std::unique_ptr<Backend> make_planned_backend(const Config& cfg, const DevicePla
     return make_cuda_backend(plan.device, {cfg.precision.compute == Precision::Bf16});
 #endif
   M6_CHECK(!plan.cuda, "a CUDA device was planned in a build without CUDA");
+  // train.graphs: on with the CPU: the recording twin of CUDA graphs (the
+  // same model code path, replayed from closures).
+  if (cfg.train.graphs == GraphMode::On)
+    return make_recording_backend(make_cpu_backend(cfg.train.threads));
   return make_cpu_backend(cfg.train.threads);
 }
 
@@ -230,6 +234,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   Model model(run_cfg, *be, grid_experts(grid.layout(), E),
               MoeExchange{grid.layout().ep > 1 ? &grid.ep() : nullptr, wire, grad_wire});
   model.init_params(cfg.train.seed);
+  model.reserve_stats(accum);
   // Host pieces of the offloaded optimizer step; re-sized after a delink.
   auto staging = std::make_unique<HostStaging>(*be, model.chunks(), run_cfg.offload);
   GradSync grad_sync(grid, *be, wire);
@@ -264,6 +269,9 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
                " shard(s), ", val_ds.size(), " val tokens; batch ", cfg.train.global_batch, " x ",
                T, " = ", static_cast<int64_t>(cfg.train.global_batch) * T,
                " tokens/step (micro-batch ", B, ", accumulation ", accum, "); backend ", be->name()));
+  log_info(model.graphs_on()
+               ? std::string("graphs: on (each training micro-batch replayed from a graph)")
+               : fmt("graphs: off (", model.graphs_off_reason(), ")"));
   if (world > 1)
     log_info(fmt("parallel: ", describe_grid(grid.layout(), E), "; communication ", comm.name(),
                  " in ", comm_dtype_name(wire), ", timeout ", cfg.parallel.timeout_s, " s"));
@@ -340,6 +348,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
   };
   Interval iv;
   Batch batch;
+  std::vector<MicroStats> micro(static_cast<size_t>(accum));
   const float grad_scale = 1.0f / static_cast<float>(micro_per_step);
   bool evaluated_last = false;
   for (int64_t step = state.step; step < end; ++step) {
@@ -367,13 +376,17 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     double step_loss = 0;  // sum over this rank's micro-batches of the mean CE
     // fp16: gradients carry the loss scale (a power of two: exact) until the optimizer.
     const double loss_scale = scaler.scale();
+    // The micro-batches read nothing back but the MoE loads; their losses
+    // and router statistics are read together after the last one.
     for (int a = 0; a < accum; ++a) {
       sample_train_batch(train_ds, cfg.train.seed, step, a * world + rank, micro_per_step, B, T,
                          batch);
-      const MicroStats st = model.forward(batch, Phase::Train);
-      model.backward(static_cast<float>(grad_scale * loss_scale));
-      iv.add_micro(st, static_cast<uint64_t>(step * micro_per_step + a * world + rank));
-      step_loss += st.ce();
+      micro[a] = model.train_micro(batch, static_cast<float>(grad_scale * loss_scale), a);
+    }
+    model.collect_stats(micro.data(), accum);
+    for (int a = 0; a < accum; ++a) {
+      iv.add_micro(micro[a], static_cast<uint64_t>(step * micro_per_step + a * world + rank));
+      step_loss += micro[a].ce();
     }
     if (failpoint_hit(Failpoint::NanGrad, step, rank)) {
       const float nan = std::numeric_limits<float>::quiet_NaN();

@@ -281,7 +281,8 @@ TEST_CASE("config: JSON has exactly the YAML keys and round-trips", "[config]") 
   CHECK(j["model"]["moe"].size() == 11);
   CHECK(j["model"]["sharing"].size() == 3);
   // 9 keys + spike_guard + recompute, device_memory, host_memory, allow_unfit
-  CHECK(j["train"].size() == 14);  // + peak_tflops
+  CHECK(j["train"].size() == 15);  // + peak_tflops, graphs
+  CHECK(j["train"]["graphs"] == "auto");
   CHECK(j["offload"].size() == 3);
   CHECK(j["train"]["recompute"] == "none");
   CHECK(j["train"]["allow_unfit"] == "false");
