@@ -54,12 +54,16 @@ __global__ void router_fwd_kernel(float* probs, float* lse, int32_t* expert, flo
   }
 }
 
-// Flags expert ids outside [0, E) (the CPU throws on them).
-__global__ void moe_check_experts_kernel(const int32_t* expert, int64_t total, int E, int S,
-                                         BadIndex* bad) {
+// Flags expert ids outside [0, E) (the CPU throws on them; here the error
+// is reported later, by check_errors) and drops their slots (pos -1), so that
+// the ops issued before the report never index an expert block with them.
+__global__ void moe_check_experts_kernel(int32_t* pos, const int32_t* expert, int64_t total, int E,
+                                         int S, BadIndex* bad) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < total && (expert[i] < 0 || expert[i] >= E))
+  if (i < total && (expert[i] < 0 || expert[i] >= E)) {
     record_bad(bad, expert[i], static_cast<int>(i), E, S);
+    pos[i] = -1;
+  }
 }
 
 // Grid-stride over the slots; each warp adds its lanes' sums (shuffles), then
@@ -269,7 +273,7 @@ void launch_moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int3
   const int64_t total = static_cast<int64_t>(N) * S;
   if (total > 0) {
     moe_check_experts_kernel<<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads,
-                               0, st>>>(expert, total, E, S, bad);
+                               0, st>>>(pos, expert, total, E, S, bad);
     M6_LAUNCH_CHECK();
   }
   if (E == 0) return;
