@@ -211,7 +211,7 @@ void test_deferred_errors(Backend& c, Backend& g) {
     g.crossentropy_fwd(loss8.fg(), logits8.fg(), logits8.fg(), targets8.ig(), 2, 8);
     const std::string got = error_of([&] { g.check_errors(); });
     expect_true("deferred errors keep the first (\"" + got + "\")", got == first);
-    expect_true("check_errors after a clean op does not throw",
+    expect_true("a second check_errors does not throw",
                 error_of([&] { g.check_errors(); }).empty());
     // Until the report, the slot of a bad expert is dropped (pos -1), so
     // that the ops after moe_assign never index a block with it.
