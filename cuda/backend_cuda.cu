@@ -4,8 +4,13 @@
 // then calls the launcher in kernels/ on raw pointers. Semantics are those of
 // the CPU reference (core/backend/cpu), op for op: accumulate vs overwrite,
 // aliasing, tie-breaking, slot-major capacity. Ops that return a value to the
-// host synchronise; the ops that the CPU reference lets throw on a bad index
-// (crossentropy targets, moe_assign experts) read a device flag back and throw.
+// host synchronise (each counts as one host read); the rest only enqueue work
+// on the stream. Bad indices that the CPU reference throws on at the op
+// (crossentropy targets, moe_assign experts) are recorded on the device and
+// thrown by check_errors() or sync(): no host read per op. Small host-to-
+// device copies go through a pinned staging ring (no host stall), and the
+// stream can be captured into CUDA graphs (capture_begin .. capture_end),
+// during which every host read, allocation and host-to-device copy throws.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -16,12 +21,14 @@
 
 #include "core/backend/alloc_tracker.h"
 #include "core/backend/backend.h"
+#include "core/backend/cuda_factory.h"
 #include "core/util/error.h"
+#include "core/util/log.h"
+#include "cuda/backend_cuda.h"
 #include "cuda/check.h"
 #include "cuda/gemm_lt.h"
-#include "core/backend/cuda_factory.h"
-#include "cuda/backend_cuda.h"
 #include "cuda/kernels/kernels.h"
+#include "cuda/staging_ring.h"
 
 namespace m6 {
 namespace {
@@ -29,44 +36,46 @@ namespace {
 using cuda::BadIndex;
 
 constexpr size_t kAllocAlign = 256;
+// to_device of up to kStagedCopyMax bytes goes through the pinned staging
+// ring (kStagingBytes, at most kStagingCopies copies in flight).
+constexpr size_t kStagedCopyMax = 1u << 20;
+constexpr size_t kStagingBytes = 4u << 20;
+constexpr int kStagingCopies = 1024;
+// cuBLAS's workspace, set once so that no GEMM allocates one (nor may inside
+// a graph capture): 32 MiB, the cuBLAS documentation's recommendation for
+// Hopper (4 MiB before it).
+constexpr size_t kCublasWorkspaceBytes = 32u << 20;
+// Initial reduction scratch (partials of sum / sum_to): enough for 2^28
+// elements, so that a captured sum_to never needs to grow it.
+constexpr size_t kInitialPartials = 1u << 16;
+// The device records of bad indices, one per op kind (BadIndex).
+enum BadKind { kBadMoeAssign = 0, kBadCrossentropyFwd = 1, kBadCrossentropyBwd = 2, kBadKinds = 3 };
 
-// Leading dimension of a stored row-major matrix: 0 -> its width (as cpu_dense.h).
-int resolve_ld(int ld, int width, const char* what) {
-  if (ld == 0) return std::max(width, 1);
-  if (ld < width)
-    throw Error(
-        fmt("gemm: ", what, " (", ld, ") is smaller than the stored row width (", width, ")"));
-  return ld;
-}
+// A captured sequence: the graph and its executable instance.
+class CudaGraph final : public Backend::Graph {
+ public:
+  CudaGraph(cudaGraph_t g, cudaGraphExec_t e) : graph(g), exec(e) {}
+  ~CudaGraph() override {
+    cudaGraphExecDestroy(exec);  // destructors must not throw: errors ignored
+    cudaGraphDestroy(graph);
+  }
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+};
 
 cublasOperation_t cublas_op(Trans t) { return t == Trans::Yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
-
-void check_router_args(const RouterArgs& a) {
-  if (a.n < 0) throw Error(fmt("router: tokens (", a.n, ") must be >= 0"));
-  if (a.e <= 0 || a.groups <= 0 || a.e % a.groups != 0)
-    throw Error(
-        fmt("router: experts (", a.e, ") must be a positive multiple of groups (", a.groups, ")"));
-  if (a.top_k < 1 || a.top_k > a.e / a.groups)
-    throw Error(fmt("router: top_k (", a.top_k, ") must be in [1, experts per group (",
-                    a.e / a.groups, ")]"));
-}
-
-void check_attention(int B, int T, int H, int d) {
-  if (H <= 0 || d % H != 0)
-    throw Error(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
-  if (B < 0 || T < 0) throw Error(fmt("attention: negative shape B=", B, " T=", T));
-  if (d / H > cuda::kFlashMaxHeadDim)
-    throw Error(fmt("attention (cuda): head size d/H (", d, "/", H, " = ", d / H,
-                    ") is above the fused kernel's ", cuda::kFlashMaxHeadDim,
-                    "; use more heads (model.n_heads)"));
-}
 
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, const CudaBackendOptions& opt)
       : device_(device), bf16_(opt.bf16_tensor_cores) {
     M6_CUDA_CHECK(cudaSetDevice(device));
-    M6_CUDA_CHECK(cudaStreamCreate(&stream_));
+    // Non-blocking: no implicit ordering with the legacy default stream (no
+    // op here uses it), which a capture of a blocking stream would leave
+    // unusable for every other user in the process until the capture ends.
+    M6_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     // Offload copies (weight prefetch, optimizer staging) between pinned host
     // memory and the device on their own stream, overlapping the kernels.
     M6_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
@@ -74,20 +83,36 @@ class CudaBackend final : public Backend {
     for (cudaEvent_t& e : slot_done_) M6_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     M6_CUBLAS_CHECK(cublasCreate(&blas_));
     M6_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
+    // After cublasSetStream, which resets the handle to its default workspace.
+    M6_CUDA_CHECK(cudaMalloc(&blas_workspace_, kCublasWorkspaceBytes));
+    M6_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_workspace_, kCublasWorkspaceBytes));
     // fp32: plain fp32 GEMMs (no TF32), compared with the CPU reference at
     // fp32 tolerances. bf16: tensor cores on operands rounded to bf16, fp32
     // accumulation (CUBLAS_COMPUTE_32F_FAST_16BF).
     M6_CUBLAS_CHECK(cublasSetMathMode(blas_, bf16_ ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH));
     lt_ = std::make_unique<cuda::LtLinear>(opt.deterministic);
-    M6_CUDA_CHECK(cudaMalloc(&bad_, sizeof(BadIndex)));
+    M6_CUDA_CHECK(cudaMalloc(&bad_, kBadKinds * sizeof(BadIndex)));
+    M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, kBadKinds * sizeof(BadIndex), stream_));
     M6_CUDA_CHECK(cudaMalloc(&scalars_, 2 * sizeof(double)));
     M6_CUDA_CHECK(cudaMalloc(&flag_, sizeof(int)));
+    M6_CUDA_CHECK(cudaMalloc(&partial_, kInitialPartials * sizeof(double)));
+    partial_cap_ = kInitialPartials;
+    staging_ = std::make_unique<cuda::StagingRing>(kStagingBytes, kStagingCopies);
     cudaDeviceProp prop{};
     M6_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     name_ = fmt("cuda(", device, ": ", prop.name, bf16_ ? ", bf16 tensor cores" : "", ")");
   }
   ~CudaBackend() override {
     // Destructors must not throw: errors here are ignored.
+    if (capturing_) {  // a capture abandoned by an exception
+      cudaGraph_t g = nullptr;
+      if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g != nullptr) cudaGraphDestroy(g);
+      (void)cudaGetLastError();
+    }
+    cudaStreamSynchronize(stream_);
+    staging_.reset();
+    for (void* p : retired_) cudaFree(p);
+    cudaFree(aux_sums_);
     cudaFree(partial_);
     cudaFree(adam_table_);
     cudaFree(sumsq_table_);
@@ -97,6 +122,7 @@ class CudaBackend final : public Backend {
     cudaFree(scalars_);
     cudaFree(bad_);
     cublasDestroy(blas_);
+    cudaFree(blas_workspace_);
     for (cudaEvent_t e : slot_done_) cudaEventDestroy(e);
     cudaEventDestroy(copy_after_);
     cudaStreamDestroy(copy_stream_);
@@ -111,13 +137,14 @@ class CudaBackend final : public Backend {
 
   // ---- memory ---------------------------------------------------------------
   void* alloc(size_t bytes) override {
+    no_capture("allocation");
     const size_t rounded = (std::max<size_t>(bytes, 1) + kAllocAlign - 1) / kAllocAlign * kAllocAlign;
     void* p = nullptr;
     const cudaError_t e = cudaMalloc(&p, rounded);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
-      throw Error(fmt("cuda backend: cannot allocate ", bytes, " bytes on device ", device_, ": ",
-                      cudaGetErrorString(e)));
+      fail(fmt("cuda backend: cannot allocate ", bytes, " bytes on device ", device_, ": ",
+               cudaGetErrorString(e)));
     }
     M6_CUDA_CHECK(cudaMemsetAsync(p, 0, rounded, stream_));
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -126,6 +153,7 @@ class CudaBackend final : public Backend {
   }
   void release(void* p) override {
     if (p == nullptr) return;
+    no_capture("release");
     device_mem_.remove(p, "cuda backend (device)");
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
     M6_CUDA_CHECK(cudaFree(p));
@@ -136,14 +164,16 @@ class CudaBackend final : public Backend {
   // below rely on through cudaMemcpyDefault.
   bool has_host_arena() const override { return true; }
   void* alloc_host(size_t bytes) override {
+    no_capture("host allocation");
     const size_t rounded = (std::max<size_t>(bytes, 1) + kAllocAlign - 1) / kAllocAlign * kAllocAlign;
     void* p = nullptr;
     const cudaError_t e = cudaHostAlloc(&p, rounded, cudaHostAllocPortable);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
-      throw Error(fmt("cuda backend: cannot allocate ", bytes, " bytes of pinned host memory (",
-                      cudaGetErrorString(e), "); lower offload.optimizer / offload.params or "
-                      "raise the memlock limit (ulimit -l)"));
+      fail(fmt("cuda backend: cannot allocate ", bytes, " bytes of pinned host memory (",
+               cudaGetErrorString(e),
+               "); lower offload.optimizer / offload.params or "
+               "raise the memlock limit (ulimit -l)"));
     }
     std::memset(p, 0, rounded);
     host_mem_.add(p, rounded);
@@ -151,6 +181,7 @@ class CudaBackend final : public Backend {
   }
   void release_host(void* p) override {
     if (p == nullptr) return;
+    no_capture("host release");
     host_mem_.remove(p, "cuda backend (pinned host)");
     M6_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -164,18 +195,26 @@ class CudaBackend final : public Backend {
     device_mem_.reset_peak();
     host_mem_.reset_peak();
   }
-  // Synchronous transfers: the host buffer may be reused as soon as they
-  // return. cudaMemcpyDefault: either side may be in the pinned host arena
-  // (an offloaded master or moment), which unified addressing resolves.
+  // The host buffer may be reused as soon as to_device returns. Up to
+  // kStagedCopyMax bytes into device memory: through the staging ring, no
+  // host stall (later ops on the stream see the data). Larger ones, and
+  // those into the pinned host arena (an offloaded master or moment, which
+  // the host reads directly afterwards): a copy the host waits for.
+  // cudaMemcpyDefault: either side may be in the pinned host arena, which
+  // unified addressing resolves. Neither counts as a host read.
   void to_device(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
+    no_capture("host-to-device copy");
+    if (bytes <= kStagedCopyMax && !host_mem_.contains(dst)) {
+      staging_->copy(dst, src, bytes, stream_);
+      return;
+    }
     M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void to_host(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
-    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
-    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    read_back({{dst, src, bytes}});
   }
   // The copy waits for the compute work issued so far (copy_after_: what it
   // reads was written there, what it overwrites is no longer read), runs on
@@ -184,6 +223,7 @@ class CudaBackend final : public Backend {
   void copy_async(int slot, void* dst, const void* src, size_t bytes) override {
     check_slot(slot);
     if (bytes == 0) return;
+    no_capture("asynchronous copy (copy_async)");
     M6_CUDA_CHECK(cudaEventRecord(copy_after_, stream_));
     M6_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, copy_after_, 0));
     M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, copy_stream_));
@@ -191,10 +231,12 @@ class CudaBackend final : public Backend {
   }
   void copy_async_wait(int slot) override {
     check_slot(slot);
+    no_capture("copy_async_wait");
     M6_CUDA_CHECK(cudaStreamWaitEvent(stream_, slot_done_[slot], 0));
   }
   void copy_async_sync(int slot) override {
     check_slot(slot);
+    no_capture("copy_async_sync");
     M6_CUDA_CHECK(cudaEventSynchronize(slot_done_[slot]));
   }
   // Device to device with memmove semantics (the CPU reference allows overlap).
@@ -213,13 +255,21 @@ class CudaBackend final : public Backend {
   void zero(void* p, size_t bytes) override {
     if (bytes == 0) return;
     if (host_mem_.contains(p)) {  // pinned host memory: after the work that may still read it
+      no_capture("zero of pinned host memory");
       M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
       std::memset(p, 0, bytes);
       return;
     }
     M6_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
   }
-  void sync() override { M6_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  // One host read: waits for the stream, then reports the bad indices the
+  // kernels recorded (check_errors' readback, not counted again).
+  void sync() override {
+    no_capture("sync");
+    ++host_reads_;
+    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    report_bad();
+  }
 
   // ---- dense algebra ----------------------------------------------------------
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS gets
@@ -227,7 +277,7 @@ class CudaBackend final : public Backend {
   // row-major ones unchanged.
   void gemm(const GemmArgs& g) override {
     if (g.m < 0 || g.n < 0 || g.k < 0 || g.batch < 0)
-      throw Error(fmt("gemm: negative size m=", g.m, " n=", g.n, " k=", g.k, " batch=", g.batch));
+      fail(fmt("gemm: negative size m=", g.m, " n=", g.n, " k=", g.k, " batch=", g.batch));
     if (g.m == 0 || g.n == 0 || g.batch == 0) return;
     const int lda = resolve_ld(g.lda, g.trans_a == Trans::No ? g.k : g.m, "lda");
     const int ldb = resolve_ld(g.ldb, g.trans_b == Trans::No ? g.n : g.k, "ldb");
@@ -271,8 +321,7 @@ class CudaBackend final : public Backend {
     std::vector<int64_t> row, prefix = {0};
     for (int i = 0; i < count; ++i) {
       if (g[i].rows < 0 || g[i].row < 0)
-        throw Error(fmt("linear_fwd_grouped: group ", i, " has rows ", g[i].rows, " at row ",
-                        g[i].row));
+        fail(fmt("linear_fwd_grouped: group ", i, " has rows ", g[i].rows, " at row ", g[i].row));
       if (g[i].rows == 0) continue;
       const size_t o = static_cast<size_t>(g[i].row);
       a.push_back(g[i].w);
@@ -323,8 +372,7 @@ class CudaBackend final : public Backend {
     std::vector<int64_t> row, rows;
     for (int i = 0; i < count; ++i) {
       if (g[i].rows < 0 || g[i].row < 0)
-        throw Error(fmt("linear_bwd_grouped: group ", i, " has rows ", g[i].rows, " at row ",
-                        g[i].row));
+        fail(fmt("linear_bwd_grouped: group ", i, " has rows ", g[i].rows, " at row ", g[i].row));
       if (g[i].rows == 0) continue;
       const size_t o = static_cast<size_t>(g[i].row);
       w.push_back(g[i].w);
@@ -448,6 +496,73 @@ class CudaBackend final : public Backend {
     to_host(&bad, flag_, sizeof(int));
     return bad == 0;
   }
+
+  // ---- stream-ordered results -------------------------------------------------
+  // The kernels of sum / router_aux_fwd / the routing fingerprint writing
+  // into device memory, no readback: these may be captured into a graph.
+  void sum_to(double* dst, const float* x, size_t n) override {
+    ensure_partials(n);
+    cuda::launch_sum(dst, partial_, x, n, false, stream_);
+  }
+  void router_aux_sums(double* dst, const float* probs, const float* lse,
+                       const RouterArgs& a) override {
+    check_router_args(a);
+    cuda::launch_router_aux_sums(dst, dst + a.e, probs, lse, a.n, a.e, a.groups, stream_);
+  }
+  void routing_hash(uint64_t* dst, const int32_t* expert, const int32_t* pos, int n,
+                    int S) override {
+    check_nonneg("routing_hash", n, S);
+    cuda::launch_routing_hash(dst, expert, pos, static_cast<int64_t>(n) * S, stream_);
+  }
+  // One host read: the bad-index records of every op kind since the last
+  // check; the first error recorded (moe_assign's before crossentropy's,
+  // the order a forward issues them) is thrown with the CPU's message.
+  void check_errors() override {
+    no_capture("check_errors");
+    ++host_reads_;
+    report_bad();
+  }
+  int64_t host_reads() const override { return host_reads_; }
+
+  // ---- graphs -------------------------------------------------------------------
+  // Stream capture of stream_ (thread-local mode: an unsafe call from this
+  // thread, such as a cudaMalloc or a synchronisation, fails the capture,
+  // while other threads are unaffected). The ops that would need one throw
+  // before calling CUDA (no_capture), which also marks the capture failed, so
+  // that capture_end ends it and returns nullptr.
+  bool graphs_available() const override { return true; }
+  void capture_begin() override {
+    if (capturing_) fail("capture_begin: a graph capture is already running");
+    M6_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+    capture_error_.clear();
+  }
+  std::unique_ptr<Graph> capture_end() override {
+    if (!capturing_) fail("capture_end without capture_begin");
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+    std::string why = capture_error_;
+    capture_error_.clear();
+    if (why.empty() && e != cudaSuccess) why = cuda_error_text(e, "cudaStreamEndCapture");
+    if (why.empty() && graph == nullptr) why = "cudaStreamEndCapture returned no graph";
+    if (why.empty()) {
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t ie = cudaGraphInstantiate(&exec, graph, 0);
+      if (ie == cudaSuccess) return std::make_unique<CudaGraph>(graph, exec);
+      why = cuda_error_text(ie, "cudaGraphInstantiate");
+    }
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();  // leave no error for the next launch check to find
+    log_warn(fmt("cuda backend: graph capture failed (", why, "); the step runs eagerly"));
+    return nullptr;
+  }
+  void graph_launch(Graph& g) override {
+    no_capture("graph_launch");
+    auto* cg = dynamic_cast<CudaGraph*>(&g);
+    if (cg == nullptr) fail("graph_launch: the graph was not captured by a CUDA backend");
+    M6_CUDA_CHECK(cudaGraphLaunch(cg->exec, stream_));
+  }
   bool set_fp32_gemms(bool on) override {
     const bool prev = fp32_gemms_;
     if (bf16_ && on != prev)  // fp32 GEMMs as in fp32 mode (no TF32, no reduced-precision sums)
@@ -473,14 +588,14 @@ class CudaBackend final : public Backend {
   void layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
                      const float* b, int N, int d) override {
     check_nonneg("layernorm_fwd", N, d);
-    if (d == 0 && N > 0) throw Error(fmt("layernorm_fwd: width d (", d, ") must be > 0"));
+    if (d == 0 && N > 0) fail(fmt("layernorm_fwd: width d (", d, ") must be > 0"));
     cuda::launch_layernorm_fwd(y, mean, rstd, x, w, b, N, d, stream_);
   }
   void add_layernorm_fwd(float* x_out, float* y, float* mean, float* rstd, const float* x,
                          const float* delta, const float* w, const float* b, int N,
                          int d) override {
     check_nonneg("add_layernorm_fwd", N, d);
-    if (d == 0 && N > 0) throw Error(fmt("add_layernorm_fwd: width d (", d, ") must be > 0"));
+    if (d == 0 && N > 0) fail(fmt("add_layernorm_fwd: width d (", d, ") must be > 0"));
     cuda::launch_add_layernorm_fwd(x_out, y, mean, rstd, x, delta, w, b, N, d, stream_);
   }
   void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
@@ -512,20 +627,14 @@ class CudaBackend final : public Backend {
   void crossentropy_fwd(float* loss, float* probs, const float* logits, const int32_t* targets,
                         int N, int V) override {
     check_nonneg("crossentropy_fwd", N, V);
-    clear_bad();
-    cuda::launch_crossentropy_fwd(loss, probs, logits, targets, N, V, bad_, stream_);
-    throw_if_bad([&](const BadIndex& b) {
-      return fmt("crossentropy: target ", b.value, " at row ", b.row, " is >= vocab (", V, ")");
-    });
+    cuda::launch_crossentropy_fwd(loss, probs, logits, targets, N, V, bad_ + kBadCrossentropyFwd,
+                                  stream_);
   }
   void crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets, float dscale,
                         int N, int V) override {
     check_nonneg("crossentropy_bwd", N, V);
-    clear_bad();
-    cuda::launch_crossentropy_bwd(dlogits, probs, targets, dscale, N, V, bad_, stream_);
-    throw_if_bad([&](const BadIndex& b) {
-      return fmt("crossentropy: target ", b.value, " at row ", b.row, " is >= vocab (", V, ")");
-    });
+    cuda::launch_crossentropy_bwd(dlogits, probs, targets, dscale, N, V, bad_ + kBadCrossentropyBwd,
+                                  stream_);
   }
 
   // ---- mixture of experts ----------------------------------------------------
@@ -538,12 +647,8 @@ class CudaBackend final : public Backend {
   void moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert, int N,
                   int S, int E, int capacity) override {
     check_nonneg("moe_assign", N, S, E);
-    clear_bad();
-    cuda::launch_moe_assign(pos, count, demand, expert, N, S, E, capacity, bad_, stream_);
-    throw_if_bad([&](const BadIndex& b) {
-      return fmt("moe_assign: expert ", b.value, " of token ", b.row / std::max(S, 1), " slot ",
-                 b.row % std::max(S, 1), " is outside [0, ", E, ")");
-    });
+    cuda::launch_moe_assign(pos, count, demand, expert, N, S, E, capacity, bad_ + kBadMoeAssign,
+                            stream_);
   }
   void moe_permute(float* xp, const float* x, const int32_t* expert, const int32_t* pos,
                    const int32_t* offset, int N, int S, int d) override {
@@ -567,26 +672,26 @@ class CudaBackend final : public Backend {
     cuda::launch_moe_unpermute_bwd(dyp, dgate, dy, yp, gate, expert, pos, offset, N, S, d,
                                    stream_);
   }
-  // The two sums run on the device; the final combination (E terms) runs on
-  // the host in the CPU reference's order.
+  // The two sums run on the device (into a buffer kept between calls); the
+  // final combination (E terms) runs on the host in the CPU reference's
+  // order (router_aux_combine). One host read for the sums and the demand.
   AuxLosses router_aux_fwd(const float* probs, const float* lse, const int32_t* demand,
                            const RouterArgs& a) override {
     check_router_args(a);
     if (a.n == 0) return {0.0, 0.0};
-    const int E = a.e, G = a.groups, Eg = E / G;
-    double* sums = static_cast<double*>(alloc((static_cast<size_t>(E) + 1) * sizeof(double)));
-    cuda::launch_router_aux_sums(sums, sums + E, probs, lse, a.n, E, G, stream_);
-    std::vector<double> pe(static_cast<size_t>(E) + 1);
-    std::vector<int32_t> dem(static_cast<size_t>(E));
-    to_host(pe.data(), sums, pe.size() * sizeof(double));
-    to_host(dem.data(), demand, dem.size() * sizeof(int32_t));
-    release(sums);
-    double aux = 0.0;
-    for (int e = 0; e < E; e++)
-      aux += (static_cast<double>(dem[e]) / (static_cast<double>(a.n) * a.top_k)) * (pe[e] / a.n);
-    aux *= static_cast<double>(Eg) / G;
-    const double z = pe[static_cast<size_t>(E)] / (static_cast<double>(a.n) * G);
-    return {aux, z};
+    const size_t E = static_cast<size_t>(a.e);
+    if (E + 1 > aux_sums_cap_) {
+      auto* fresh = static_cast<double*>(alloc((E + 1) * sizeof(double)));
+      retire(aux_sums_);
+      aux_sums_ = fresh;
+      aux_sums_cap_ = E + 1;
+    }
+    cuda::launch_router_aux_sums(aux_sums_, aux_sums_ + E, probs, lse, a.n, a.e, a.groups, stream_);
+    std::vector<double> sums(E + 1);
+    std::vector<int32_t> dem(E);
+    read_back({{sums.data(), aux_sums_, sums.size() * sizeof(double)},
+               {dem.data(), demand, dem.size() * sizeof(int32_t)}});
+    return router_aux_combine(sums.data(), dem.data(), a);
   }
   void router_bwd(float* dlogits, const float* dgate, const float* probs, const float* lse,
                   const int32_t* expert, const float* gate, const int32_t* demand, float aux_coef,
@@ -599,7 +704,7 @@ class CudaBackend final : public Backend {
 
   // ---- optimizer -------------------------------------------------------------
   void adamw(float* p, const float* g, float* m, float* v, size_t n, const AdamArgs& a) override {
-    if (a.t < 1) throw Error(fmt("adamw: step t (", a.t, ") must be >= 1"));
+    if (a.t < 1) fail(fmt("adamw: step t (", a.t, ") must be >= 1"));
     const double bc1 = 1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.t));
     const double bc2 = 1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.t));
     cuda::launch_adamw(p, g, m, v, n, a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.grad_scale,
@@ -607,9 +712,11 @@ class CudaBackend final : public Backend {
   }
   // One launch for every tensor. The table (pointers, sizes, chunks) is the
   // same every step: it is uploaded again only when it changes, so a step
-  // allocates and copies nothing here.
+  // allocates and copies nothing here. A graph reads the table it was
+  // captured with at every launch: a changed table after a capture goes to
+  // a new buffer, the old one retired.
   void adamw_multi(const AdamTensor* ts, size_t count, const AdamArgs& a) override {
-    if (a.t < 1) throw Error(fmt("adamw: step t (", a.t, ") must be >= 1"));
+    if (a.t < 1) fail(fmt("adamw: step t (", a.t, ") must be >= 1"));
     std::vector<cuda::AdamTensorDev> table(count);
     std::vector<int32_t> chunk_tensor;
     std::vector<int64_t> chunk_start;
@@ -627,10 +734,12 @@ class CudaBackend final : public Backend {
                       std::memcmp(adam_table_host_.data(), table.data(), tb) == 0 &&
                       adam_chunks_ == static_cast<int64_t>(chunk_tensor.size());
     if (!same) {
-      if (tb + cb + 16 > adam_table_bytes_) {
-        if (adam_table_ != nullptr) release(adam_table_);
+      if (tb + cb + 16 > adam_table_bytes_ || adam_table_captured_) {
+        char* fresh = static_cast<char*>(alloc(tb + cb + 16));
+        retire(adam_table_);
+        adam_table_ = fresh;
         adam_table_bytes_ = tb + cb + 16;
-        adam_table_ = static_cast<char*>(alloc(adam_table_bytes_));
+        adam_table_captured_ = false;
       }
       // Layout: [int64 starts][table][int32 tensors], each 8-byte aligned.
       const size_t sb = chunk_start.size() * sizeof(int64_t);
@@ -648,25 +757,58 @@ class CudaBackend final : public Backend {
                              reinterpret_cast<const int32_t*>(adam_table_ + sb + tb),
                              reinterpret_cast<const int64_t*>(adam_table_), adam_chunks_, a.lr,
                              a.beta1, a.beta2, a.eps, a.grad_scale, bc1, bc2, stream_);
+    if (capturing_) adam_table_captured_ = true;
   }
 
  private:
   template <class... Ints>
-  static void check_nonneg(const char* op, Ints... sizes) {
+  void check_nonneg(const char* op, Ints... sizes) {
     if (((sizes < 0) || ...)) {
       std::string list;
       ((list += (list.empty() ? "" : ", ") + std::to_string(sizes)), ...);
-      throw Error(fmt(op, ": negative size among (", list, "); sizes must be >= 0"));
+      fail(fmt(op, ": negative size among (", list, "); sizes must be >= 0"));
     }
   }
 
-  double reduce(const float* x, size_t n, bool squares) {
+  // Leading dimension of a stored row-major matrix: 0 -> its width (as cpu_dense.h).
+  int resolve_ld(int ld, int width, const char* what) {
+    if (ld == 0) return std::max(width, 1);
+    if (ld < width)
+      fail(fmt("gemm: ", what, " (", ld, ") is smaller than the stored row width (", width, ")"));
+    return ld;
+  }
+
+  void check_router_args(const RouterArgs& a) {
+    if (a.n < 0) fail(fmt("router: tokens (", a.n, ") must be >= 0"));
+    if (a.e <= 0 || a.groups <= 0 || a.e % a.groups != 0)
+      fail(fmt("router: experts (", a.e, ") must be a positive multiple of groups (", a.groups,
+               ")"));
+    if (a.top_k < 1 || a.top_k > a.e / a.groups)
+      fail(fmt("router: top_k (", a.top_k, ") must be in [1, experts per group (", a.e / a.groups,
+               ")]"));
+  }
+
+  void check_attention(int B, int T, int H, int d) {
+    if (H <= 0 || d % H != 0) fail(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
+    if (B < 0 || T < 0) fail(fmt("attention: negative shape B=", B, " T=", T));
+    if (d / H > cuda::kFlashMaxHeadDim)
+      fail(fmt("attention (cuda): head size d/H (", d, "/", H, " = ", d / H,
+               ") is above the fused kernel's ", cuda::kFlashMaxHeadDim,
+               "; use more heads (model.n_heads)"));
+  }
+
+  // Grows the reduction scratch to the partials of n elements. The old
+  // buffer is retired, not freed: a graph captured earlier may still use it.
+  void ensure_partials(size_t n) {
     const size_t parts = cuda::reduce_partials(n);
-    if (parts > partial_cap_) {
-      if (partial_ != nullptr) release(partial_);
-      partial_ = static_cast<double*>(alloc(parts * sizeof(double)));
-      partial_cap_ = parts;
-    }
+    if (parts <= partial_cap_) return;
+    auto* fresh = static_cast<double*>(alloc(parts * sizeof(double)));
+    retire(partial_);
+    partial_ = fresh;
+    partial_cap_ = parts;
+  }
+  double reduce(const float* x, size_t n, bool squares) {
+    ensure_partials(n);
     cuda::launch_sum(scalars_, partial_, x, n, squares, stream_);
     double out = 0.0;
     to_host(&out, scalars_, sizeof(double));
@@ -679,8 +821,8 @@ class CudaBackend final : public Backend {
   }
   // The pointer and row tables of the grouped linear layers: `parts` (host
   // ranges, each a multiple of 8 bytes) back to back in group_table_, grown
-  // when too small. The host buffer is pageable, so cudaMemcpyAsync has read
-  // it before returning; the copy is ordered before the GEMMs that read it.
+  // when too small. to_device (the staging ring: no host stall) orders the
+  // copy before the GEMMs that read it.
   void upload_group_table(std::initializer_list<std::pair<const void*, size_t>> parts) {
     size_t bytes = 0;
     for (const auto& p : parts) bytes += p.second;
@@ -695,14 +837,66 @@ class CudaBackend final : public Backend {
       std::memcpy(host.data() + at, p.first, p.second);
       at += p.second;
     }
-    M6_CUDA_CHECK(cudaMemcpyAsync(group_table_, host.data(), bytes, cudaMemcpyHostToDevice, stream_));
+    to_device(group_table_, host.data(), bytes);
   }
-  void clear_bad() { M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, sizeof(BadIndex), stream_)); }
-  template <class F>
-  void throw_if_bad(F message) {
-    BadIndex b{};
-    to_host(&b, bad_, sizeof(BadIndex));
-    if (b.flag != 0) throw Error(message(b));
+
+  // Device-to-host copies, then one wait for the stream: one host read.
+  struct ReadBack {
+    void* dst;
+    const void* src;
+    size_t bytes;
+  };
+  void read_back(std::initializer_list<ReadBack> parts) {
+    no_capture("device-to-host copy");
+    ++host_reads_;
+    for (const ReadBack& r : parts)
+      if (r.bytes > 0)
+        M6_CUDA_CHECK(cudaMemcpyAsync(r.dst, r.src, r.bytes, cudaMemcpyDefault, stream_));
+    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  // Reads the bad-index records back (after the work issued so far) and
+  // throws the first error; the records are cleared first, so the backend
+  // stays usable after the throw. Messages as the CPU reference's.
+  void report_bad() {
+    BadIndex b[kBadKinds] = {};
+    M6_CUDA_CHECK(cudaMemcpyAsync(b, bad_, sizeof b, cudaMemcpyDeviceToHost, stream_));
+    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    const BadIndex* first = nullptr;
+    int kind = 0;
+    for (int k = 0; k < kBadKinds && first == nullptr; ++k)
+      if (b[k].flag != 0) first = &b[k], kind = k;
+    if (first == nullptr) return;
+    M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, sizeof b, stream_));
+    if (kind == kBadMoeAssign) {
+      const int S = std::max(first->width, 1);
+      fail(fmt("moe_assign: expert ", first->value, " of token ", first->row / S, " slot ",
+               first->row % S, " is outside [0, ", first->limit, ")"));
+    }
+    fail(fmt("crossentropy: target ", first->value, " at row ", first->row, " is >= vocab (",
+             first->limit, ")"));
+  }
+  // Ops that need the host (reads, waits, allocations, host-to-device
+  // copies) throw while capturing, before any CUDA call, and mark the
+  // capture failed; capture_end then ends it and returns nullptr.
+  void no_capture(const char* what) {
+    if (capturing_)
+      fail(fmt("cuda backend: ", what,
+               " inside a graph capture (capture_begin .. capture_end may only enqueue device "
+               "work)"));
+  }
+  // Every error an op throws: while capturing, it also marks the capture
+  // failed (the graph would lack the op), so that capture_end returns nullptr.
+  [[noreturn]] void fail(const std::string& msg) {
+    if (capturing_ && capture_error_.empty()) capture_error_ = msg;
+    throw Error(msg);
+  }
+  static std::string cuda_error_text(cudaError_t e, const char* call) {
+    return fmt(call, ": ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")");
+  }
+  // A device buffer replaced by a larger one: kept until the backend is
+  // destroyed, since a captured graph may still read or write it.
+  void retire(void* p) {
+    if (p != nullptr) retired_.push_back(p);
   }
 
   int device_;
@@ -732,6 +926,15 @@ class CudaBackend final : public Backend {
   size_t adam_table_bytes_ = 0;
   std::vector<char> adam_table_host_;
   int64_t adam_chunks_ = 0;
+  bool adam_table_captured_ = false;  // a graph reads adam_table_
+  double* aux_sums_ = nullptr;        // router_aux_fwd's E + 1 sums
+  size_t aux_sums_cap_ = 0;
+  void* blas_workspace_ = nullptr;              // cuBLAS's (cublasSetWorkspace)
+  std::unique_ptr<cuda::StagingRing> staging_;  // small to_device copies
+  int64_t host_reads_ = 0;
+  bool capturing_ = false;
+  std::string capture_error_;   // the first op that failed the running capture
+  std::vector<void*> retired_;  // replaced scratch buffers (retire)
 };
 
 }  // namespace

@@ -13,6 +13,12 @@
 #      ulp of the format plus the op's fp32 tolerance, tests/cuda/
 #      cuda_test_util.h "Half precision"). Exit 0 pass, 1 fail, 2 the mode is
 #      missing from the build (MISSING row), 77 no CUDA device.
+#      Also in test_cuda_ops (tests/cuda/test_cuda_graphs.cpp): sum_to,
+#      router_aux_sums and routing_hash (bitwise) against the CPU; bad
+#      indices thrown by check_errors / sync with the CPU's message; the host
+#      read count; staged to_device copies through a wrapping ring while the
+#      stream stalls; a CUDA graph (gemm, bias, GELU, sum_to) replayed with
+#      new inputs against the eager ops and the CPU, and refused captures.
 #      The fused attention (test_cuda_attention: forward, dqkv and
 #      log-sum-exp within 2x the error of a naive fp32 attention, bit-identical
 #      reruns) and its speed at the shape of configs/bench-gpu.yaml (INFO row).

@@ -12,12 +12,25 @@
 
 namespace m6::cuda {
 
-// Device-side record of the first bad index an op met (a token id >= vocab,
-// an expert id outside [0,E)): flag, value, row. The entry point reads it back
-// and throws, as the CPU reference does.
+// Device-side record of the first bad index an op kind met (a token id >=
+// vocab, an expert id outside [0,E)): flag, value, row, and the op's limit
+// (V or E) and row width (S for moe_assign, 1 otherwise), so that the message
+// names the shapes of the launch that failed. Records stay on the device
+// until Backend::check_errors (or sync) reads them back and throws the CPU
+// reference's message; a record keeps its first error until then.
 struct BadIndex {
-  int flag, value, row;
+  int flag, value, row, limit, width;
 };
+#if defined(__CUDACC__)
+__device__ inline void record_bad(BadIndex* bad, int value, int row, int limit, int width) {
+  if (atomicCAS(&bad->flag, 0, 1) == 0) {
+    bad->value = value;
+    bad->row = row;
+    bad->limit = limit;
+    bad->width = width;
+  }
+}
+#endif
 
 // ---- dense (dense.cu) ---------------------------------------------------------
 // C[m,n] (row-major, ldc, stride_c, batch) = beta * C, with beta == 0 writing 0:
@@ -147,6 +160,12 @@ void launch_moe_unpermute(float* y, const float* yp, const float* gate, const in
 void launch_moe_unpermute_bwd(float* dyp, float* dgate, const float* dy, const float* yp,
                               const float* gate, const int32_t* expert, const int32_t* pos,
                               const int32_t* offset, int N, int S, int d, cudaStream_t st);
+// *dst = the wrapping sum over slots i < total of routing_slot_hash(i,
+// expert[i], pos[i] >= 0) (core/util/splitmix.h): zeroed, then one atomic add
+// per warp; integer addition mod 2^64 is order-free, so the bits are those of
+// the CPU's sequential sum.
+void launch_routing_hash(uint64_t* dst, const int32_t* expert, const int32_t* pos, int64_t total,
+                         cudaStream_t st);
 // pe[E] = sum_n probs[n,e] and zsum[0] = sum lse^2, both in double
 void launch_router_aux_sums(double* pe, double* zsum, const float* probs, const float* lse, int N,
                             int E, int G, cudaStream_t st);

@@ -2,8 +2,10 @@
 // router softmax + top-k, slot-major capacity assignment, permute/unpermute and
 // the router backward with the aux and z terms. Shapes: N tokens, E experts in
 // G groups of Eg = E/G, K experts per group, S = G*K slots per token.
+#include <algorithm>
 #include <cmath>
 
+#include "core/util/splitmix.h"
 #include "cuda/check.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/reduce.cuh"
@@ -52,18 +54,30 @@ __global__ void router_fwd_kernel(float* probs, float* lse, int32_t* expert, flo
   }
 }
 
-__device__ inline void record_bad(BadIndex* bad, int value, int row) {
-  if (atomicCAS(&bad->flag, 0, 1) == 0) {
-    bad->value = value;
-    bad->row = row;
+// Flags expert ids outside [0, E) (the CPU throws on them; here the error
+// is reported later, by check_errors) and drops their slots (pos -1), so that
+// the ops issued before the report never index an expert block with them.
+__global__ void moe_check_experts_kernel(int32_t* pos, const int32_t* expert, int64_t total, int E,
+                                         int S, BadIndex* bad) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < total && (expert[i] < 0 || expert[i] >= E)) {
+    record_bad(bad, expert[i], static_cast<int>(i), E, S);
+    pos[i] = -1;
   }
 }
 
-// Flags expert ids outside [0, E) (the CPU throws on them).
-__global__ void moe_check_experts_kernel(const int32_t* expert, int64_t total, int E,
-                                         BadIndex* bad) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < total && (expert[i] < 0 || expert[i] >= E)) record_bad(bad, expert[i], static_cast<int>(i));
+// Grid-stride over the slots; each warp adds its lanes' sums (shuffles), then
+// lane 0 adds the warp's sum to *dst. Unsigned wrapping addition: any order,
+// same bits.
+__global__ void routing_hash_kernel(unsigned long long* dst, const int32_t* expert,
+                                    const int32_t* pos, int64_t total) {
+  unsigned long long h = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride)
+    h += routing_slot_hash(static_cast<uint64_t>(i), expert[i], pos[i] >= 0);
+  for (int o = 16; o > 0; o >>= 1) h += __shfl_down_sync(0xffffffffu, h, o);
+  if ((threadIdx.x & 31) == 0 && h != 0) atomicAdd(dst, h);
 }
 
 // Capacity assignment, one block per expert e. The block walks the slots in
@@ -259,7 +273,7 @@ void launch_moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int3
   const int64_t total = static_cast<int64_t>(N) * S;
   if (total > 0) {
     moe_check_experts_kernel<<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads,
-                               0, st>>>(expert, total, E, bad);
+                               0, st>>>(pos, expert, total, E, S, bad);
     M6_LAUNCH_CHECK();
   }
   if (E == 0) return;
@@ -299,6 +313,17 @@ void launch_moe_unpermute_bwd(float* dyp, float* dgate, const float* dy, const f
   if (total == 0) return;
   moe_unpermute_bwd_kernel<<<static_cast<unsigned>(total), 128, 0, st>>>(
       dyp, dgate, dy, yp, gate, expert, pos, offset, S, d);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_routing_hash(uint64_t* dst, const int32_t* expert, const int32_t* pos, int64_t total,
+                         cudaStream_t st) {
+  static_assert(sizeof(unsigned long long) == sizeof(uint64_t), "64-bit atomics");
+  M6_CUDA_CHECK(cudaMemsetAsync(dst, 0, sizeof(uint64_t), st));
+  if (total <= 0) return;
+  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 1024);
+  routing_hash_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(
+      reinterpret_cast<unsigned long long*>(dst), expert, pos, total);
   M6_LAUNCH_CHECK();
 }
 

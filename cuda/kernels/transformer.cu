@@ -158,13 +158,6 @@ __global__ void gelu_bwd_kernel(float* dx, const float* x, const float* dy, size
 }
 
 // ---- cross-entropy -------------------------------------------------------------------
-__device__ inline void record_bad(BadIndex* bad, int value, int row) {
-  if (atomicCAS(&bad->flag, 0, 1) == 0) {
-    bad->value = value;
-    bad->row = row;
-  }
-}
-
 // Block per row, two passes over the logits: one read computing the max and
 // the sum of exponentials together (online softmax, block_max_sum), then
 // probs = exp(l - max) / sum. probs may alias logits: every read of the
@@ -181,7 +174,7 @@ __global__ void crossentropy_fwd_kernel(float* loss, float* probs, const float* 
   const double mx = ms.m, z = ms.s;
   const int tgt = targets[r];
   if (threadIdx.x == 0) {
-    if (tgt >= V) record_bad(bad, tgt, r);
+    if (tgt >= V) record_bad(bad, tgt, r, V, 1);
     loss[r] = (tgt < 0 || tgt >= V) ? 0.0f : static_cast<float>(log(z) + mx - l[tgt]);
   }
   __syncthreads();  // the target logit is read before probs (maybe = logits) is written
@@ -200,7 +193,7 @@ __global__ void crossentropy_bwd_kernel(float* dlogits, const float* probs,
   float* gr = dlogits + static_cast<int64_t>(r) * V;
   const int tgt = targets[r];
   if (tgt >= V) {
-    if (threadIdx.x == 0) record_bad(bad, tgt, r);
+    if (threadIdx.x == 0) record_bad(bad, tgt, r, V, 1);
     return;
   }
   if (tgt < 0) {

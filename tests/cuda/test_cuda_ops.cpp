@@ -446,12 +446,13 @@ void test_transformer(Backend& c, Backend& g) {
     g.crossentropy_bwd(logits.fg(), logits.fg(), targets.ig(), 0.25f, N, V);
     t.check_f("crossentropy_bwd (= probs)" + s, logits, kReduce);
   }
-  {  // a target >= V throws, as on the CPU
+  {  // a target >= V throws, as on the CPU (CUDA: deferred to check_errors)
     Twin t{c, g};
     auto targets = t.i({0, 5}), logits = t.f(randn(2 * 4)), loss = t.zeros_f(2);
     bool threw = false;
     try {
       g.crossentropy_fwd(loss.fg(), logits.fg(), logits.fg(), targets.ig(), 2, 4);
+      g.check_errors();
     } catch (const Error&) {
       threw = true;
     }
@@ -466,6 +467,10 @@ void test_model_step(Backend& c, Backend& g);  // test_cuda_moe.cpp
 void test_offload(Backend& g);                 // test_cuda_offload.cpp
 void test_linear_bwd_grouped(Backend& c, Backend& g, Backend& g_bf16);  // test_cuda_grouped.cpp
 void test_sum_squares_multi(Backend& c, Backend& g);                    // test_cuda_grouped.cpp
+void test_stream_results(Backend& c, Backend& g);                       // test_cuda_graphs.cpp
+void test_deferred_errors(Backend& c, Backend& g);                      // test_cuda_graphs.cpp
+void test_staged_copies(Backend& g);                                    // test_cuda_graphs.cpp
+void test_graphs(Backend& c, Backend& g);                               // test_cuda_graphs.cpp
 
 // --cpu-vs-cpu: a second CpuBackend stands in for CUDA, which checks this
 // harness (buffer sizes, the flow of the MoE checks) on a machine without a GPU.
@@ -530,6 +535,10 @@ int main(int argc, char** argv) {
     test_model_step(*cpu, *gpu);
     test_sum_squares_multi(*cpu, *gpu);
     test_offload(*gpu);
+    test_stream_results(*cpu, *gpu);
+    test_deferred_errors(*cpu, *gpu);
+    test_staged_copies(*gpu);
+    test_graphs(*cpu, *gpu);
     if (g_half) {
       char what[128];
       std::snprintf(what, sizeof what, "rounding changed %zu of %zu rounded outputs (> 1/2)",
