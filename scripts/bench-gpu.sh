@@ -5,7 +5,8 @@
 # shaped MoE: d 768, 12 heads, 12 layers, d_ff 3072, MoE every 2nd layer, 8
 # experts, top-2, capacity 1.25, seq 1024, bytes) and its dense variant
 # (--set model.moe.every=0). Measured in the same run:
-#   - m6train tokens/s, precision.compute fp32 and bf16;
+#   - m6train tokens/s, precision.compute fp32 and bf16 (the dense variant
+#     also in bf16 with train.graphs off: what replaying graphs brings);
 #   - the same model in PyTorch (scripts/bench_torch_gpu.py: bf16 autocast,
 #     SDPA, fused AdamW), eager and torch.compile;
 #   - the cuBLAS bf16 GEMM peak of this GPU (8192^3 through torch.matmul);
@@ -110,7 +111,14 @@ for variant in moe dense; do
   fpt=$("$PY" "$torch_py" --flops --config "$rd/config.json" 2> /dev/null |
     "$PY" -c 'import json,sys; print(json.load(sys.stdin)["flops_per_token"])' 2> /dev/null || echo 0)
   lines+=("$variant $m32 $m16 $te $tc $fpt")
+  [[ $variant == dense ]] && dense_bf16=$m16
 done
+# What graphs (train.graphs, on by default for the dense config on CUDA) bring.
+echo "== dense, bf16, graphs off ($(($(date +%s) - t_start)) s)"
+nograph=$(m6_run dense-bf16-nographs bf16 --set model.moe.every=0 --set train.graphs=off)
+graphs_line=$("$PY" -c 'import sys; on, off = map(float, sys.argv[1:3]); print(
+    f"dense bf16 with train.graphs off: {off:.0f} tok/s; graphs on: {on:.0f} tok/s"
+    + (f" ({on / off:.3f}x)" if on > 0 and off > 0 else ""))' "${dense_bf16:-0}" "${nograph:-0}")
 
 table=$("$PY" - "$peak" "${lines[@]}" <<'PY'
 import sys
@@ -130,6 +138,7 @@ for line in sys.argv[2:]:
 print(f"\ncuBLAS bf16 GEMM peak measured: {peak:.0f} TFLOP/s")
 PY
 )
+table+=$'\n\n'"$graphs_line"
 echo
 echo "$table"
 total=$(($(date +%s) - t_start))

@@ -471,9 +471,11 @@ void test_stream_results(Backend& c, Backend& g);                       // test_
 void test_deferred_errors(Backend& c, Backend& g);                      // test_cuda_graphs.cpp
 void test_staged_copies(Backend& g);                                    // test_cuda_graphs.cpp
 void test_graphs(Backend& c, Backend& g);                               // test_cuda_graphs.cpp
+void test_model_graphs(Backend& g);                                     // test_cuda_graphs.cpp
 
-// --cpu-vs-cpu: a second CpuBackend stands in for CUDA, which checks this
-// harness (buffer sizes, the flow of the MoE checks) on a machine without a GPU.
+// --cpu-vs-cpu: a second CpuBackend, in the recording backend (graphs as
+// closures), stands in for CUDA, which checks this harness (buffer sizes,
+// the flow of the MoE and graph checks) on a machine without a GPU.
 //
 // --compute fp32|bf16|fp16: the compute precision (default fp32). bf16 and
 // fp16 run every op under precision.compute's semantics (cuda_test_util.h,
@@ -515,7 +517,8 @@ int main(int argc, char** argv) {
   try {
     auto cpu = make_cpu_backend(2);
     const bool tensor_cores = g_half == HalfType::BF16;  // as make_backend in trainer.cpp
-    auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {tensor_cores, true});
+    auto gpu = cpu_vs_cpu ? make_recording_backend(make_cpu_backend(1))
+                          : make_cuda_backend(0, {tensor_cores, true});
     std::printf("comparing %s against %s, compute %s\n", gpu->name().c_str(),
                 cpu->name().c_str(), compute.c_str());
     test_dense(*cpu, *gpu);
@@ -539,6 +542,7 @@ int main(int argc, char** argv) {
     test_deferred_errors(*cpu, *gpu);
     test_staged_copies(*gpu);
     test_graphs(*cpu, *gpu);
+    test_model_graphs(*gpu);
     if (g_half) {
       char what[128];
       std::snprintf(what, sizeof what, "rounding changed %zu of %zu rounded outputs (> 1/2)",
