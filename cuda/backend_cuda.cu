@@ -112,6 +112,7 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);
     staging_.reset();
     for (void* p : retired_) cudaFree(p);
+    for (cudaEvent_t e : marks_) cudaEventDestroy(e);
     cudaFree(aux_sums_);
     cudaFree(partial_);
     cudaFree(adam_table_);
@@ -563,6 +564,30 @@ class CudaBackend final : public Backend {
     if (cg == nullptr) fail("graph_launch: the graph was not captured by a CUDA backend");
     M6_CUDA_CHECK(cudaGraphLaunch(cg->exec, stream_));
   }
+
+  // ---- timestamps (the op profiler) ----------------------------------------------
+  // Events on the compute stream from a pool that grows to the most marks
+  // held at once (created with timing; never inside a capture).
+  int mark() override {
+    no_capture("mark");
+    if (marks_used_ == marks_.size()) {
+      cudaEvent_t e = nullptr;
+      M6_CUDA_CHECK(cudaEventCreate(&e));
+      marks_.push_back(e);
+    }
+    M6_CUDA_CHECK(cudaEventRecord(marks_[marks_used_], stream_));
+    return static_cast<int>(marks_used_++);
+  }
+  double mark_ms(int a, int b) override {
+    M6_CHECK(a >= 0 && b >= 0 && static_cast<size_t>(std::max(a, b)) < marks_used_,
+             "mark_ms: marks ", a, ", ", b, " are not recorded (", marks_used_, " marks)");
+    float ms = 0;
+    M6_CUDA_CHECK(cudaEventElapsedTime(&ms, marks_[static_cast<size_t>(a)],
+                                       marks_[static_cast<size_t>(b)]));
+    return ms;
+  }
+  void marks_reset() override { marks_used_ = 0; }
+
   bool set_fp32_gemms(bool on) override {
     const bool prev = fp32_gemms_;
     if (bf16_ && on != prev)  // fp32 GEMMs as in fp32 mode (no TF32, no reduced-precision sums)
@@ -935,6 +960,8 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   std::string capture_error_;   // the first op that failed the running capture
   std::vector<void*> retired_;  // replaced scratch buffers (retire)
+  std::vector<cudaEvent_t> marks_;  // mark()'s event pool; [0, marks_used_) recorded
+  size_t marks_used_ = 0;
 };
 
 }  // namespace

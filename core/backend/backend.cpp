@@ -2,6 +2,8 @@
 // synchronous ops (the reference), and no graphs.
 #include "core/backend/backend.h"
 
+#include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include "core/util/error.h"
@@ -51,6 +53,31 @@ Backend::AuxLosses Backend::router_aux_combine(const double* sums, const int32_t
   const double z = sums[E] / (static_cast<double>(a.n) * G);
   return {aux, z};
 }
+
+// Host-clock marks, in a table shared by the backends that keep this default
+// (their ops are synchronous, so the host clock is the device's).
+namespace {
+struct HostMarks {
+  std::vector<std::chrono::steady_clock::time_point> t;
+};
+HostMarks& host_marks() {
+  static thread_local HostMarks m;
+  return m;
+}
+}  // namespace
+
+int Backend::mark() {
+  auto& t = host_marks().t;
+  t.push_back(std::chrono::steady_clock::now());
+  return static_cast<int>(t.size()) - 1;
+}
+double Backend::mark_ms(int a, int b) {
+  const auto& t = host_marks().t;
+  M6_CHECK(a >= 0 && b >= 0 && static_cast<size_t>(std::max(a, b)) < t.size(), "mark_ms: marks ",
+           a, ", ", b, " are not recorded (", t.size(), " marks)");
+  return std::chrono::duration<double, std::milli>(t[b] - t[a]).count();
+}
+void Backend::marks_reset() { host_marks().t.clear(); }
 
 void Backend::capture_begin() {
   throw Error(fmt("backend ", name(), " has no graphs (train.graphs: off, or a CUDA device)"));

@@ -241,6 +241,16 @@ class Backend {
   // nullptr when the capture failed (the error is logged): run eagerly.
   virtual std::unique_ptr<Graph> capture_end();
   virtual void graph_launch(Graph& g);
+  // ---- timestamps (the op profiler, log.profile) ----------------------------
+  // mark() records a timestamp in stream order and returns its id (CUDA: an
+  // event on the compute stream; this default, the host clock, is right for
+  // a backend whose ops are synchronous, as the CPU's); once the device has
+  // passed both (after a sync), mark_ms(a, b) is the time between them.
+  // marks_reset() forgets every mark (their ids are reused).
+  virtual int mark();
+  virtual double mark_ms(int a, int b);
+  virtual void marks_reset();
+
   // x[i] = round_half(x[i], t): the nearest bf16/fp16 value, ties to even
   // (core/util/half_round.h), overflow to inf. The mixed-precision compute
   // path (precision.compute) applies it where a tensor is stored in half.
@@ -425,6 +435,9 @@ std::unique_ptr<Backend> make_cpu_backend(int threads);
 // closures, replay) and the host-read count: the CPU twin of CUDA graphs
 // (core/backend/graph_recorder.cpp).
 std::unique_ptr<Backend> make_recording_backend(std::unique_ptr<Backend> inner);
+// A backend that forwards every op to `inner` and times each one between two
+// marks (core/backend/op_profiler.h reads the table).
+std::unique_ptr<Backend> make_op_profiler(std::unique_ptr<Backend> inner);
 
 // AdamW on host arrays (OpenMP, vectorised): the optimizer step of offloaded
 // chunks on every backend. The same code as the CPU backend's adamw, so an

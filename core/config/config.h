@@ -133,6 +133,7 @@ struct EvalConfig {
 struct LogConfig {
   int64_t every = 10;
   bool tensorboard = false;  // also write TensorBoard event files to <run>/tb
+  bool profile = false;      // time every backend op (core/backend/op_profiler.h): <run>/profile.json
 };
 
 // fp16 dynamic loss scaling (core/train/loss_scaler.h); used only with

@@ -121,6 +121,7 @@ std::vector<Field> fields_of(Config& c) {
       {"eval.batches", &c.eval.batches},
       {"log.every", &c.log.every},
       {"log.tensorboard", EnumRef<bool>{&c.log.tensorboard, kBoolNames}},
+      {"log.profile", EnumRef<bool>{&c.log.profile, kBoolNames}},
       {"precision.compute", EnumRef<Precision>{&c.precision.compute, kPrecisionNames}},
       {"precision.comm", EnumRef<Precision>{&c.precision.comm, kPrecisionNames}},
       {"precision.loss_scale.init", &c.precision.loss_scale.init},

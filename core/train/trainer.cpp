@@ -26,6 +26,7 @@
 #include "core/train/optimizer.h"
 #include "core/train/preempt.h"
 #include "core/train/spike_guard.h"
+#include "core/train/step_profile.h"
 #include "core/util/error.h"
 #include "core/util/failpoint.h"
 #include "core/util/fs.h"
@@ -75,7 +76,8 @@ DevicePlan plan_run_devices(const Config& cfg, Comm& world) {
   return agree_devices(world, cfg.train.device, cfg.source, gpus, uuid_of, cuda_built, nccl_built);
 }
 
-std::unique_ptr<Backend> make_planned_backend(const Config& cfg, const DevicePlan& plan) {
+namespace {
+std::unique_ptr<Backend> make_plain_backend(const Config& cfg, const DevicePlan& plan) {
 #ifdef M6_HAVE_CUDA
   // precision.compute bf16: GEMMs on the tensor cores (operands rounded to
   // bf16, fp32 accumulation).
@@ -88,6 +90,13 @@ std::unique_ptr<Backend> make_planned_backend(const Config& cfg, const DevicePla
   if (cfg.train.graphs == GraphMode::On)
     return make_recording_backend(make_cpu_backend(cfg.train.threads));
   return make_cpu_backend(cfg.train.threads);
+}
+}  // namespace
+
+std::unique_ptr<Backend> make_planned_backend(const Config& cfg, const DevicePlan& plan) {
+  auto be = make_plain_backend(cfg, plan);
+  // log.profile: every op timed (graphs off: a replay is one launch).
+  return cfg.log.profile ? make_op_profiler(std::move(be)) : std::move(be);
 }
 
 std::unique_ptr<Comm> make_device_world(Comm& world, Backend& be, const DevicePlan& plan) {
@@ -347,6 +356,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
                                        {"cpu_seconds", save_cpu}});
   };
   Interval iv;
+  StepProfile profile;  // log.profile
   Batch batch;
   std::vector<MicroStats> micro(static_cast<size_t>(accum));
   const float grad_scale = 1.0f / static_cast<float>(micro_per_step);
@@ -371,6 +381,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     }
 
     grid.activity().step = step + 1;  // named in timeout messages
+    if (cfg.log.profile) profile.begin_step(*be);
     const auto t0 = Clock::now();
     model.zero_grads();
     double step_loss = 0;  // sum over this rank's micro-batches of the mean CE
@@ -461,6 +472,7 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     state.step = step + 1;
     state.tokens_seen += static_cast<int64_t>(cfg.train.global_batch) * T;
     const double dt = seconds_since(t0);
+    if (cfg.log.profile) profile.end_step(*be, dt, step == start_step);
     train_seconds += dt;
     iv.seconds += dt;
     iv.steps += 1;
@@ -525,6 +537,9 @@ TrainSummary train(const Config& cfg, const RunOptions& opt) {
     comm.barrier();
   }
   if (saved_step != state.step) save();
+  if (cfg.log.profile) profile.report(opt.run_dir, rank == 0);
+  if (model.graphs_on())
+    log_info(fmt("graphs: ", model.graph_replays(), " micro-batches replayed from a graph"));
   if (sum.stop_signal) {
     log_info(fmt("stopped by ", stop_signal_name(sum.stop_signal), " at step ", state.step,
                  " after saving ", sum.checkpoint, "; resume with --resume auto"));

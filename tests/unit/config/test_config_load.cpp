@@ -286,7 +286,7 @@ TEST_CASE("config: JSON has exactly the YAML keys and round-trips", "[config]") 
   CHECK(j["offload"].size() == 3);
   CHECK(j["train"]["recompute"] == "none");
   CHECK(j["train"]["allow_unfit"] == "false");
-  CHECK(j["log"].size() == 2);
+  CHECK(j["log"].size() == 3);  // every, tensorboard, profile
   CHECK(j["train"]["spike_guard"].size() == 2);
   CHECK(j["optim"].size() == 9);
   CHECK(j["model"]["moe"]["router"] == "prototypes");
