@@ -62,8 +62,14 @@ constexpr int kLdP = kTile + 8;     // bf16 P / dS rows
 constexpr int kMaxHeadDim = 128;    // dh multiple of 16, <= 128
 constexpr int kCols = kTile / 2;    // columns per lane of a 64-wide tile
 
+// Row lengths (elements) of the bf16 tiles and the fp32 scratch; the
+// variables for device code (constexpr host functions are not callable there).
 constexpr int ld_tile(int dm) { return dm + 8; }
 constexpr int ld_scratch(int dm) { return (dm > kTile ? dm : kTile) + 4; }
+template <int DM>
+constexpr int kLdTile = ld_tile(DM);
+template <int DM>
+constexpr int kLdScratch = ld_scratch(DM);
 
 using FragA = wmma::fragment<wmma::matrix_a, kF, kF, kF, bf16, wmma::row_major>;
 using FragBRow = wmma::fragment<wmma::matrix_b, kF, kF, kF, bf16, wmma::row_major>;
@@ -102,7 +108,7 @@ __device__ inline void load_tile(bf16* dst, const float* src, int64_t stride, in
                                  int dh) {
   for (int e = threadIdx.x; e < kTile * dh; e += kThreads) {
     const int r = e / dh, i = e % dh, t = t0 + r;
-    dst[r * ld_tile(DM) + i] =
+    dst[r * kLdTile<DM> + i] =
         __float2bfloat16(t < T ? src[static_cast<int64_t>(t) * stride + i] : 0.0f);
   }
 }
@@ -127,7 +133,7 @@ struct Carve {
 // scratch (scores, then P V) and one bf16 P.
 template <int DM>
 __global__ void __launch_bounds__(kThreads) flash_tc_fwd_kernel(FlashParams p) {
-  constexpr int LD = ld_tile(DM), LS = ld_scratch(DM);
+  constexpr int LD = kLdTile<DM>, LS = kLdScratch<DM>;
   M6_FLASH_SHARED(sm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Carve cv{sm};
@@ -208,7 +214,7 @@ __global__ void __launch_bounds__(kThreads) flash_tc_fwd_kernel(FlashParams p) {
 // lse, D of the query tile.
 template <int DM>
 __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dkdv_kernel(FlashParams p) {
-  constexpr int LD = ld_tile(DM), LS = ld_scratch(DM);
+  constexpr int LD = kLdTile<DM>, LS = kLdScratch<DM>;
   M6_FLASH_SHARED(sm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Carve cv{sm};
@@ -299,7 +305,7 @@ __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dkdv_kernel(FlashParams
 // Shared: Q, dO, K, V tiles; per warp 2 fp32 scratch and bf16 dS.
 template <int DM>
 __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dq_kernel(FlashParams p) {
-  constexpr int LD = ld_tile(DM), LS = ld_scratch(DM);
+  constexpr int LD = kLdTile<DM>, LS = kLdScratch<DM>;
   M6_FLASH_SHARED(sm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Carve cv{sm};
