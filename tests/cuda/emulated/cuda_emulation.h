@@ -2,7 +2,9 @@
 // small subset of CUDA (cuda/kernels/attention_kernels.cuh): each block's
 // threads are OS threads, __syncthreads a barrier of the block, __syncwarp
 // and __shfl_xor_sync barriers of the 32 threads of a warp, dynamic shared
-// memory a buffer per block (M6_FLASH_SHARED). Blocks run one after another.
+// memory a buffer per block (M6_FLASH_SHARED; 128-byte aligned, NaN until
+// written). Blocks run one after another. wmma_emulation.h adds bf16 and the
+// warp-matrix subset the tensor-core kernels use.
 // Slow (every barrier is a rendezvous of OS threads), so for small shapes
 // only; it checks the kernels' indexing, tiling, masking and synchronisation
 // on a machine without a GPU. What it cannot check: the compiler's device

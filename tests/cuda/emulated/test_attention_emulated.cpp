@@ -2,10 +2,15 @@
 // run on the host through cuda_emulation.h, against the CPU reference with
 // the tolerance of the GPU test (tests/cuda/attention_ref.h): out, lse and
 // dqkv for head sizes 4..256 (all four instantiations), T = 1, partial and
-// several tiles. Builds and runs without CUDA, so CI checks the kernels'
-// tiling, causal masking, online softmax, recomputation in backward and
-// synchronisation on every commit; tests/cuda/test_cuda_attention runs the
-// compiled kernels on a GPU.
+// several tiles. Then the bf16 tensor-core kernels (attention_tc_kernels.cuh,
+// through wmma_emulation.h as well) on bf16-rounded inputs: out, lse, dq,
+// dk, dv within the derived bound of tests/cuda/attention_tc_ref.h for dh 16
+// to 128, bit-identical reruns, and checks that the bound is not vacuous
+// (P really rounded; a result off by twice the bound, or with the diagonal
+// key masked off, fails). Builds and runs without CUDA, so CI checks the
+// kernels' tiling, causal masking, online softmax, recomputation in
+// backward and synchronisation on every commit; tests/cuda/test_cuda_attention
+// runs the compiled kernels on a GPU.
 //
 // Exit codes: 0 passed, 1 a check failed.
 // clang-format off
