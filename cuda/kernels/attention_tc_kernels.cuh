@@ -46,6 +46,12 @@
 #pragma once
 #include "cuda/kernels/attention_kernels.cuh"
 
+// wmma pointers must be 32-byte aligned: the carving below keeps every
+// region's offset a multiple of 32 bytes from this base.
+#ifndef M6_FLASH_TC_SHARED
+#define M6_FLASH_TC_SHARED(name) extern __shared__ __align__(128) float name[]
+#endif
+
 namespace m6::cuda::flash_tc {
 
 using flash::block_pos;
@@ -76,29 +82,38 @@ using FragBRow = wmma::fragment<wmma::matrix_b, kF, kF, kF, bf16, wmma::row_majo
 using FragBCol = wmma::fragment<wmma::matrix_b, kF, kF, kF, bf16, wmma::col_major>;
 using FragC = wmma::fragment<wmma::accumulator, kF, kF, kF, float>;
 
-// C[16][16] (fp32, row-major, ldc) = A[16][16 ks] . B[16 ks][16], A row-major.
-// BT false: B row-major (B points at its block's first row, ldb). BT true:
-// given as its transpose Bt[16][16 ks] row-major (B = Bt^T; the block's
-// first row of Bt), i.e. C = A . Bt^T.
-template <bool BT>
-__device__ inline void mma_block(float* C, int ldc, const bf16* A, int lda, const bf16* B, int ldb,
-                                 int ks) {
-  FragC acc;
-  wmma::fill_fragment(acc, 0.0f);
+// A row of output blocks: C_n[16][16] = A[16][16 ks] . B_n for n in [n0, n1)
+// (NMAX >= n1), C_n at C + 16 n (fp32, row-major, ldc). A row-major (lda),
+// each of its 16-column slices loaded once for all n. BT false: B row-major
+// [16 ks][16 NMAX] (ldb), B_n its columns 16n..; BT true: B given as its
+// transpose Bt[16 NMAX][16 ks] row-major (ldb), B_n = (rows 16n.. of Bt)^T,
+// i.e. C_n = A . Bt_n^T. Accumulators: one fragment per n, in registers.
+template <bool BT, int NMAX>
+__device__ inline void mma_row(float* C, int ldc, const bf16* A, int lda, const bf16* B, int ldb,
+                               int n0, int n1, int ks) {
+  FragC acc[NMAX];
+#pragma unroll
+  for (int n = 0; n < NMAX; n++) wmma::fill_fragment(acc[n], 0.0f);
   for (int k = 0; k < ks; k++) {
     FragA a;
     wmma::load_matrix_sync(a, A + k * kF, lda);
-    if constexpr (BT) {
-      FragBCol b;
-      wmma::load_matrix_sync(b, B + k * kF, ldb);
-      wmma::mma_sync(acc, a, b, acc);
-    } else {
-      FragBRow b;
-      wmma::load_matrix_sync(b, B + k * kF * ldb, ldb);
-      wmma::mma_sync(acc, a, b, acc);
+#pragma unroll
+    for (int n = 0; n < NMAX; n++) {
+      if (n < n0 || n >= n1) continue;
+      if constexpr (BT) {
+        FragBCol b;
+        wmma::load_matrix_sync(b, B + n * kF * ldb + k * kF, ldb);
+        wmma::mma_sync(acc[n], a, b, acc[n]);
+      } else {
+        FragBRow b;
+        wmma::load_matrix_sync(b, B + k * kF * ldb + n * kF, ldb);
+        wmma::mma_sync(acc[n], a, b, acc[n]);
+      }
     }
   }
-  wmma::store_matrix_sync(C, acc, ldc, wmma::mem_row_major);
+#pragma unroll
+  for (int n = 0; n < NMAX; n++)
+    if (n >= n0 && n < n1) wmma::store_matrix_sync(C + n * kF, acc[n], ldc, wmma::mem_row_major);
 }
 
 // dst[kTile][DM+8] (bf16) <- rows t0.. of src (stride, dh columns); rows
@@ -134,7 +149,7 @@ struct Carve {
 template <int DM>
 __global__ void __launch_bounds__(kThreads) flash_tc_fwd_kernel(FlashParams p) {
   constexpr int LD = kLdTile<DM>, LS = kLdScratch<DM>;
-  M6_FLASH_SHARED(sm);
+  M6_FLASH_TC_SHARED(sm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Carve cv{sm};
   bf16* Qs = cv.bf(kTile * LD);
@@ -163,8 +178,7 @@ __global__ void __launch_bounds__(kThreads) flash_tc_fwd_kernel(FlashParams p) {
     __syncthreads();
     // key blocks of 16 that any of the warp's rows sees (diagonal: up to its own)
     const int nb = k0 == q0 ? warp + 1 : kTile / kF;
-    for (int n = 0; n < nb; n++)
-      mma_block<true>(Sw + n * kF, LS, Qs + warp * kF * LD, LD, Ks + n * kF * LD, LD, kd);
+    mma_row<true, kTile / kF>(Sw, LS, Qs + warp * kF * LD, LD, Ks, LD, 0, nb, kd);  // S
     __syncwarp();  // S visible to every lane
     float s[kCols];
     float mt = -INFINITY;
@@ -186,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) flash_tc_fwd_kernel(FlashParams p) {
     l = l * alpha + lt + __shfl_xor_sync(0xffffffffu, lt, 1);
     m = mn;
     __syncwarp();  // P visible, S read: the scratch takes P V
-    for (int n = 0; n < kd; n++) mma_block<false>(Sw + n * kF, LS, Pw, kLdP, Vs + n * kF, LD, nb);
+    mma_row<false, DM / kF>(Sw, LS, Pw, kLdP, Vs, LD, 0, kd, nb);  // P V
     __syncwarp();
 #pragma unroll
     for (int j = 0; j < DM / 2; j++)
@@ -215,7 +229,7 @@ __global__ void __launch_bounds__(kThreads) flash_tc_fwd_kernel(FlashParams p) {
 template <int DM>
 __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dkdv_kernel(FlashParams p) {
   constexpr int LD = kLdTile<DM>, LS = kLdScratch<DM>;
-  M6_FLASH_SHARED(sm);
+  M6_FLASH_TC_SHARED(sm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Carve cv{sm};
   bf16* Ks = cv.bf(kTile * LD);
@@ -256,10 +270,8 @@ __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dkdv_kernel(FlashParams
     __syncthreads();
     // query blocks of 16 that see any of the warp's keys (diagonal: from its own on)
     const int n0 = q0 == k0 ? warp : 0, ks = kTile / kF - n0;
-    for (int n = n0; n < kTile / kF; n++) {
-      mma_block<true>(S1 + n * kF, LS, Kw, LD, Qs + n * kF * LD, LD, kd);
-      mma_block<true>(S2 + n * kF, LS, Vw, LD, dOs + n * kF * LD, LD, kd);
-    }
+    mma_row<true, kTile / kF>(S1, LS, Kw, LD, Qs, LD, n0, kTile / kF, kd);   // S^T
+    mma_row<true, kTile / kF>(S2, LS, Vw, LD, dOs, LD, n0, kTile / kF, kd);  // dP^T
     __syncwarp();
 #pragma unroll
     for (int j = 0; j < kCols; j++) {
@@ -273,10 +285,8 @@ __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dkdv_kernel(FlashParams
       dSw[r * kLdP + c] = __float2bfloat16(ds);
     }
     __syncwarp();  // P^T, dS^T visible; S^T, dP^T read
-    for (int n = 0; n < kd; n++) {
-      mma_block<false>(S1 + n * kF, LS, Pw + n0 * kF, kLdP, dOs + n0 * kF * LD + n * kF, LD, ks);
-      mma_block<false>(S2 + n * kF, LS, dSw + n0 * kF, kLdP, Qs + n0 * kF * LD + n * kF, LD, ks);
-    }
+    mma_row<false, DM / kF>(S1, LS, Pw + n0 * kF, kLdP, dOs + n0 * kF * LD, LD, 0, kd, ks);  // dV
+    mma_row<false, DM / kF>(S2, LS, dSw + n0 * kF, kLdP, Qs + n0 * kF * LD, LD, 0, kd, ks);  // dK
     __syncwarp();
 #pragma unroll
     for (int j = 0; j < DM / 2; j++) {
@@ -306,7 +316,7 @@ __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dkdv_kernel(FlashParams
 template <int DM>
 __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dq_kernel(FlashParams p) {
   constexpr int LD = kLdTile<DM>, LS = kLdScratch<DM>;
-  M6_FLASH_SHARED(sm);
+  M6_FLASH_TC_SHARED(sm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Carve cv{sm};
   bf16* Qs = cv.bf(kTile * LD);
@@ -340,10 +350,8 @@ __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dq_kernel(FlashParams p
     load_tile<DM>(Vs, qkv + 2 * p.d, p.row, k0, p.T, p.dh);
     __syncthreads();
     const int nb = k0 == q0 ? warp + 1 : kTile / kF;
-    for (int n = 0; n < nb; n++) {
-      mma_block<true>(S1 + n * kF, LS, Qw, LD, Ks + n * kF * LD, LD, kd);
-      mma_block<true>(S2 + n * kF, LS, dOw, LD, Vs + n * kF * LD, LD, kd);
-    }
+    mma_row<true, kTile / kF>(S1, LS, Qw, LD, Ks, LD, 0, nb, kd);   // S
+    mma_row<true, kTile / kF>(S2, LS, dOw, LD, Vs, LD, 0, nb, kd);  // dP
     __syncwarp();
 #pragma unroll
     for (int j = 0; j < kCols; j++) {
@@ -356,7 +364,7 @@ __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dq_kernel(FlashParams p
       dSw[r * kLdP + c] = __float2bfloat16(ds);
     }
     __syncwarp();
-    for (int n = 0; n < kd; n++) mma_block<false>(S1 + n * kF, LS, dSw, kLdP, Ks + n * kF, LD, nb);
+    mma_row<false, DM / kF>(S1, LS, dSw, kLdP, Ks, LD, 0, kd, nb);  // dS K
     __syncwarp();
 #pragma unroll
     for (int j = 0; j < DM / 2; j++)

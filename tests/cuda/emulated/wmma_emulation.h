@@ -25,6 +25,8 @@
 #include "core/util/half_round.h"
 #include "tests/cuda/emulated/cuda_emulation.h"
 
+#define M6_FLASH_TC_SHARED(name) M6_FLASH_SHARED(name)
+
 struct __nv_bfloat16 {
   uint16_t bits;
 };
