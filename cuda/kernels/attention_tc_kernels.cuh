@@ -63,10 +63,10 @@ namespace wmma = nvcuda::wmma;
 constexpr int kTile = 64;  // rows per block tile, columns per step
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kF = 16;              // wmma fragment edge
-constexpr int kLdP = kTile + 8;     // bf16 P / dS rows
-constexpr int kMaxHeadDim = 128;    // dh multiple of 16, <= 128
-constexpr int kCols = kTile / 2;    // columns per lane of a 64-wide tile
+constexpr int kF = 16;            // wmma fragment edge
+constexpr int kLdP = kTile + 8;   // bf16 P / dS rows
+constexpr int kMaxHeadDim = 128;  // dh multiple of 16, <= 128
+constexpr int kCols = kTile / 2;  // columns per lane of a 64-wide tile
 
 // Row lengths (elements) of the bf16 tiles and the fp32 scratch; the
 // variables for device code (constexpr host functions are not callable there).
@@ -380,7 +380,9 @@ __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dq_kernel(FlashParams p
 
 // ---- sizes -----------------------------------------------------------------------------
 constexpr size_t tile_bf16(int dm) { return static_cast<size_t>(kTile) * ld_tile(dm); }
-constexpr size_t scratch_floats(int dm) { return static_cast<size_t>(kWarps) * kF * ld_scratch(dm); }
+constexpr size_t scratch_floats(int dm) {
+  return static_cast<size_t>(kWarps) * kF * ld_scratch(dm);
+}
 constexpr size_t pw_bf16() { return static_cast<size_t>(kWarps) * kF * kLdP; }
 
 // Dynamic shared memory of each kernel, in floats (bf16 counted two to a float).

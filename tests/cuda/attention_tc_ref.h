@@ -63,7 +63,8 @@ inline TcBound tc_bound(const std::vector<float>& qkv, const std::vector<float>&
   TcBound r;
   r.out.assign(static_cast<size_t>(s.B) * T * d, 0.0f);
   r.dqkv.assign(static_cast<size_t>(s.B) * T * 3 * d, 0.0f);
-  std::vector<double> p(static_cast<size_t>(T) * T), E(static_cast<size_t>(T) * T);  // E: dP, then the bound E
+  std::vector<double> p(static_cast<size_t>(T) * T),
+      E(static_cast<size_t>(T) * T);  // E: dP, then the bound E
   for (int b = 0; b < s.B; b++) {
     for (int h = 0; h < s.H; h++) {
       auto at = [&](int t, int part) {
@@ -107,8 +108,7 @@ inline TcBound tc_bound(const std::vector<float>& qkv, const std::vector<float>&
         // E: bound on the error of dS as an operand: its bf16 rounding
         // u |dS| plus p * dD
         for (int j = 0; j <= t; j++)
-          E[t * T + j] =
-              u * std::fabs(p[t * T + j] * (E[t * T + j] - D)) + p[t * T + j] * dD;
+          E[t * T + j] = u * std::fabs(p[t * T + j] * (E[t * T + j] - D)) + p[t * T + j] * dD;
         for (int i = 0; i < s.dh; i++) {
           double bq = 0.0;
           for (int j = 0; j <= t; j++) bq += E[t * T + j] * std::fabs(at(j, 1)[i]);

@@ -249,9 +249,8 @@ Speed time_attention(Backend& g, const Shape& s, bool bf16_inputs) {
   };
   Speed r{};
   r.fwd = time_ms([&] { g.attention_fwd(x.out, x.att, x.qkv, s.B, s.T, s.H, d_i); });
-  r.bwd = time_ms([&] {
-    g.attention_bwd(x.dqkv, x.datt, x.dout, x.qkv, x.out, x.att, s.B, s.T, s.H, d_i);
-  });
+  r.bwd = time_ms(
+      [&] { g.attention_bwd(x.dqkv, x.datt, x.dout, x.qkv, x.out, x.att, s.B, s.T, s.H, d_i); });
   g.sync();  // raises any error of the timed kernels
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
@@ -314,10 +313,10 @@ int main(int argc, char** argv) {
     // tensor cores: dh 16..128 (kernels DM = 32, 64, 128, exact and with
     // unused column blocks), T = 1, below and across the 64-row tile, 1024;
     // dh 8, 40, 256 on the fp32 kernel
-    const Shape tc_shapes[] = {{1, 1, 2, 16},   {2, 17, 3, 32},  {3, 64, 4, 32},  {2, 100, 2, 48},
-                               {2, 130, 2, 64}, {2, 100, 2, 128}, {1, 1024, 2, 64},
-                               {1, 1024, 1, 128}, {2, 17, 3, 8}, {1, 70, 2, 40},
-                               {1, 45, 1, 256}};
+    const Shape tc_shapes[] = {{1, 1, 2, 16},    {2, 17, 3, 32},    {3, 64, 4, 32},
+                               {2, 100, 2, 48},  {2, 130, 2, 64},   {2, 100, 2, 128},
+                               {1, 1024, 2, 64}, {1, 1024, 1, 128}, {2, 17, 3, 8},
+                               {1, 70, 2, 40},   {1, 45, 1, 256}};
     for (const Shape& s : tc_shapes) test_shape_tc(*cpu, *gpu_tc, s, cpu_vs_cpu);
     test_crossentropy(*cpu, *gpu);
   } catch (const std::exception& e) {

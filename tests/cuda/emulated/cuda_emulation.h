@@ -38,7 +38,7 @@ struct Warp {
 
 struct Block {
   Block(int threads, size_t shared_floats)
-      : bar(threads), shared(new(std::align_val_t(128)) float[shared_floats + 1]) {
+      : bar(threads), shared(new (std::align_val_t(128)) float[shared_floats + 1]) {
     // NaN until written: a kernel reading shared memory it never wrote
     // poisons its outputs and fails the comparison
     std::fill_n(shared.get(), shared_floats + 1, std::numeric_limits<float>::quiet_NaN());

@@ -205,9 +205,8 @@ void test_shape_tc(Backend& cpu, const Shape& s, bool extra) {
         const float* qt = qkv.data() + (static_cast<size_t>(b) * s.T + t) * 3 * d + h * s.dh;
         double dot = 0.0;
         for (int i = 0; i < s.dh; i++) dot += static_cast<double>(qt[i]) * qt[d + i];
-        const double ptt =
-            std::exp(dot / std::sqrt(static_cast<double>(s.dh)) -
-                     nd.lse[(static_cast<size_t>(b) * s.H + h) * s.T + t]);
+        const double ptt = std::exp(dot / std::sqrt(static_cast<double>(s.dh)) -
+                                    nd.lse[(static_cast<size_t>(b) * s.H + h) * s.T + t]);
         float* ot = nodiag.data() + (static_cast<size_t>(b) * s.T + t) * d + h * s.dh;
         for (int i = 0; i < s.dh; i++)
           ot[i] = t == 0 ? 0.0f : static_cast<float>((ot[i] - ptt * qt[2 * d + i]) / (1.0 - ptt));
@@ -227,8 +226,8 @@ int main() {
     // tensor cores: dh 16, 32, 48, 64, 128 (kernels DM = 32, 64, 128, exact
     // and with unused column blocks); T = 1, below 16, across 16-column
     // blocks and the 64-row tile, several tiles
-    const Shape tc_shapes[] = {{1, 1, 2, 16},  {2, 13, 1, 32}, {1, 70, 2, 16},
-                               {1, 64, 3, 48}, {2, 33, 1, 128}};
+    const Shape tc_shapes[] = {
+        {1, 1, 2, 16}, {2, 13, 1, 32}, {1, 70, 2, 16}, {1, 64, 3, 48}, {2, 33, 1, 128}};
     for (const Shape& s : tc_shapes) test_shape_tc(*cpu, s, false);
     test_shape_tc(*cpu, {1, 150, 2, 64}, true);
   } catch (const std::exception& e) {

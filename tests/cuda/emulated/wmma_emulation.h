@@ -52,8 +52,8 @@ class fragment {
 
 inline void emu_check(const void* ptr, unsigned ldm, unsigned elem_bytes, const char* what) {
   if (reinterpret_cast<uintptr_t>(ptr) % 32 != 0 || (ldm * elem_bytes) % 16 != 0) {
-    std::fprintf(stderr, "wmma emulation: %s: pointer %p not 32-byte aligned or ldm %u bad\n",
-                 what, ptr, ldm);
+    std::fprintf(stderr, "wmma emulation: %s: pointer %p not 32-byte aligned or ldm %u bad\n", what,
+                 ptr, ldm);
     std::abort();
   }
 }
@@ -65,8 +65,8 @@ inline void fill_fragment(fragment<Use, 16, 16, 16, T, L>& f, float v) {
 
 // A or B operand, bf16, from row- or column-major memory.
 template <class Use, class L>
-inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, L>& f,
-                             const __nv_bfloat16* p, unsigned ldm) {
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, L>& f, const __nv_bfloat16* p,
+                             unsigned ldm) {
   emu_check(p, ldm, 2, "load_matrix_sync");
   for (int i = 0; i < 16; i++)
     for (int j = 0; j < 16; j++) {
