@@ -38,7 +38,9 @@
 //                                dQ dS)
 //   fp32 lse, D [kTile]          (dK/dV: of the query tile)
 // A wmma store is followed by __syncwarp() before any lane reads the tile,
-// and lanes' reads by __syncwarp() before the next store into it.
+// and lanes' reads by __syncwarp() (or the loop's __syncthreads()) before
+// the next store into it; lanes' writes of P / dS by __syncwarp() before the
+// fragment loads.
 //
 // Device code only: attention.cu includes it after <mma.h> and <cuda_bf16.h>;
 // tests/cuda/emulated runs the same source on the host (cuda_emulation.h and
