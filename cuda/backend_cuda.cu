@@ -639,15 +639,26 @@ class CudaBackend final : public Backend {
   AttentionBuffers attention_buffers(int B, int T, int H) const override {
     return flash_attention_buffers(B, T, H);
   }
+  // On bf16 tensor cores when the GEMMs are (the model then holds qkv, out
+  // and dout as bf16 values) and the head size allows; else fp32.
+  bool attention_on_tensor_cores(int H, int d) const {
+    return half_gemms() && cuda::flash_attention_tc_supported(d / H);
+  }
   void attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H,
                      int d) override {
     check_attention(B, T, H, d);
-    cuda::launch_flash_attention_fwd(out, att, qkv, B, T, H, d, stream_);
+    if (attention_on_tensor_cores(H, d))
+      cuda::launch_flash_attention_tc_fwd(out, att, qkv, B, T, H, d, stream_);
+    else
+      cuda::launch_flash_attention_fwd(out, att, qkv, B, T, H, d, stream_);
   }
   void attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
                      const float* out, const float* att, int B, int T, int H, int d) override {
     check_attention(B, T, H, d);
-    cuda::launch_flash_attention_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d, stream_);
+    if (attention_on_tensor_cores(H, d))
+      cuda::launch_flash_attention_tc_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d, stream_);
+    else
+      cuda::launch_flash_attention_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d, stream_);
   }
   void crossentropy_fwd(float* loss, float* probs, const float* logits, const int32_t* targets,
                         int N, int V) override {

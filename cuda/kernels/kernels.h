@@ -142,6 +142,18 @@ void launch_flash_attention_fwd(float* out, float* lse, const float* qkv, int B,
 void launch_flash_attention_bwd(float* dqkv, float* delta, const float* dout, const float* qkv,
                                 const float* out, const float* lse, int B, int T, int H, int d,
                                 cudaStream_t st);
+// The same on bf16 tensor cores (attention_tc_kernels.cuh; sm_80+): same
+// buffers and semantics; q, k, v, dout converted to bf16 (exact when they hold
+// bf16 values, as under precision.compute bf16), P and dS rounded to bf16 as
+// operands of the products, everything else fp32. flash_attention_tc_supported:
+// dh a multiple of 16, <= 128, and the current device sm_80+ with the shared
+// memory the kernels need.
+bool flash_attention_tc_supported(int dh);
+void launch_flash_attention_tc_fwd(float* out, float* lse, const float* qkv, int B, int T, int H,
+                                   int d, cudaStream_t st);
+void launch_flash_attention_tc_bwd(float* dqkv, float* delta, const float* dout, const float* qkv,
+                                   const float* out, const float* lse, int B, int T, int H, int d,
+                                   cudaStream_t st);
 
 // ---- mixture of experts (moe.cu) ------------------------------------------------
 void launch_router_fwd(float* probs, float* lse, int32_t* expert, float* gate,

@@ -9,12 +9,20 @@
 // CPU's double sums (tests/cuda/attention_ref.h says why). The buffers the
 // kernel overwrites start as NaN, so an element it fails to write fails.
 //
+// The same on bf16 tensor cores (a backend with bf16 GEMMs, as under
+// precision.compute bf16; kernels/attention_tc_kernels.cuh) on bf16 inputs:
+// out and dq, dk, dv within the derived bf16 bound of
+// tests/cuda/attention_tc_ref.h, lse within the fp32 rule, bit-identical
+// reruns, evidence that the tensor cores ran (at T 1024 the fp32 rule
+// rejects out: P was rounded), and head sizes they do not take (8, 40, 256)
+// on the fp32 kernel within the fp32 rule.
+//
 // Exit codes as test_cuda_ops: 0 passed, 1 a check failed, 77 no CUDA device.
 // --cpu-vs-cpu: a second CpuBackend stands in for CUDA (runs the harness
 // without a GPU; both sides then keep the probabilities). --bench: the
-// speed line of scripts/gpu-check.sh instead of the checks.
+// speed lines of scripts/gpu-check.sh instead of the checks (its INFO row
+// takes the last: fp32 kernel against tensor cores).
 #include <cfloat>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -24,7 +32,9 @@
 
 #include "core/backend/backend.h"
 #include "core/backend/cuda_factory.h"
+#include "cuda/backend_cuda.h"
 #include "tests/cuda/attention_ref.h"
+#include "tests/cuda/attention_tc_ref.h"
 #include "tests/cuda/cuda_test_util.h"
 
 using namespace m6;
@@ -116,6 +126,50 @@ void test_shape(Backend& c, Backend& g, const Shape& s) {
   free_side(gs);
 }
 
+// The tensor-core rows (header). g: a backend with bf16 GEMMs.
+void test_shape_tc(Backend& c, Backend& g, const Shape& s, bool cpu_vs_cpu) {
+  const std::string name = " bf16" + describe(s);
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  const std::vector<float> qkv = rounded_bf16(randn(bt * 3 * d, 1.5f));
+  const std::vector<float> dout = rounded_bf16(randn(bt * d));
+  Side cs = make_side(c, s, qkv, dout), gs = make_side(g, s, qkv, dout);
+  run(cs, s);
+  run(gs, s);
+  const Naive<float> nf = naive_attention<float>(qkv, dout, s);
+  const std::vector<float> c_out = download(c, cs.out, bt * d);
+  const std::vector<float> c_dqkv = download(c, cs.dqkv, bt * 3 * d);
+  const std::vector<float> g_out = download(g, gs.out, bt * d);
+  const std::vector<float> g_dqkv = download(g, gs.dqkv, bt * 3 * d);
+  const bool tc = s.dh % 16 == 0 && s.dh <= 128;  // else the fp32 kernel
+  if (tc) {
+    const TcBound bound = tc_bound(qkv, dout, s, &g_out, &c_out);
+    expect_within_tc("attention tc out" + name, g_out, c_out, nf.out, bound.out);
+    const char* what[] = {"attention tc dq", "attention tc dk", "attention tc dv"};
+    for (int part = 0; part < 3; part++)
+      expect_within_tc(what[part] + name, qkv_part(g_dqkv, s, part), qkv_part(c_dqkv, s, part),
+                       qkv_part(nf.dqkv, s, part), qkv_part(bound.dqkv, s, part));
+    if (!cpu_vs_cpu && s.T >= 1024)
+      expect_true("attention tc out outside the fp32 rule (P rounded: tensor cores ran)" + name,
+                  tc_ratio(g_out, c_out, nf.out, std::vector<float>(g_out.size(), 0.0f)) > 1.0);
+  } else {
+    expect_within_naive("attention fp32 fallback out" + name, g_out, c_out, nf.out);
+    expect_within_naive("attention fp32 fallback dqkv" + name, g_dqkv, c_dqkv, nf.dqkv);
+  }
+  if (!gs.bufs.probabilities) {
+    const Naive<double> nd = naive_attention<double>(qkv, dout, s);
+    expect_within_naive("attention lse" + name, download(g, gs.att, bt * s.H), nd.lse, nf.lse);
+  }
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  upload(g, gs.out, std::vector<float>(bt * d, nan));
+  upload(g, gs.dqkv, std::vector<float>(bt * 3 * d, nan));
+  run(gs, s);
+  expect_true("attention rerun bit-identical (out, dqkv)" + name,
+              same_bits(download(g, gs.out, bt * d), g_out) &&
+                  same_bits(download(g, gs.dqkv, bt * 3 * d), g_dqkv));
+  free_side(cs);
+  free_side(gs);
+}
+
 // The sizes the backend asks for: the CPU's probabilities, the GPU's
 // log-sum-exp (unless the harness runs CPU against CPU).
 void test_buffers(Backend& c, Backend& g, bool cpu_vs_cpu) {
@@ -163,35 +217,57 @@ void test_crossentropy(Backend& c, Backend& g) {
 }
 
 // --bench: speed of the fused attention at the shape of configs/bench-gpu.yaml
-// (B 8, T 1024, 12 heads of 64), forward and backward timed apart on the host
-// around synchronised loops; FLOPs counted as flash-attention does (causal:
-// forward 2 T^2 dh per head, backward 2.5 x forward). One line per pass.
-int bench(Backend& g) {
-  const Shape s{8, 1024, 12, 64};
+// (B 8, T 1024, 12 heads of 64), forward and backward timed apart with CUDA
+// events on the backend's stream (2 warm-up calls, mean of 10); FLOPs
+// counted as flash-attention does (causal: forward 2 T^2 dh per head,
+// backward 2.5 x forward). One line per kernel (fp32: g; bf16 tensor cores:
+// gtc, bf16 inputs), then the comparison (the INFO row of gpu-check.sh).
+struct Speed {
+  double fwd, bwd;
+};
+
+Speed time_attention(Backend& g, const Shape& s, bool bf16_inputs) {
   const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
-  Side x = make_side(g, s, randn(bt * 3 * d), randn(bt * d));
+  std::vector<float> qkv = randn(bt * 3 * d), dout = randn(bt * d);
+  if (bf16_inputs) qkv = rounded_bf16(qkv), dout = rounded_bf16(dout);
+  Side x = make_side(g, s, qkv, dout);
   const int d_i = static_cast<int>(d);
+  cudaStream_t st = cuda_backend_stream(g);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
   auto time_ms = [&](auto&& f) {
     for (int i = 0; i < 2; ++i) f();  // warm-up
-    g.sync();
-    const auto t0 = std::chrono::steady_clock::now();
     constexpr int kIters = 10;
+    cudaEventRecord(e0, st);
     for (int i = 0; i < kIters; ++i) f();
-    g.sync();
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-               .count() /
-           kIters;
+    cudaEventRecord(e1, st);
+    cudaEventSynchronize(e1);
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, e0, e1);
+    return static_cast<double>(ms) / kIters;
   };
-  const double fwd = time_ms([&] { g.attention_fwd(x.out, x.att, x.qkv, s.B, s.T, s.H, d_i); });
-  const double bwd = time_ms([&] {
-    g.attention_bwd(x.dqkv, x.datt, x.dout, x.qkv, x.out, x.att, s.B, s.T, s.H, d_i);
-  });
+  Speed r{};
+  r.fwd = time_ms([&] { g.attention_fwd(x.out, x.att, x.qkv, s.B, s.T, s.H, d_i); });
+  r.bwd = time_ms(
+      [&] { g.attention_bwd(x.dqkv, x.datt, x.dout, x.qkv, x.out, x.att, s.B, s.T, s.H, d_i); });
+  g.sync();  // raises any error of the timed kernels
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
   const double flop_fwd = 2.0 * s.B * s.H * static_cast<double>(s.T) * s.T * s.dh;
   std::printf("attention B%d T%d H%d dh%d on %s: saved %zu floats per layer\n", s.B, s.T, s.H,
               s.dh, g.name().c_str(), x.bufs.saved);
-  std::printf("forward %.3f ms (%.2f TFLOP/s), backward %.3f ms (%.2f TFLOP/s)\n", fwd,
-              flop_fwd / fwd / 1e9, bwd, 2.5 * flop_fwd / bwd / 1e9);
+  std::printf("forward %.3f ms (%.2f TFLOP/s), backward %.3f ms (%.2f TFLOP/s)\n", r.fwd,
+              flop_fwd / r.fwd / 1e9, r.bwd, 2.5 * flop_fwd / r.bwd / 1e9);
   free_side(x);
+  return r;
+}
+
+int bench(Backend& g, Backend& gtc) {
+  const Shape s{8, 1024, 12, 64};
+  const Speed f = time_attention(g, s, false), t = time_attention(gtc, s, true);
+  std::printf("fp32 fwd %.3f bwd %.3f ms | bf16 tensor cores fwd %.3f bwd %.3f ms (%.2fx, %.2fx)\n",
+              f.fwd, f.bwd, t.fwd, t.bwd, f.fwd / t.fwd, f.bwd / t.bwd);
   return 0;
 }
 
@@ -217,7 +293,15 @@ int main(int argc, char** argv) {
   try {
     auto cpu = make_cpu_backend(2);
     auto gpu = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {false, true});
-    if (speed) return bench(*gpu);
+    // GEMMs (and so the attention) on bf16 tensor cores, as under precision.compute bf16
+    auto gpu_tc = cpu_vs_cpu ? make_cpu_backend(1) : make_cuda_backend(0, {true, true});
+    if (speed) {
+      if (cpu_vs_cpu) {
+        std::printf("--bench needs a CUDA device\n");
+        return 2;
+      }
+      return bench(*gpu, *gpu_tc);
+    }
     std::printf("comparing %s against %s\n", gpu->name().c_str(), cpu->name().c_str());
     test_buffers(*cpu, *gpu, cpu_vs_cpu);
     // dh 4, 8 (tiny configs), 16, 32, 48, 64, 128, 256: kernels DM = 32..256,
@@ -226,6 +310,14 @@ int main(int argc, char** argv) {
                             {2, 33, 2, 64}, {1, 70, 2, 48},  {2, 100, 2, 128}, {1, 45, 1, 256},
                             {1, 40, 4, 16}, {1, 1024, 2, 64}};
     for (const Shape& s : shapes) test_shape(*cpu, *gpu, s);
+    // tensor cores: dh 16..128 (kernels DM = 32, 64, 128, exact and with
+    // unused column blocks), T = 1, below and across the 64-row tile, 1024;
+    // dh 8, 40, 256 on the fp32 kernel
+    const Shape tc_shapes[] = {{1, 1, 2, 16},    {2, 17, 3, 32},    {3, 64, 4, 32},
+                               {2, 100, 2, 48},  {2, 130, 2, 64},   {2, 100, 2, 128},
+                               {1, 1024, 2, 64}, {1, 1024, 1, 128}, {2, 17, 3, 8},
+                               {1, 70, 2, 40},   {1, 45, 1, 256}};
+    for (const Shape& s : tc_shapes) test_shape_tc(*cpu, *gpu_tc, s, cpu_vs_cpu);
     test_crossentropy(*cpu, *gpu);
   } catch (const std::exception& e) {
     std::printf("FAIL exception: %s\n", e.what());

@@ -2,7 +2,9 @@
 // small subset of CUDA (cuda/kernels/attention_kernels.cuh): each block's
 // threads are OS threads, __syncthreads a barrier of the block, __syncwarp
 // and __shfl_xor_sync barriers of the 32 threads of a warp, dynamic shared
-// memory a buffer per block (M6_FLASH_SHARED). Blocks run one after another.
+// memory a buffer per block (M6_FLASH_SHARED; 128-byte aligned, NaN until
+// written). Blocks run one after another. wmma_emulation.h adds bf16 and the
+// warp-matrix subset the tensor-core kernels use.
 // Slow (every barrier is a rendezvous of OS threads), so for small shapes
 // only; it checks the kernels' indexing, tiling, masking and synchronisation
 // on a machine without a GPU. What it cannot check: the compiler's device
@@ -10,11 +12,14 @@
 // (every shared-memory write here is ordered by a real barrier or by the
 // thread itself), bank conflicts and speed.
 #pragma once
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -32,12 +37,21 @@ struct Warp {
 };
 
 struct Block {
-  Block(int threads, size_t shared_floats) : bar(threads), shared(shared_floats + 1) {
+  Block(int threads, size_t shared_floats)
+      : bar(threads), shared(new (std::align_val_t(128)) float[shared_floats + 1]) {
+    // NaN until written: a kernel reading shared memory it never wrote
+    // poisons its outputs and fails the comparison
+    std::fill_n(shared.get(), shared_floats + 1, std::numeric_limits<float>::quiet_NaN());
     for (int w = 0; w < (threads + 31) / 32; ++w)
       warps.push_back(std::make_unique<Warp>(std::min(32, threads - 32 * w)));
   }
   std::barrier<> bar;
-  std::vector<float> shared;
+  // dynamic shared memory, 128-byte aligned as on the GPU (wmma pointers
+  // must be 32-byte aligned: wmma_emulation.h checks them)
+  struct AlignedDelete {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t(128)); }
+  };
+  std::unique_ptr<float[], AlignedDelete> shared;
   std::vector<std::unique_ptr<Warp>> warps;
 };
 inline thread_local Block* t_block = nullptr;
@@ -69,7 +83,7 @@ void launch(unsigned blocks, unsigned threads, size_t shared_floats, F kernel) {
 #define __global__
 #define __device__
 #define __launch_bounds__(n)
-#define M6_FLASH_SHARED(name) float* name = ::m6::cuda_emu::t_block->shared.data()
+#define M6_FLASH_SHARED(name) float* name = ::m6::cuda_emu::t_block->shared.get()
 inline int min(int a, int b) { return a < b ? a : b; }
 inline void __syncthreads() { m6::cuda_emu::t_block->bar.arrive_and_wait(); }
 inline void __syncwarp() { m6::cuda_emu::my_warp().bar.arrive_and_wait(); }
