@@ -19,9 +19,12 @@
 #      read count; staged to_device copies through a wrapping ring while the
 #      stream stalls; a CUDA graph (gemm, bias, GELU, sum_to) replayed with
 #      new inputs against the eager ops and the CPU, and refused captures.
-#      The fused attention (test_cuda_attention: forward, dqkv and
-#      log-sum-exp within 2x the error of a naive fp32 attention, bit-identical
-#      reruns) and its speed at the shape of configs/bench-gpu.yaml (INFO row).
+#      The model's micro-batches replayed from a CUDA graph (train.graphs)
+#      against eager, bit-identical over 4 steps. The fused attention
+#      (test_cuda_attention: forward, dqkv and log-sum-exp within 2x the
+#      error of a naive fp32 attention, bit-identical reruns; the bf16
+#      tensor-core kernels within the bound derived in attention_tc_ref.h)
+#      and the speed of both at the shape of configs/bench-gpu.yaml (INFO row).
 #   2. NCCL communicator, world of 1 without MPI (test_cuda_nccl): every
 #      collective on device and host buffers, bf16/fp16 payloads, split, and
 #      a stuck collective aborted after the timeout. With 2+ GPUs and mpirun
