@@ -6,7 +6,8 @@
 # experts, top-2, capacity 1.25, seq 1024, bytes) and its dense variant
 # (--set model.moe.every=0). Measured in the same run:
 #   - m6train tokens/s, precision.compute fp32 and bf16 (the dense variant
-#     also in bf16 with train.graphs off: what replaying graphs brings);
+#     also in bf16 with train.graphs off: what replaying graphs brings), and
+#     where the MoE bf16 step's time goes (log.profile: time per backend op);
 #   - the same model in PyTorch (scripts/bench_torch_gpu.py: bf16 autocast,
 #     SDPA, fused AdamW), eager and torch.compile;
 #   - the cuBLAS bf16 GEMM peak of this GPU (8192^3 through torch.matmul);
@@ -139,6 +140,22 @@ print(f"\ncuBLAS bf16 GEMM peak measured: {peak:.0f} TFLOP/s")
 PY
 )
 table+=$'\n\n'"$graphs_line"
+# Where the time goes: the MoE config in bf16 under the op profiler.
+echo "== moe, bf16, log.profile ($(($(date +%s) - t_start)) s)"
+m6_run moe-bf16-profile bf16 --set log.profile=true > /dev/null
+profile=$("$PY" - "$tmp/moe-bf16-profile/profile.json" <<'PY' 2> /dev/null || echo "(no profile: the run failed)"
+import json, sys
+p = json.load(open(sys.argv[1]))
+print(f"Where the time goes (moe, bf16, log.profile: {p['step_ms']:.1f} ms per step, "
+      f"{100 * p['op_ms_per_step'] / p['step_ms']:.1f}% in backend ops):\n")
+print("| op | ms/step | share | calls/step |")
+print("|---|---:|---:|---:|")
+for o in p["ops"][:12]:
+    print(f"| {o['op']} | {o['ms_per_step']:.3f} | {100 * o['share_of_step']:.1f}% "
+          f"| {o['calls_per_step']:.1f} |")
+PY
+)
+table+=$'\n\n'"$profile"
 echo
 echo "$table"
 total=$(($(date +%s) - t_start))
