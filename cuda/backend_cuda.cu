@@ -634,6 +634,12 @@ class CudaBackend final : public Backend {
   void gelu_bwd(float* dx, const float* x, const float* dy, size_t n) override {
     cuda::launch_gelu_bwd(dx, x, dy, n, stream_);
   }
+  void gelu_fwd_half(float* y, float* x, size_t n, HalfType t) override {
+    cuda::launch_gelu_fwd_half(y, x, n, t, stream_);
+  }
+  void gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfType t) override {
+    cuda::launch_gelu_bwd_half(dx, x, dy, n, t, stream_);
+  }
   // Fused (flash-style) attention, kernels/attention.cu: att is the
   // log-sum-exp [B,H,T], datt the scratch D [B,H,T].
   AttentionBuffers attention_buffers(int B, int T, int H) const override {

@@ -41,6 +41,18 @@ void Backend::routing_hash(uint64_t* dst, const int32_t* expert, const int32_t* 
   to_device(dst, &h, sizeof h);
 }
 
+void Backend::gelu_fwd_half(float* y, float* x, size_t n, HalfType t) {
+  round_half(x, n, t);
+  gelu_fwd(y, x, n);
+  round_half(y, n, t);
+}
+
+void Backend::gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfType t) {
+  round_half(dy, n, t);
+  gelu_bwd(dx, x, dy, n);
+  round_half(dx, n, t);
+}
+
 Backend::AuxLosses Backend::router_aux_combine(const double* sums, const int32_t* demand,
                                                const RouterArgs& a) {
   if (a.n == 0) return {0.0, 0.0};

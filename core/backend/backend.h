@@ -283,6 +283,13 @@ class Backend {
   // y = gelu_tanh(x) ; dx = gelu_tanh'(x) * dy (overwrite)
   virtual void gelu_fwd(float* y, const float* x, size_t n) = 0;
   virtual void gelu_bwd(float* dx, const float* x, const float* dy, size_t n) = 0;
+  // The GELU where activations are stored in half (precision.compute):
+  // gelu_fwd_half rounds x in place, then y = round(gelu(x)); gelu_bwd_half
+  // rounds dy in place, then dx = round(gelu'(x) * dy) (dx may alias dy).
+  // These defaults (round_half, the op, round_half) are the reference; the
+  // CUDA backend does each in one pass over the elements.
+  virtual void gelu_fwd_half(float* y, float* x, size_t n, HalfType t);
+  virtual void gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfType t);
   // Causal multi-head attention on fused qkv[B,T,3d] (order q,k,v; head h is
   // columns h*dh..(h+1)*dh of each), scale 1/sqrt(dh). out[B,T,d]; `att`
   // receives what backward needs, in the layout the backend chose

@@ -209,6 +209,12 @@ class ForwardingBackend : public Backend {
   void gelu_bwd(float* dx, const float* x, const float* dy, size_t n) override {
     run("gelu_bwd", [=, this] { in_->gelu_bwd(dx, x, dy, n); });
   }
+  void gelu_fwd_half(float* y, float* x, size_t n, HalfType t) override {
+    run("gelu_fwd_half", [=, this] { in_->gelu_fwd_half(y, x, n, t); });
+  }
+  void gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfType t) override {
+    run("gelu_bwd_half", [=, this] { in_->gelu_bwd_half(dx, x, dy, n, t); });
+  }
   void attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H,
                      int d) override {
     run("attention_fwd", [=, this] { in_->attention_fwd(out, att, qkv, B, T, H, d); });

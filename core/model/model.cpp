@@ -300,9 +300,7 @@ void Model::layer_forward(int l, Phase phase, MicroStats* st) {
     if (rnd.active()) {  // the GELU reads the rounded pre-activation
       linear_fwd(be_, a.fc1_pre, a.ln2_out, c.weight_of("fc1.weight"), c.weight_of("fc1.bias"), N,
                  d, F);
-      rnd(a.fc1_pre, NF);
-      be_.gelu_fwd(a.fc1_act, a.fc1_pre, NF);
-      rnd(a.fc1_act, NF);
+      be_.gelu_fwd_half(a.fc1_act, a.fc1_pre, NF, *rnd.type());  // rounds pre, then act
     } else {  // one GEMM with a bias+GELU epilogue on the GPU
       linear_gelu_fwd(be_, a.fc1_act, a.fc1_pre, a.ln2_out, c.weight_of("fc1.weight"),
                       c.weight_of("fc1.bias"), N, d, F);
@@ -490,9 +488,10 @@ void Model::backward(float grad_scale) {
     } else {
       linear_bwd(be_, dff_, GradMode::Overwrite, c.grad_of("fc2.weight"), c.grad_of("fc2.bias"),
                  dres_, a.fc1_act, c.weight_of("fc2.weight"), N, F, d);
-      rnd(dff_, NF);
-      be_.gelu_bwd(dff_, a.fc1_pre, dff_, NF);
-      rnd(dff_, NF);
+      if (rnd.active())  // rounds the incoming gradient, then the GELU's
+        be_.gelu_bwd_half(dff_, a.fc1_pre, dff_, NF, *rnd.type());
+      else
+        be_.gelu_bwd(dff_, a.fc1_pre, dff_, NF);
       linear_bwd(be_, dtmp_, GradMode::Overwrite, c.grad_of("fc1.weight"), c.grad_of("fc1.bias"),
                  dff_, a.ln2_out, c.weight_of("fc1.weight"), N, d, F);
     }

@@ -188,10 +188,8 @@ void MoeLayer::experts_fwd(const std::vector<const Chunk*>& experts) {
   }
   // bf16/fp16: the GELU reads the rounded pre-activation; every output rounded.
   be_.linear_fwd_grouped(he_pre_, nullptr, xe_, g1.data(), static_cast<int>(g1.size()), d, F);
-  for_row_blocks(g1, [&](size_t o, size_t r) {
-    round_(he_pre_ + o * F, r * F);
-    be_.gelu_fwd(he_act_ + o * F, he_pre_ + o * F, r * F);
-    round_(he_act_ + o * F, r * F);
+  for_row_blocks(g1, [&](size_t o, size_t r) {  // rounds pre, then act
+    be_.gelu_fwd_half(he_act_ + o * F, he_pre_ + o * F, r * F, *round_.type());
   });
   be_.linear_fwd_grouped(ye_, nullptr, he_act_, g2.data(), static_cast<int>(g2.size()), F, d);
   for_row_blocks(g2, [&](size_t o, size_t r) { round_(ye_ + o * d, r * d); });
@@ -214,9 +212,10 @@ void MoeLayer::experts_bwd(const std::vector<const Chunk*>& experts) {
   if (g1.empty()) return;
   be_.linear_bwd_grouped(dhe_, dye_, he_act_, g2.data(), static_cast<int>(g2.size()), F, d);
   for_row_blocks(g2, [&](size_t o, size_t r) {
-    round_(dhe_ + o * F, r * F);
-    be_.gelu_bwd(dhe_ + o * F, he_pre_ + o * F, dhe_ + o * F, r * F);
-    round_(dhe_ + o * F, r * F);
+    if (round_.active())  // rounds the incoming gradient, then the GELU's
+      be_.gelu_bwd_half(dhe_ + o * F, he_pre_ + o * F, dhe_ + o * F, r * F, *round_.type());
+    else
+      be_.gelu_bwd(dhe_ + o * F, he_pre_ + o * F, dhe_ + o * F, r * F);
   });
   be_.linear_bwd_grouped(dxe_, dhe_, xe_, g1.data(), static_cast<int>(g1.size()), d, F);
   for_row_blocks(g1, [&](size_t o, size_t r) { round_(dxe_ + o * d, r * d); });

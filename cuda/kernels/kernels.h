@@ -124,6 +124,10 @@ void launch_layernorm_bwd(float* dx, float* dw, float* db, const float* dy, cons
                           cudaStream_t st);
 void launch_gelu_fwd(float* y, const float* x, size_t n, cudaStream_t st);
 void launch_gelu_bwd(float* dx, const float* x, const float* dy, size_t n, cudaStream_t st);
+// Backend::gelu_fwd_half / gelu_bwd_half: the rounding and the GELU in one pass.
+void launch_gelu_fwd_half(float* y, float* x, size_t n, HalfType t, cudaStream_t st);
+void launch_gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfType t,
+                          cudaStream_t st);
 void launch_crossentropy_fwd(float* loss, float* probs, const float* logits,
                              const int32_t* targets, int N, int V, BadIndex* bad,
                              cudaStream_t st);

@@ -137,23 +137,50 @@ __global__ void layernorm_bwd_dwdb_kernel(float* dw, float* db, const float* dy,
 }
 
 // ---- gelu -------------------------------------------------------------------------
+__device__ __forceinline__ float gelu_value(float x) {
+  const double v = x;
+  return static_cast<float>(0.5 * v * (1.0 + tanh(kGeluC * (v + kGeluA * v * v * v))));
+}
+// gelu'(x) * dy, rounded to fp32 once
+__device__ __forceinline__ float gelu_grad_times(float x, float dy) {
+  const double v = x;
+  const double th = tanh(kGeluC * (v + kGeluA * v * v * v));
+  const double du = kGeluC * (1.0 + 3.0 * kGeluA * v * v);
+  const double grad = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du;
+  return static_cast<float>(grad * dy);
+}
+
 __global__ void gelu_fwd_kernel(float* y, const float* x, size_t n) {
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const double v = x[i];
-    y[i] = static_cast<float>(0.5 * v * (1.0 + tanh(kGeluC * (v + kGeluA * v * v * v))));
-  }
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    y[i] = gelu_value(x[i]);
 }
 
 // dx = gelu'(x) * dy (dx may alias dy: each element read then written by one thread)
 __global__ void gelu_bwd_kernel(float* dx, const float* x, const float* dy, size_t n) {
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    dx[i] = gelu_grad_times(x[i], dy[i]);
+}
+
+// Backend::gelu_fwd_half in one pass: x rounded in place, y = round(gelu(x)).
+__global__ void gelu_fwd_half_kernel(float* y, float* x, size_t n, HalfType t) {
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const double v = x[i];
-    const double th = tanh(kGeluC * (v + kGeluA * v * v * v));
-    const double du = kGeluC * (1.0 + 3.0 * kGeluA * v * v);
-    const double grad = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du;
-    dx[i] = static_cast<float>(grad * dy[i]);
+    const float v = round_half(x[i], t);
+    x[i] = v;
+    y[i] = round_half(gelu_value(v), t);
+  }
+}
+
+// Backend::gelu_bwd_half in one pass: dy rounded in place, dx = round(gelu'(x)
+// dy) (dx may alias dy).
+__global__ void gelu_bwd_half_kernel(float* dx, const float* x, float* dy, size_t n, HalfType t) {
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const float g = round_half(dy[i], t);
+    dy[i] = g;
+    dx[i] = round_half(gelu_grad_times(x[i], g), t);
   }
 }
 
@@ -263,6 +290,19 @@ void launch_gelu_fwd(float* y, const float* x, size_t n, cudaStream_t st) {
 void launch_gelu_bwd(float* dx, const float* x, const float* dy, size_t n, cudaStream_t st) {
   if (n == 0) return;
   gelu_bwd_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(dx, x, dy, n);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_gelu_fwd_half(float* y, float* x, size_t n, HalfType t, cudaStream_t st) {
+  if (n == 0) return;
+  gelu_fwd_half_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(y, x, n, t);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfType t,
+                          cudaStream_t st) {
+  if (n == 0) return;
+  gelu_bwd_half_kernel<<<grid_1d(n, kThreads), kThreads, 0, st>>>(dx, x, dy, n, t);
   M6_LAUNCH_CHECK();
 }
 

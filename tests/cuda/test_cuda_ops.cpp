@@ -430,6 +430,42 @@ void test_transformer(Backend& c, Backend& g) {
     g.gelu_bwd(dy.fg(), x.fg(), dy.fg(), n);
     t.check_f("gelu_bwd (dx = dy)", dy, kElem);
   }
+  // The GELU with precision.compute's rounding in one pass: the rounded
+  // input in place (exact: the same rounding of the same floats), the output
+  // within one ulp of the format plus the fp32 tolerance.
+  for (const HalfType h : {HalfType::BF16, HalfType::F16}) {
+    const size_t n = 1031;
+    const std::string s = std::string(" ") + half_name(h);
+    const std::vector<float> x0 = randn(n, 3.0f), dy0 = randn(n);
+    auto run = [&](Backend& be, std::vector<float>& x, std::vector<float>& y,
+                   std::vector<float>& dy) {
+      float* dx_ = static_cast<float*>(be.alloc(n * 4));
+      float* dy_ = static_cast<float*>(be.alloc(n * 4));
+      float* dq = static_cast<float*>(be.alloc(n * 4));
+      be.to_device(dx_, x0.data(), n * 4);
+      be.to_device(dy_, dy0.data(), n * 4);
+      be.gelu_fwd_half(dq, dx_, n, h);
+      x.resize(n), y.resize(n), dy.resize(n);
+      be.to_host(x.data(), dx_, n * 4);
+      be.to_host(y.data(), dq, n * 4);
+      be.gelu_bwd_half(dy_, dx_, dy_, n, h);  // dx aliasing dy
+      be.to_host(dy.data(), dy_, n * 4);
+      for (float* p : {dx_, dy_, dq}) be.release(p);
+    };
+    std::vector<float> xc, yc, dc, xg, yg, dg;
+    run(c, xc, yc, dc);
+    run(g, xg, yg, dg);
+    expect_close("gelu_fwd_half x rounded in place" + s, xg, xc, kExact);
+    expect_close("gelu_fwd_half y" + s, yg, yc, kElem, h);
+    expect_close("gelu_bwd_half (dx = dy)" + s, dg, dc, kElem, h);
+    bool rounded = true, moved = false;
+    for (size_t i = 0; i < n; ++i) {
+      rounded = rounded && round_half(yc[i], h) == yc[i] && round_half(dc[i], h) == dc[i];
+      moved = moved || xc[i] != x0[i];
+    }
+    expect_true("gelu_*_half outputs are " + std::string(half_name(h)) + " values" + s,
+                rounded && moved);
+  }
   // attention: tests/cuda/test_cuda_attention.cpp (its own binary)
   for (auto [N, V] : {std::pair{1, 259}, std::pair{7, 257}}) {
     Twin t{c, g};
