@@ -623,6 +623,13 @@ class CudaBackend final : public Backend {
     if (d == 0 && N > 0) fail(fmt("add_layernorm_fwd: width d (", d, ") must be > 0"));
     cuda::launch_add_layernorm_fwd(x_out, y, mean, rstd, x, delta, w, b, N, d, stream_);
   }
+  void add_layernorm_fwd_half(float* x_out, float* y, float* mean, float* rstd, const float* x,
+                              const float* delta, const float* w, const float* b, int N, int d,
+                              HalfType t) override {
+    check_nonneg("add_layernorm_fwd_half", N, d);
+    if (d == 0 && N > 0) fail(fmt("add_layernorm_fwd_half: width d (", d, ") must be > 0"));
+    cuda::launch_add_layernorm_fwd_half(x_out, y, mean, rstd, x, delta, w, b, N, d, t, stream_);
+  }
   void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                      const float* mean, const float* rstd, const float* w, int N, int d) override {
     check_nonneg("layernorm_bwd", N, d);

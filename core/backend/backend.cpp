@@ -41,6 +41,16 @@ void Backend::routing_hash(uint64_t* dst, const int32_t* expert, const int32_t* 
   to_device(dst, &h, sizeof h);
 }
 
+void Backend::add_layernorm_fwd_half(float* x_out, float* y, float* mean, float* rstd,
+                                     const float* x, const float* delta, const float* w,
+                                     const float* b, int N, int d, HalfType t) {
+  const size_t n = static_cast<size_t>(N) * static_cast<size_t>(d);
+  add(x_out, x, delta, n);
+  round_half(x_out, n, t);
+  layernorm_fwd(y, mean, rstd, x_out, w, b, N, d);
+  round_half(y, n, t);
+}
+
 void Backend::gelu_fwd_half(float* y, float* x, size_t n, HalfType t) {
   round_half(x, n, t);
   gelu_fwd(y, x, n);

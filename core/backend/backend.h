@@ -276,6 +276,14 @@ class Backend {
     add(x_out, x, delta, static_cast<size_t>(N) * d);
     layernorm_fwd(y, mean, rstd, x_out, w, b, N, d);
   }
+  // add_layernorm_fwd where activations are stored in half (precision.
+  // compute): x_out = round(x + delta), then the LayerNorm of x_out into y,
+  // y rounded (mean and rstd stay fp32). This default (add, round_half,
+  // layernorm_fwd, round_half) is the reference; the CUDA backend does it in
+  // the one pass of add_layernorm_fwd.
+  virtual void add_layernorm_fwd_half(float* x_out, float* y, float* mean, float* rstd,
+                                      const float* x, const float* delta, const float* w,
+                                      const float* b, int N, int d, HalfType t);
   // dx[N,d] +=, dw[d] +=, db[d] +=
   virtual void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                              const float* mean, const float* rstd, const float* w, int N,

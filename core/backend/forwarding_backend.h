@@ -199,6 +199,13 @@ class ForwardingBackend : public Backend {
     run("add_layernorm_fwd",
         [=, this] { in_->add_layernorm_fwd(x_out, y, mean, rstd, x, delta, w, b, N, d); });
   }
+  void add_layernorm_fwd_half(float* x_out, float* y, float* mean, float* rstd, const float* x,
+                              const float* delta, const float* w, const float* b, int N, int d,
+                              HalfType t) override {
+    run("add_layernorm_fwd_half", [=, this] {
+      in_->add_layernorm_fwd_half(x_out, y, mean, rstd, x, delta, w, b, N, d, t);
+    });
+  }
   void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                      const float* mean, const float* rstd, const float* w, int N, int d) override {
     run("layernorm_bwd", [=, this] { in_->layernorm_bwd(dx, dw, db, dy, x, mean, rstd, w, N, d); });

@@ -277,18 +277,17 @@ void Model::layer_forward(int l, Phase phase, MicroStats* st) {
   if (att_bufs_.probabilities) rnd(a.att, att_bufs_.saved);
   linear_fwd(be_, dtmp_, a.atty, c.weight_of("proj.weight"), c.weight_of("proj.bias"), N, d, d);
   rnd(dtmp_, Nd);
-  // fp32: the residual add fused with the LayerNorm after it (one kernel on
-  // the GPU; the CPU runs the two ops). bf16/fp16 round the sum in between.
+  // The residual add fused with the LayerNorm after it (one kernel on the
+  // GPU; the CPU runs the ops one by one); bf16/fp16 round the sum in between
+  // and the LayerNorm's output, in the same kernel.
   if (rnd.active()) {
-    be_.add(a.res1, x, dtmp_, Nd);
-    rnd(a.res1, Nd);
-    be_.layernorm_fwd(a.ln2_out, a.ln2_mean, a.ln2_rstd, a.res1, c.weight_of("ln2.weight"),
-                      c.weight_of("ln2.bias"), N, d);
+    be_.add_layernorm_fwd_half(a.res1, a.ln2_out, a.ln2_mean, a.ln2_rstd, x, dtmp_,
+                               c.weight_of("ln2.weight"), c.weight_of("ln2.bias"), N, d,
+                               *rnd.type());
   } else {
     be_.add_layernorm_fwd(a.res1, a.ln2_out, a.ln2_mean, a.ln2_rstd, x, dtmp_,
                           c.weight_of("ln2.weight"), c.weight_of("ln2.bias"), N, d);
   }
-  rnd(a.ln2_out, Nd);
   if (MoeLayer* moe = moe_at(l)) {
     if (st) {
       double* ds = cur_stats_ + 1 + st->moe.size() * moe->stats_doubles();

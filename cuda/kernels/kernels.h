@@ -119,6 +119,10 @@ void launch_layernorm_fwd(float* y, float* mean, float* rstd, const float* x, co
 void launch_add_layernorm_fwd(float* xo, float* y, float* mean, float* rstd, const float* x,
                               const float* delta, const float* w, const float* b, int N, int d,
                               cudaStream_t st);
+// Backend::add_layernorm_fwd_half: the same with the sum and y rounded to t.
+void launch_add_layernorm_fwd_half(float* xo, float* y, float* mean, float* rstd, const float* x,
+                                   const float* delta, const float* w, const float* b, int N,
+                                   int d, HalfType t, cudaStream_t st);
 void launch_layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                           const float* mean, const float* rstd, const float* w, int N, int d,
                           cudaStream_t st);

@@ -74,13 +74,16 @@ __global__ void layernorm_fwd_kernel(float* y, float* mean, float* rstd, const f
 // The residual add fused with the LayerNorm after it: xo = x + delta, then the
 // LayerNorm of xo exactly as layernorm_fwd_kernel (each thread reads back the
 // elements it wrote, so the sums are the same, bit for bit).
+// kHalf (Backend::add_layernorm_fwd_half): the sum and y rounded to t.
+template <bool kHalf>
 __global__ void add_layernorm_fwd_kernel(float* xo, float* y, float* mean, float* rstd,
                                          const float* x, const float* delta, const float* w,
-                                         const float* b, int d) {
+                                         const float* b, int d, HalfType t) {
   const int64_t o = static_cast<int64_t>(blockIdx.x) * d;
   double s = 0.0;
   for (int j = threadIdx.x; j < d; j += blockDim.x) {
-    const float v = x[o + j] + delta[o + j];
+    float v = x[o + j] + delta[o + j];
+    if (kHalf) v = round_half(v, t);
     xo[o + j] = v;
     s += v;
   }
@@ -91,8 +94,10 @@ __global__ void add_layernorm_fwd_kernel(float* xo, float* y, float* mean, float
     ss += c * c;
   }
   const double rs = 1.0 / sqrt(block_sum(ss) / d + kLayerNormEps);
-  for (int j = threadIdx.x; j < d; j += blockDim.x)
-    y[o + j] = static_cast<float>((xo[o + j] - mu) * rs * w[j] + b[j]);
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    const float v = static_cast<float>((xo[o + j] - mu) * rs * w[j] + b[j]);
+    y[o + j] = kHalf ? round_half(v, t) : v;
+  }
   if (threadIdx.x == 0) {
     mean[blockIdx.x] = static_cast<float>(mu);
     rstd[blockIdx.x] = static_cast<float>(rs);
@@ -266,7 +271,17 @@ void launch_add_layernorm_fwd(float* xo, float* y, float* mean, float* rstd, con
                               const float* delta, const float* w, const float* b, int N, int d,
                               cudaStream_t st) {
   if (N == 0) return;
-  add_layernorm_fwd_kernel<<<N, kRowThreads, 0, st>>>(xo, y, mean, rstd, x, delta, w, b, d);
+  add_layernorm_fwd_kernel<false>
+      <<<N, kRowThreads, 0, st>>>(xo, y, mean, rstd, x, delta, w, b, d, HalfType::BF16);
+  M6_LAUNCH_CHECK();
+}
+
+void launch_add_layernorm_fwd_half(float* xo, float* y, float* mean, float* rstd, const float* x,
+                                   const float* delta, const float* w, const float* b, int N,
+                                   int d, HalfType t, cudaStream_t st) {
+  if (N == 0) return;
+  add_layernorm_fwd_kernel<true>
+      <<<N, kRowThreads, 0, st>>>(xo, y, mean, rstd, x, delta, w, b, d, t);
   M6_LAUNCH_CHECK();
 }
 

@@ -381,6 +381,59 @@ void test_add_layernorm(Backend& c, Backend& g) {
     expect_true("add_layernorm_fwd = add + layernorm_fwd bit for bit" + s,
                 std::memcmp(a1.data(), a2.data(), nd * 4) == 0);
   }
+  // The half variant (precision.compute): the sum and y rounded in the same
+  // pass; against the CPU, and bit for bit against the GPU's op sequence.
+  for (const HalfType h : {HalfType::BF16, HalfType::F16}) {
+    const int N = 257, d = 768;
+    const size_t nd = static_cast<size_t>(N) * d;
+    const std::string s = std::string(" ") + half_name(h);
+    std::vector<float> hx = randn(nd), hdelta = randn(nd, 0.5f);
+    for (float& v : hx) v = round_half(v, h);
+    for (float& v : hdelta) v = round_half(v, h);
+    const std::vector<float> hw = randn(d), hb = randn(d);
+    struct Out {
+      std::vector<float> xo, y, mean, rstd;
+    };
+    auto run = [&](Backend& be, bool fused) {
+      auto up = [&](const std::vector<float>& v) {
+        float* p = static_cast<float*>(be.alloc(v.size() * 4));
+        be.to_device(p, v.data(), v.size() * 4);
+        return p;
+      };
+      float *x = up(hx), *delta = up(hdelta), *w = up(hw), *b = up(hb);
+      float *xo = up(std::vector<float>(nd)), *y = up(std::vector<float>(nd));
+      float *mean = up(std::vector<float>(N)), *rstd = up(std::vector<float>(N));
+      if (fused) {
+        be.add_layernorm_fwd_half(xo, y, mean, rstd, x, delta, w, b, N, d, h);
+      } else {
+        be.add(xo, x, delta, nd);
+        be.round_half(xo, nd, h);
+        be.layernorm_fwd(y, mean, rstd, xo, w, b, N, d);
+        be.round_half(y, nd, h);
+      }
+      Out o{std::vector<float>(nd), std::vector<float>(nd), std::vector<float>(N),
+            std::vector<float>(N)};
+      be.to_host(o.xo.data(), xo, nd * 4);
+      be.to_host(o.y.data(), y, nd * 4);
+      be.to_host(o.mean.data(), mean, N * 4);
+      be.to_host(o.rstd.data(), rstd, N * 4);
+      for (float* p : {x, delta, w, b, xo, y, mean, rstd}) be.release(p);
+      return o;
+    };
+    const Out oc = run(c, true), og = run(g, true), seq = run(g, false);
+    expect_close("add_layernorm_fwd_half x_out" + s, og.xo, oc.xo, kExact);
+    expect_close("add_layernorm_fwd_half y" + s, og.y, oc.y, kReduce, h);
+    expect_close("add_layernorm_fwd_half mean" + s, og.mean, oc.mean, kReduce);
+    expect_close("add_layernorm_fwd_half rstd" + s, og.rstd, oc.rstd, kReduce);
+    bool same = true, rounded = true;
+    for (size_t k = 0; k < nd; ++k) {
+      same = same && og.xo[k] == seq.xo[k] && og.y[k] == seq.y[k];
+      rounded = rounded && round_half(oc.y[k], h) == oc.y[k] && round_half(oc.xo[k], h) == oc.xo[k];
+    }
+    expect_true("add_layernorm_fwd_half = add, round, layernorm, round bit for bit" + s, same);
+    expect_true("add_layernorm_fwd_half outputs are " + std::string(half_name(h)) + " values",
+                rounded);
+  }
 }
 
 // ---- transformer ----------------------------------------------------------------
