@@ -4,7 +4,8 @@
 #    graphs: micro-batches replayed from closures) ends with checkpoint files
 #    byte-identical to graphs off, with gradient accumulation and with fp16
 #    compute through an injected overflow (the loss scale halves: the next
-#    micro-batches have another gradient scale, so a new graph is recorded);
+#    micro-batches have another gradient scale, so a new graph is recorded),
+#    with the optimizer offloaded to the host, and on 2 ranks;
 #  - train.graphs: on with MoE layers or streamed weights is a config error
 #    (exit 2) naming the reason;
 #  - log.profile: true writes profile.json with the ops of the timed steps
@@ -12,7 +13,7 @@
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
 source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
-export OMP_WAIT_POLICY=PASSIVE
+export OMP_WAIT_POLICY=PASSIVE OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 tmp=$(mktemp -d)
 trap '[[ -n "${KEEP_TMP:-}" ]] || rm -rf "$tmp"' EXIT
 
@@ -65,6 +66,20 @@ for prec in fp32 fp16; do
   fi
 done
 echo "graphs on = off, fp32 and fp16, with accumulation 3"
+# The offloaded optimizer (host AdamW, staging copies) runs after the
+# micro-batches, outside the graph: allowed, and the same bits.
+run off_offload --set train.graphs=off --set offload.optimizer=0.5
+run on_offload --set train.graphs=on --set offload.optimizer=0.5
+grep -q "graphs: 17 micro-batches replayed" "$tmp/on_offload.out"
+same_checkpoints off_offload on_offload
+# Data parallel: 2 ranks (gradient all-reduce after the replayed micro-batches).
+for g in off on; do
+  mpirun --oversubscribe --bind-to none -np 2 "$M6TRAIN" --config "$tmp/dense.yaml" \
+    --run-dir "$tmp/dp_$g" --set train.global_batch=8 --set train.graphs=$g > "$tmp/dp_$g.out" 2>&1 ||
+    { cat "$tmp/dp_$g.out" >&2; exit 1; }
+done
+grep -q "graphs: 11 micro-batches replayed" "$tmp/dp_on.out"  # 6 steps x 2, less the warm-up
+same_checkpoints dp_off dp_on
 
 expect_config_error() {  # NAME PATTERN [--set ...]
   local name=$1 pattern=$2 rc=0
