@@ -119,13 +119,20 @@ Model::~Model() {
 void Model::reserve_stats(int slots) {
   if (slots <= stats_slots_) return;
   if (stats_ != nullptr) be_.release(stats_);  // first: the high-water mark is the new size
-  // Slot -1 (the first) is the graph's: a replay writes its recorded address.
+  // Slot -1 (the first) is the graph's: a replay writes its recorded address,
+  // so a recording made before this buffer existed is made anew.
   stats_ = static_cast<double*>(be_.alloc(stats_per_slot_ * (slots + 1) * sizeof(double)));
   stats_slots_ = slots;
+  graph_.reset();
 }
 
-void Model::ensure_stats_slots(int slots) {
-  if (slots <= stats_slots_) return;
+double* Model::stats_slot(int slot) {
+  M6_CHECK(slot >= 0, "stats slot ", slot, " is negative");
+  if (slot >= stats_slots_) grow_stats(slot + 1);
+  return stats_at(slot);
+}
+
+void Model::grow_stats(int slots) {
   // Grown in the middle of a step (no reserve_stats): the slots written so far move along.
   const size_t keep = stats_per_slot_ * (stats_slots_ + 1) * sizeof(double);
   double* old = stats_;
@@ -257,7 +264,7 @@ MoeLayer* Model::moe_at(int layer) {
   return moe;
 }
 
-void Model::layer_forward(int l, Phase phase, MicroStats* st) {
+void Model::layer_forward(int l, Phase phase, MicroStats* st, double* stats) {
   const ModelConfig& m = cfg_.model;
   const int B = B_, T = T_, N = B * T;
   const int d = m.d_model, F = m.d_ff, H = m.n_heads;
@@ -290,7 +297,7 @@ void Model::layer_forward(int l, Phase phase, MicroStats* st) {
   }
   if (MoeLayer* moe = moe_at(l)) {
     if (st) {
-      double* ds = cur_stats_ + 1 + st->moe.size() * moe->stats_doubles();
+      double* ds = stats + 1 + st->moe.size() * moe->stats_doubles();
       st->moe.push_back(moe->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase, ds));
     } else {  // recomputed in backward: the statistics are not kept
       moe->forward(dtmp_, a.ln2_out, N, c, expert_chunks(l), phase, nullptr);
@@ -346,7 +353,6 @@ void Model::forward_body(Phase phase, MicroStats& st, double* stats) {
   const int d = m.d_model, V = m.vocab_size, L = m.n_layers;
   const ActRound& rnd = round_;
   const size_t Nd = static_cast<size_t>(N) * d;
-  cur_stats_ = stats;
 
   const Chunk& emb = chunks_.front();
   const Chunk& head = chunks_.back();
@@ -355,7 +361,7 @@ void Model::forward_body(Phase phase, MicroStats& st, double* stats) {
   rnd(residual_[0], Nd);
   for (int l = 0; l < L; ++l) {
     stream_layer(l, l + 1);
-    layer_forward(l, phase, &st);
+    layer_forward(l, phase, &st, stats);
   }
   be_.layernorm_fwd(lnf_out_, lnf_mean_, lnf_rstd_, residual_[L], head.weight_of("ln_f.weight"),
                     head.weight_of("ln_f.bias"), N, d);
@@ -368,10 +374,9 @@ void Model::forward_body(Phase phase, MicroStats& st, double* stats) {
 }
 
 MicroStats Model::forward_deferred(const Batch& batch, Phase phase, int slot) {
-  M6_CHECK(slot >= 0, "stats slot ", slot, " is negative");
-  ensure_stats_slots(slot + 1);
+  double* stats = stats_slot(slot);
   MicroStats st = prologue(batch);
-  forward_body(phase, st, stats_at(slot));
+  forward_body(phase, st, stats);
   return st;
 }
 
@@ -388,8 +393,7 @@ MicroStats Model::train_micro(const Batch& batch, float grad_scale, int slot) {
     return st;
   }
   // A graph writes slot -1 (its recorded address), copied to `slot` after.
-  M6_CHECK(slot >= 0, "stats slot ", slot, " is negative");
-  ensure_stats_slots(slot + 1);
+  double* dst = stats_slot(slot);
   MicroStats st = prologue(batch);
   GraphKey key{B_, T_, st.n_valid, 0};
   std::memcpy(&key.grad_scale_bits, &grad_scale, sizeof grad_scale);
@@ -431,7 +435,7 @@ MicroStats Model::train_micro(const Batch& batch, float grad_scale, int slot) {
     warm_ = true;
     warm_key_ = key;
   }
-  be_.copy(stats_at(slot), stats_at(-1), stats_per_slot_ * sizeof(double));
+  be_.copy(dst, stats_at(-1), stats_per_slot_ * sizeof(double));
   return st;
 }
 
@@ -477,7 +481,7 @@ void Model::backward(float grad_scale) {
 
   for (int l = L - 1; l >= 0; --l) {
     stream_layer(l, l - 1);
-    if (recompute_ == Recompute::Layer) layer_forward(l, Phase::Train, nullptr);
+    if (recompute_ == Recompute::Layer) layer_forward(l, Phase::Train, nullptr, nullptr);
     const Chunk& c = layer_chunk(l);
     LayerActs& a = acts(l);
     // dres_ is d loss / d residual[l+1] = res1 + ffn(ln2(res1)).

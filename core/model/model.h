@@ -100,8 +100,9 @@ class Model {
   LayerActs& acts(int layer) { return *acts_[recompute_ == Recompute::Layer ? 0 : layer]; }
   MoeLayer* moe_at(int layer);  // null for a dense layer
   // Forward of logical layer l from residual_[l] into its activations and
-  // residual_[l+1]; st (null when recomputing in backward) receives MoE stats.
-  void layer_forward(int l, Phase phase, MicroStats* st);
+  // residual_[l+1]; st (null when recomputing in backward) receives MoE stats,
+  // `stats` (the micro-batch's stats slot; null with st) their device values.
+  void layer_forward(int l, Phase phase, MicroStats* st, double* stats);
   // offload.params: the layer sets whose master weights live on the host
   // stream through a window of two device slots: the set of layer l and the
   // next one in this pass's order (`next`, -1 for none), fetched one layer
@@ -118,7 +119,10 @@ class Model {
   // The device side of forward (nothing read back but the MoE loads);
   // device results go to `stats` (stats_per_slot_ doubles).
   void forward_body(Phase phase, MicroStats& st, double* stats);
-  void ensure_stats_slots(int slots);
+  // Slot `slot` of the stats (grown to hold it, the slots written so far
+  // moved along).
+  double* stats_slot(int slot);
+  void grow_stats(int slots);
   double* stats_at(int slot) { return stats_ + static_cast<size_t>(slot + 1) * stats_per_slot_; }
 
   Config cfg_;
@@ -155,7 +159,6 @@ class Model {
   double* stats_ = nullptr;
   int stats_slots_ = 0;
   size_t stats_per_slot_ = 1;
-  double* cur_stats_ = nullptr;  // the slot forward_body writes
   // Graphs (train.graphs): the recorded micro-batch and what it was recorded
   // for; a key is first run eagerly (warm-up), then recorded and replayed.
   struct GraphKey {

@@ -111,6 +111,35 @@ TEST_CASE("graphs: replayed micro-batches train bit-identically to eager ones", 
   }
 }
 
+// More stats slots than reserved, after a graph was recorded: the slots
+// move to a larger buffer, and a recording made before (it writes the old
+// buffer's address) must not be replayed. One slot is reserved at
+// construction; slot 1 grows the buffer, then micro-batch 1 is recorded;
+// slots 2 and 3 grow it again, and each is recorded anew.
+TEST_CASE("graphs: growing the stats slots after a recording keeps replays right", "[graphs]") {
+  Config on = graph_config(0), off = graph_config(0);
+  on.train.graphs = GraphMode::On;
+  off.train.graphs = GraphMode::Off;
+  auto be_on = make_recording_backend(make_cpu_backend(1));
+  auto be_off = make_cpu_backend(1);
+  Model m_on(on, *be_on, ExpertRange{0, 0}), m_off(off, *be_off, ExpertRange{0, 0});
+  m_on.init_params(on.train.seed);
+  m_off.init_params(off.train.seed);
+  MicroStats st_on[4], st_off[4];
+  for (int a = 0; a < 4; ++a) {
+    st_on[a] = m_on.train_micro(batch_of(on, 40 + a, false), 0.5f, a);
+    st_off[a] = m_off.train_micro(batch_of(off, 40 + a, false), 0.5f, a);
+  }
+  m_on.collect_stats(st_on, 4);
+  m_off.collect_stats(st_off, 4);
+  CHECK(m_on.graph_replays() == 3);
+  for (int a = 0; a < 4; ++a) {
+    CAPTURE(a);
+    CHECK(std::memcmp(&st_on[a].ce_sum, &st_off[a].ce_sum, sizeof(double)) == 0);
+  }
+  CHECK(same_bits(params_of(*be_on, m_on), params_of(*be_off, m_off)));
+}
+
 TEST_CASE("graphs: a recording replays its ops on the buffers' current contents", "[graphs]") {
   auto be = make_recording_backend(make_cpu_backend(1));
   REQUIRE(be->graphs_available());
