@@ -1,6 +1,7 @@
 // The Backend's default ops: the stream-ordered results through the
 // synchronous ops (the reference), and no graphs.
 #include "core/backend/backend.h"
+#include "core/backend/cpu/cpu_moe.h"
 
 #include <algorithm>
 #include <chrono>
@@ -19,14 +20,11 @@ void Backend::sum_to(double* dst, const float* x, size_t n) {
 void Backend::router_aux_sums(double* dst, const float* probs, const float* lse,
                               const RouterArgs& a) {
   const size_t E = static_cast<size_t>(a.e), rows = static_cast<size_t>(a.n);
-  const size_t lrows = rows * static_cast<size_t>(a.groups);
-  std::vector<float> p(rows * E), l(lrows);
+  std::vector<float> p(rows * E), l(rows * static_cast<size_t>(a.groups));
   to_host(p.data(), probs, p.size() * sizeof(float));
   to_host(l.data(), lse, l.size() * sizeof(float));
-  std::vector<double> s(E + 1, 0.0);
-  for (size_t n = 0; n < rows; n++)
-    for (size_t e = 0; e < E; e++) s[e] += p[n * E + e];
-  for (size_t i = 0; i < lrows; i++) s[E] += static_cast<double>(l[i]) * l[i];
+  std::vector<double> s(E + 1);
+  cpu::router_aux_sums(s.data(), p.data(), l.data(), a);
   to_device(dst, s.data(), s.size() * sizeof(double));
 }
 

@@ -132,6 +132,10 @@ class CpuBackend final : public Backend {
                            const RouterArgs& a) override {
     return cpu::router_aux_fwd(probs, lse, demand, a);
   }
+  void router_aux_sums(double* dst, const float* probs, const float* lse,
+                       const RouterArgs& a) override {
+    cpu::router_aux_sums(dst, probs, lse, a);
+  }
   void router_bwd(float* dlogits, const float* dgate, const float* probs, const float* lse,
                   const int32_t* expert, const float* gate, const int32_t* demand, float aux_coef,
                   float z_coef, const RouterArgs& a) override {

@@ -163,27 +163,31 @@ void moe_unpermute_bwd(T* dyp, T* dgate, const T* dy, const T* yp, const T* gate
   }
 }
 
+// sums[0..E) = sum_n probs[n,e], sums[E] = sum of lse^2 over [N, groups]:
+// the sums of router_aux_fwd (Backend::router_aux_sums), in double.
+template <class T>
+void router_aux_sums(double* sums, const T* probs, const T* lse, const RouterArgs& a) {
+  check_router_args(a);
+  const int E = a.e;
+  for (int e = 0; e <= E; e++) sums[e] = 0.0;
+  for (int n = 0; n < a.n; n++)
+    for (int e = 0; e < E; e++) sums[e] += probs[static_cast<int64_t>(n) * E + e];
+  for (int64_t i = 0; i < static_cast<int64_t>(a.n) * a.groups; i++)
+    sums[E] += static_cast<double>(lse[i]) * lse[i];
+}
+
 // aux = (Eg/groups) * sum_e f_e P_e, f_e = demand[e]/(N*top_k), P_e = mean_n probs[n,e]
 // (the Switch loss per group, averaged over groups); z = mean_{n,g} lse[n,g]^2.
 // N = 0 gives {0, 0}.
+// (from the sums, by Backend::router_aux_combine).
 template <class T>
 Backend::AuxLosses router_aux_fwd(const T* probs, const T* lse, const int32_t* demand,
                                   const RouterArgs& a) {
   check_router_args(a);
   if (a.n == 0) return {0.0, 0.0};
-  const int E = a.e, G = a.groups, Eg = E / G;
-  std::vector<double> pe(E, 0.0);
-  for (int n = 0; n < a.n; n++)
-    for (int e = 0; e < E; e++) pe[e] += probs[static_cast<int64_t>(n) * E + e];
-  double aux = 0.0;
-  for (int e = 0; e < E; e++)
-    aux += (static_cast<double>(demand[e]) / (static_cast<double>(a.n) * a.top_k)) * (pe[e] / a.n);
-  aux *= static_cast<double>(Eg) / G;
-  double z = 0.0;
-  for (int64_t i = 0; i < static_cast<int64_t>(a.n) * G; i++)
-    z += static_cast<double>(lse[i]) * lse[i];
-  z /= static_cast<double>(a.n) * G;
-  return {aux, z};
+  std::vector<double> sums(static_cast<size_t>(a.e) + 1);
+  router_aux_sums(sums.data(), probs, lse, a);
+  return Backend::router_aux_combine(sums.data(), demand, a);
 }
 
 // dlogits[N,E] (overwrite) =
