@@ -13,6 +13,7 @@
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
 source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
+source "$M6_SOURCE_DIR/tests/cli/checkpoint_files.bash"
 export OMP_WAIT_POLICY=PASSIVE OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 tmp=$(mktemp -d)
 trap '[[ -n "${KEEP_TMP:-}" ]] || rm -rf "$tmp"' EXIT
@@ -33,13 +34,8 @@ run() {  # NAME [--set ...]
     { cat "$tmp/$name.out" >&2; exit 1; }
 }
 same_checkpoints() {
-  local a=$tmp/$1/checkpoints/step_00000006 b=$tmp/$2/checkpoints/step_00000006 n=0
-  for f in "$a"/*.safetensors; do
-    cmp "$f" "$b/$(basename "$f")"
-    n=$((n + 1))
-  done
-  [[ $n -gt 0 ]] || { echo "no checkpoint files in $a" >&2; exit 1; }
-  echo "$1 = $2 ($n files)"
+  same_checkpoint_files "$tmp/$1/checkpoints/step_00000006" "$tmp/$2/checkpoints/step_00000006" \
+    "$1 = $2"
 }
 losses() { grep '"kind":"train"' "$tmp/$1/metrics.jsonl" | grep -o '"loss":[^,]*'; }
 

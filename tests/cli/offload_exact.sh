@@ -12,6 +12,7 @@
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
 source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
+source "$M6_SOURCE_DIR/tests/cli/checkpoint_files.bash"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 tmp=$(mktemp -d)
 trap '[[ -n "${KEEP_TMP:-}" ]] || rm -rf "$tmp"' EXIT
@@ -41,13 +42,8 @@ run() {
   fi
 }
 same() {  # same A B STEP: the weight and moment files of two checkpoints, byte for byte
-  local a=$tmp/$1/checkpoints/step_0000000$3 b=$tmp/$2/checkpoints/step_0000000$3 n=0
-  for f in "$a"/*.safetensors; do
-    cmp "$f" "$b/$(basename "$f")"
-    n=$((n + 1))
-  done
-  [[ $n -gt 0 ]] || { echo "no checkpoint files in $a" >&2; exit 1; }
-  echo "$1 = $2 at step $3 ($n files)"
+  same_checkpoint_files "$tmp/$1/checkpoints/step_0000000$3" "$tmp/$2/checkpoints/step_0000000$3" \
+    "$1 = $2 at step $3"
 }
 peak() { grep '"kind":"train"' "$tmp/$1/metrics.jsonl" | tail -1 | grep -o "\"$2\":[0-9]*" | cut -d: -f2; }
 

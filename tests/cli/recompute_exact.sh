@@ -8,6 +8,7 @@
 set -euo pipefail
 : "${M6TRAIN:?}" "${M6_SOURCE_DIR:?}"
 source "$M6_SOURCE_DIR/tests/cli/corpus.bash"
+source "$M6_SOURCE_DIR/tests/cli/checkpoint_files.bash"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 tmp=$(mktemp -d)
 trap '[[ -n "${KEEP_TMP:-}" ]] || rm -rf "$tmp"' EXIT
@@ -43,13 +44,8 @@ run() {
     --run-dir "$tmp/$name" --set parallel.ep="$ep" --set train.recompute="$r" "$@" > "$tmp/$name.out"
 }
 same_checkpoints() {  # the weight and moment files of the final checkpoints, byte for byte
-  local a=$tmp/$1/checkpoints/step_00000003 b=$tmp/$2/checkpoints/step_00000003 n=0
-  for f in "$a"/*.safetensors; do
-    cmp "$f" "$b/$(basename "$f")"
-    n=$((n + 1))
-  done
-  [[ $n -gt 0 ]] || { echo "no checkpoint files in $a" >&2; exit 1; }
-  echo "$1 = $2 ($n files)"
+  same_checkpoint_files "$tmp/$1/checkpoints/step_00000003" "$tmp/$2/checkpoints/step_00000003" \
+    "$1 = $2"
 }
 for r in none attention layer; do run ep2_$r 2 $r; done
 same_checkpoints ep2_none ep2_attention

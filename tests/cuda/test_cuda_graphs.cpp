@@ -423,7 +423,8 @@ void test_model_graphs(Backend& g) {
     for (Model* m : {&m_on, &m_off}) {
       m->zero_grads();
       MicroStats st[2];
-      for (int a = 0; a < 2; ++a) st[a] = m->train_micro(tiny_batch(on, 10 * s + a), 0.5f, a);
+      for (int a = 0; a < 2; ++a)
+        st[a] = m->train_micro(test::random_batch(on, 10 * s + a), 0.5f, a);
       m->collect_stats(st, 2);
       for (const auto& x : st) (m == &m_on ? ce_on : ce_off).push_back(static_cast<float>(x.ce_sum));
       adamw_step(g, m->chunks(), on.optim, 1e-2, 1.0f, s + 1);

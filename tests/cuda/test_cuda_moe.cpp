@@ -145,7 +145,7 @@ void test_model_step(Backend& c, Backend& g) {
   Config cfg = tiny_moe_config(2, 1, 7);
   cfg.model.moe.aux_loss_coef = 0.3;
   cfg.model.moe.z_loss_coef = 0.1;
-  Batch b = tiny_batch(cfg, 5);
+  Batch b = test::random_batch(cfg, 5);
   b.targets[3] = -1;
   const int E = cfg.model.moe.experts;
   Model mc(cfg, c, ExpertRange{0, E}), mg(cfg, g, ExpertRange{0, E});

@@ -110,7 +110,7 @@ void test_offload_model(Backend& g) {
   // Half mode: the streamed weights are rounded when their layer runs, as
   // the resident chunks' compute copies are (tiny_moe_config sets precision.compute).
   Config cfg = tiny_moe_config(4, 2, 11);
-  const Batch b = tiny_batch(cfg, 3);
+  const Batch b = test::random_batch(cfg, 3);
   const int E = cfg.model.moe.experts;
   Config off = cfg;
   off.offload.optimizer = off.offload.params = 1.0;

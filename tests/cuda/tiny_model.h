@@ -1,14 +1,15 @@
-// A tiny MoE model config and batch for the whole-model checks of the CUDA
-// tests (test_cuda_moe.cpp, test_cuda_offload.cpp): vocabulary 29, d 12, 3
-// heads, d_ff 10, 4 experts top-2 with capacity 1.25, micro-batch 2 x 5
-// tokens; in half mode (--compute bf16|fp16) precision.compute matches.
+// A tiny MoE model config for the whole-model checks of the CUDA tests
+// (test_cuda_moe.cpp, test_cuda_offload.cpp, test_cuda_graphs.cpp):
+// vocabulary 29, d 12, 3 heads, d_ff 10, 4 experts top-2 with capacity 1.25,
+// micro-batch 2 x 5 tokens; in half mode (--compute bf16|fp16)
+// precision.compute matches. Its batches: tests/random_batch.h.
 #pragma once
 #include <cstdint>
-#include <random>
 
 #include "core/config/config.h"
 #include "core/model/model.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/random_batch.h"
 
 namespace m6::cuda_test {
 
@@ -32,19 +33,6 @@ inline Config tiny_moe_config(int n_layers, int moe_every, uint64_t seed) {
   cfg.data.train = cfg.data.val = "unused";
   if (g_half) cfg.precision.compute = *g_half == HalfType::BF16 ? Precision::Bf16 : Precision::Fp16;
   return cfg;
-}
-
-// Random tokens and targets of the config's micro-batch shape.
-inline Batch tiny_batch(const Config& cfg, uint32_t seed) {
-  Batch b;
-  b.B = cfg.train.micro_batch;
-  b.T = cfg.train.seq_len;
-  std::mt19937 rng(seed);
-  for (int i = 0; i < b.B * b.T; ++i) {
-    b.inputs.push_back(static_cast<int32_t>(rng() % cfg.model.vocab_size));
-    b.targets.push_back(static_cast<int32_t>(rng() % cfg.model.vocab_size));
-  }
-  return b;
 }
 
 }  // namespace m6::cuda_test

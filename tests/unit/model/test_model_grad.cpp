@@ -10,6 +10,7 @@
 #include <random>
 
 #include "core/model/model.h"
+#include "tests/random_batch.h"
 
 using namespace m6;
 
@@ -43,14 +44,7 @@ Config tiny_config() {
 }
 
 Batch make_batch(const Config& c, uint32_t seed) {
-  std::mt19937 rng(seed);
-  Batch b;
-  b.B = c.train.micro_batch;
-  b.T = c.train.seq_len;
-  for (int i = 0; i < b.B * b.T; ++i) {
-    b.inputs.push_back(static_cast<int32_t>(rng() % c.model.vocab_size));
-    b.targets.push_back(static_cast<int32_t>(rng() % c.model.vocab_size));
-  }
+  Batch b = test::random_batch(c, seed);
   b.targets[3] = -1;  // an ignored position
   return b;
 }

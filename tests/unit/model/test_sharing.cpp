@@ -11,6 +11,7 @@
 
 #include "core/model/model.h"
 #include "core/model/sharing.h"
+#include "tests/random_batch.h"
 
 using namespace m6;
 
@@ -46,17 +47,7 @@ Config moe_config() {
   return c;
 }
 
-Batch make_batch(const Config& c, uint32_t seed) {
-  std::mt19937 rng(seed);
-  Batch b;
-  b.B = c.train.micro_batch;
-  b.T = c.train.seq_len;
-  for (int i = 0; i < b.B * b.T; ++i) {
-    b.inputs.push_back(static_cast<int32_t>(rng() % c.model.vocab_size));
-    b.targets.push_back(static_cast<int32_t>(rng() % c.model.vocab_size));
-  }
-  return b;
-}
+Batch make_batch(const Config& c, uint32_t seed) { return test::random_batch(c, seed); }
 
 std::vector<float> host_of(Backend& be, const float* p, size_t n) {
   std::vector<float> h(n);

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "core/model/model.h"
+#include "tests/random_batch.h"
 #include "core/train/optimizer.h"
 #include "core/util/error.h"
 
@@ -38,14 +39,7 @@ Config graph_config(int moe_every) {
 }
 
 Batch batch_of(const Config& c, uint32_t seed, bool ignore_one) {
-  std::mt19937 rng(seed);
-  Batch b;
-  b.B = c.train.micro_batch;
-  b.T = c.train.seq_len;
-  for (int i = 0; i < b.B * b.T; ++i) {
-    b.inputs.push_back(static_cast<int32_t>(rng() % c.model.vocab_size));
-    b.targets.push_back(static_cast<int32_t>(rng() % c.model.vocab_size));
-  }
+  Batch b = test::random_batch(c, seed);
   if (ignore_one) b.targets[4] = -1;
   return b;
 }
