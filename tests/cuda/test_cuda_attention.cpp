@@ -93,37 +93,58 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
+// Forward and backward of the same inputs on both backends, outputs read back.
+struct Both {
+  Side cs, gs;
+  std::vector<float> c_out, c_dqkv, g_out, g_dqkv;
+};
+Both run_both(Backend& c, Backend& g, const Shape& s, const std::vector<float>& qkv,
+              const std::vector<float>& dout) {
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  Both r{make_side(c, s, qkv, dout), make_side(g, s, qkv, dout), {}, {}, {}, {}};
+  run(r.cs, s);
+  run(r.gs, s);
+  r.c_out = download(c, r.cs.out, bt * d);
+  r.c_dqkv = download(c, r.cs.dqkv, bt * 3 * d);
+  r.g_out = download(g, r.gs.out, bt * d);
+  r.g_dqkv = download(g, r.gs.dqkv, bt * 3 * d);
+  return r;
+}
+
+// The checks every shape ends with, then the buffers freed: the saved
+// log-sum-exp [B,H,T] (when the backend keeps one) against a double
+// computation, and determinism: the same inputs again (outputs reset to
+// NaN) give the same bits.
+void check_lse_rerun_free(Both& r, const Shape& s, const std::vector<float>& qkv,
+                          const std::vector<float>& dout, const Naive<float>& nf,
+                          const std::string& name) {
+  Backend& g = r.gs.be;
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  if (!r.gs.bufs.probabilities) {
+    const Naive<double> nd = naive_attention<double>(qkv, dout, s);
+    expect_within_naive("attention lse" + name, download(g, r.gs.att, bt * s.H), nd.lse, nf.lse);
+  }
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  upload(g, r.gs.out, std::vector<float>(bt * d, nan));
+  upload(g, r.gs.dqkv, std::vector<float>(bt * 3 * d, nan));
+  run(r.gs, s);
+  expect_true("attention rerun bit-identical (out, dqkv)" + name,
+              same_bits(download(g, r.gs.out, bt * d), r.g_out) &&
+                  same_bits(download(g, r.gs.dqkv, bt * 3 * d), r.g_dqkv));
+  free_side(r.cs);
+  free_side(r.gs);
+}
+
 void test_shape(Backend& c, Backend& g, const Shape& s) {
   const std::string name = describe(s);
   const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
   // Scores of order 1 to a few: softmax neither uniform nor one-hot.
   const std::vector<float> qkv = randn(bt * 3 * d, 1.5f), dout = randn(bt * d);
-  Side cs = make_side(c, s, qkv, dout), gs = make_side(g, s, qkv, dout);
-  run(cs, s);
-  run(gs, s);
+  Both r = run_both(c, g, s, qkv, dout);
   const Naive<float> nf = naive_attention<float>(qkv, dout, s);
-  const std::vector<float> c_out = download(c, cs.out, bt * d);
-  const std::vector<float> c_dqkv = download(c, cs.dqkv, bt * 3 * d);
-  const std::vector<float> g_out = download(g, gs.out, bt * d);
-  const std::vector<float> g_dqkv = download(g, gs.dqkv, bt * 3 * d);
-  expect_within_naive("attention out" + name, g_out, c_out, nf.out);
-  expect_within_naive("attention dqkv" + name, g_dqkv, c_dqkv, nf.dqkv);
-  if (!gs.bufs.probabilities) {
-    // the saved log-sum-exp [B,H,T] against a double computation
-    const Naive<double> nd = naive_attention<double>(qkv, dout, s);
-    const std::vector<float> g_lse = download(g, gs.att, bt * s.H);
-    expect_within_naive("attention lse" + name, g_lse, nd.lse, nf.lse);
-  }
-  // Determinism: the same inputs again (outputs reset to NaN) give the same bits.
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  upload(g, gs.out, std::vector<float>(bt * d, nan));
-  upload(g, gs.dqkv, std::vector<float>(bt * 3 * d, nan));
-  run(gs, s);
-  expect_true("attention rerun bit-identical (out, dqkv)" + name,
-              same_bits(download(g, gs.out, bt * d), g_out) &&
-                  same_bits(download(g, gs.dqkv, bt * 3 * d), g_dqkv));
-  free_side(cs);
-  free_side(gs);
+  expect_within_naive("attention out" + name, r.g_out, r.c_out, nf.out);
+  expect_within_naive("attention dqkv" + name, r.g_dqkv, r.c_dqkv, nf.dqkv);
+  check_lse_rerun_free(r, s, qkv, dout, nf, name);
 }
 
 // The tensor-core rows (header). g: a backend with bf16 GEMMs.
@@ -132,14 +153,12 @@ void test_shape_tc(Backend& c, Backend& g, const Shape& s, bool cpu_vs_cpu) {
   const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
   const std::vector<float> qkv = rounded_bf16(randn(bt * 3 * d, 1.5f));
   const std::vector<float> dout = rounded_bf16(randn(bt * d));
-  Side cs = make_side(c, s, qkv, dout), gs = make_side(g, s, qkv, dout);
-  run(cs, s);
-  run(gs, s);
+  Both r = run_both(c, g, s, qkv, dout);
   const Naive<float> nf = naive_attention<float>(qkv, dout, s);
-  const std::vector<float> c_out = download(c, cs.out, bt * d);
-  const std::vector<float> c_dqkv = download(c, cs.dqkv, bt * 3 * d);
-  const std::vector<float> g_out = download(g, gs.out, bt * d);
-  const std::vector<float> g_dqkv = download(g, gs.dqkv, bt * 3 * d);
+  const std::vector<float>& c_out = r.c_out;
+  const std::vector<float>& c_dqkv = r.c_dqkv;
+  const std::vector<float>& g_out = r.g_out;
+  const std::vector<float>& g_dqkv = r.g_dqkv;
   const bool tc = s.dh % 16 == 0 && s.dh <= 128;  // else the fp32 kernel
   if (tc) {
     const TcBound bound = tc_bound(qkv, dout, s, &g_out, &c_out);
@@ -155,19 +174,7 @@ void test_shape_tc(Backend& c, Backend& g, const Shape& s, bool cpu_vs_cpu) {
     expect_within_naive("attention fp32 fallback out" + name, g_out, c_out, nf.out);
     expect_within_naive("attention fp32 fallback dqkv" + name, g_dqkv, c_dqkv, nf.dqkv);
   }
-  if (!gs.bufs.probabilities) {
-    const Naive<double> nd = naive_attention<double>(qkv, dout, s);
-    expect_within_naive("attention lse" + name, download(g, gs.att, bt * s.H), nd.lse, nf.lse);
-  }
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  upload(g, gs.out, std::vector<float>(bt * d, nan));
-  upload(g, gs.dqkv, std::vector<float>(bt * 3 * d, nan));
-  run(gs, s);
-  expect_true("attention rerun bit-identical (out, dqkv)" + name,
-              same_bits(download(g, gs.out, bt * d), g_out) &&
-                  same_bits(download(g, gs.dqkv, bt * 3 * d), g_dqkv));
-  free_side(cs);
-  free_side(gs);
+  check_lse_rerun_free(r, s, qkv, dout, nf, name);
 }
 
 // The sizes the backend asks for: the CPU's probabilities, the GPU's

@@ -43,37 +43,51 @@ struct Result {
   std::vector<float> out, lse, dqkv;
 };
 
+// The backward's D = rowsum(dout * out), shared by both kernel families.
+void launch_delta(const fl::FlashParams& p) {
+  const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.T;
+  const unsigned dblocks =
+      static_cast<unsigned>((rows * 32 + fl::kDeltaThreads - 1) / fl::kDeltaThreads);
+  cuda_emu::launch(dblocks, fl::kDeltaThreads, 0, [&] { fl::flash_bwd_delta_kernel(p); });
+}
+
 template <int DM>
 void run_emulated(fl::FlashParams p) {
   const unsigned blocks = static_cast<unsigned>(p.tiles * p.B * p.H);
   cuda_emu::launch(blocks, fl::kThreads, fl::fwd_shared_floats(DM),
                    [&] { fl::flash_fwd_kernel<DM>(p); });
-  const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.T;
-  const unsigned dblocks =
-      static_cast<unsigned>((rows * 32 + fl::kDeltaThreads - 1) / fl::kDeltaThreads);
-  cuda_emu::launch(dblocks, fl::kDeltaThreads, 0, [&] { fl::flash_bwd_delta_kernel(p); });
+  launch_delta(p);
   cuda_emu::launch(blocks, fl::kThreads, fl::dkdv_shared_floats(DM),
                    [&] { fl::flash_bwd_dkdv_kernel<DM>(p); });
   cuda_emu::launch(blocks, fl::kThreads, fl::dq_shared_floats(DM),
                    [&] { fl::flash_bwd_dq_kernel<DM>(p); });
 }
 
-// Forward then backward, the outputs starting as NaN (an element the kernels
-// do not write fails the comparison).
-Result emulate(const std::vector<float>& qkv, const std::vector<float>& dout, const Shape& s) {
+// Forward then backward by `run` (one kernel family's launches, for the
+// params of its make_params), the outputs starting as NaN (an element the
+// kernels do not write fails the comparison).
+template <class Run>
+Result emulate_with(const std::vector<float>& qkv, const std::vector<float>& dout, const Shape& s,
+                    fl::FlashParams p, Run run) {
   const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
   const float nan = std::numeric_limits<float>::quiet_NaN();
   Result r{std::vector<float>(bt * d, nan), std::vector<float>(bt * s.H, nan),
            std::vector<float>(bt * 3 * d, nan)};
   std::vector<float> delta(bt * s.H, nan);
-  fl::FlashParams p = fl::make_params(s.B, s.T, s.H, static_cast<int>(d));
   p.qkv = qkv.data(), p.o = r.out.data(), p.lse_out = r.lse.data();
   p.out = r.out.data(), p.dout = dout.data(), p.lse = r.lse.data(), p.delta = delta.data();
   p.dqkv = r.dqkv.data();
-  fl::dispatch(
-      p.dh, [&] { run_emulated<32>(p); }, [&] { run_emulated<64>(p); },
-      [&] { run_emulated<128>(p); }, [&] { run_emulated<256>(p); });
+  run(p);
   return r;
+}
+
+Result emulate(const std::vector<float>& qkv, const std::vector<float>& dout, const Shape& s) {
+  return emulate_with(qkv, dout, s, fl::make_params(s.B, s.T, s.H, s.H * s.dh),
+                      [](const fl::FlashParams& p) {
+                        fl::dispatch(
+                            p.dh, [&] { run_emulated<32>(p); }, [&] { run_emulated<64>(p); },
+                            [&] { run_emulated<128>(p); }, [&] { run_emulated<256>(p); });
+                      });
 }
 
 void test_shape(Backend& cpu, const Shape& s) {
@@ -109,10 +123,7 @@ void run_emulated_tc(fl::FlashParams p) {
   const unsigned blocks = static_cast<unsigned>(p.tiles * p.B * p.H);
   cuda_emu::launch(blocks, tc::kThreads, tc::fwd_shared_floats(DM),
                    [&] { tc::flash_tc_fwd_kernel<DM>(p); });
-  const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.T;
-  const unsigned dblocks =
-      static_cast<unsigned>((rows * 32 + fl::kDeltaThreads - 1) / fl::kDeltaThreads);
-  cuda_emu::launch(dblocks, fl::kDeltaThreads, 0, [&] { fl::flash_bwd_delta_kernel(p); });
+  launch_delta(p);
   cuda_emu::launch(blocks, tc::kThreads, tc::dkdv_shared_floats(DM),
                    [&] { tc::flash_tc_bwd_dkdv_kernel<DM>(p); });
   cuda_emu::launch(blocks, tc::kThreads, tc::dq_shared_floats(DM),
@@ -120,19 +131,12 @@ void run_emulated_tc(fl::FlashParams p) {
 }
 
 Result emulate_tc(const std::vector<float>& qkv, const std::vector<float>& dout, const Shape& s) {
-  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  Result r{std::vector<float>(bt * d, nan), std::vector<float>(bt * s.H, nan),
-           std::vector<float>(bt * 3 * d, nan)};
-  std::vector<float> delta(bt * s.H, nan);
-  fl::FlashParams p = tc::make_params(s.B, s.T, s.H, static_cast<int>(d));
-  p.qkv = qkv.data(), p.o = r.out.data(), p.lse_out = r.lse.data();
-  p.out = r.out.data(), p.dout = dout.data(), p.lse = r.lse.data(), p.delta = delta.data();
-  p.dqkv = r.dqkv.data();
-  tc::dispatch(
-      p.dh, [&] { run_emulated_tc<32>(p); }, [&] { run_emulated_tc<64>(p); },
-      [&] { run_emulated_tc<128>(p); });
-  return r;
+  return emulate_with(qkv, dout, s, tc::make_params(s.B, s.T, s.H, s.H * s.dh),
+                      [](const fl::FlashParams& p) {
+                        tc::dispatch(
+                            p.dh, [&] { run_emulated_tc<32>(p); }, [&] { run_emulated_tc<64>(p); },
+                            [&] { run_emulated_tc<128>(p); });
+                      });
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
