@@ -67,6 +67,18 @@ __device__ inline BlockPos block_pos(const FlashParams& p) {
   return {p.tiles - 1 - static_cast<int>(blockIdx.x % p.tiles), bh / p.H, bh % p.H};
 }
 
+// Threads [0, tile): the log-sum-exp and D of query rows q0 .. q0+tile-1 of
+// head bh into Ls, Ds (0 past T). The dK/dV kernels' per-query-tile stats
+// (this file's and the tensor-core one's).
+__device__ inline void stage_row_stats(float* Ls, float* Ds, const FlashParams& p, int64_t bh,
+                                       int q0, int tile) {
+  if (static_cast<int>(threadIdx.x) < tile) {
+    const int t = q0 + static_cast<int>(threadIdx.x);
+    Ls[threadIdx.x] = t < p.T ? p.lse[bh * p.T + t] : 0.0f;
+    Ds[threadIdx.x] = t < p.T ? p.delta[bh * p.T + t] : 0.0f;
+  }
+}
+
 // dst[kTile][DM+1] <- rows t0.. of src (stride `stride`, dh columns), zero
 // outside [0,T) x [0,dh).
 template <int DM>
@@ -213,11 +225,7 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(FlashParams p)
     __syncthreads();                          // previous query tile fully used
     load_tile<DM>(Qs, qkv, p.row, q0, p.T, p.dh);
     load_tile<DM>(dOs, dout, p.d, q0, p.T, p.dh);
-    if (threadIdx.x < kTile) {
-      const int t = q0 + threadIdx.x;
-      Ls[threadIdx.x] = t < p.T ? p.lse[bh * p.T + t] : 0.0f;
-      Ds[threadIdx.x] = t < p.T ? p.delta[bh * p.T + t] : 0.0f;
-    }
+    stage_row_stats(Ls, Ds, p, bh, q0, kTile);
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < kPer; j++) {

@@ -59,6 +59,7 @@ namespace m6::cuda::flash_tc {
 using flash::block_pos;
 using flash::BlockPos;
 using flash::FlashParams;
+using flash::stage_row_stats;
 using bf16 = __nv_bfloat16;
 namespace wmma = nvcuda::wmma;
 
@@ -264,11 +265,7 @@ __global__ void __launch_bounds__(kThreads) flash_tc_bwd_dkdv_kernel(FlashParams
     __syncthreads();  // previous query tile fully used (and K, V loaded)
     load_tile<DM>(Qs, qkv, p.row, q0, p.T, p.dh);
     load_tile<DM>(dOs, dout, p.d, q0, p.T, p.dh);
-    if (threadIdx.x < kTile) {
-      const int t = q0 + threadIdx.x;
-      Ls[threadIdx.x] = t < p.T ? p.lse[bh * p.T + t] : 0.0f;
-      Ds[threadIdx.x] = t < p.T ? p.delta[bh * p.T + t] : 0.0f;
-    }
+    stage_row_stats(Ls, Ds, p, bh, q0, kTile);
     __syncthreads();
     // query blocks of 16 that see any of the warp's keys (diagonal: from its own on)
     const int n0 = q0 == k0 ? warp : 0, ks = kTile / kF - n0;
