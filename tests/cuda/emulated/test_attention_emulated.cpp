@@ -26,6 +26,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend/backend.h"
@@ -90,11 +91,11 @@ Result emulate(const std::vector<float>& qkv, const std::vector<float>& dout, co
                       });
 }
 
-void test_shape(Backend& cpu, const Shape& s) {
-  const std::string name = describe(s);
+// The CPU reference through the backend interface: out and dqkv (lse left
+// empty: the CPU keeps probabilities).
+Result cpu_reference(Backend& cpu, const std::vector<float>& qkv, const std::vector<float>& dout,
+                     const Shape& s) {
   const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
-  const std::vector<float> qkv = randn(bt * 3 * d, 1.5f), dout = randn(bt * d);
-  // the CPU reference through the backend interface
   const Backend::AttentionBuffers ab = cpu.attention_buffers(s.B, s.T, s.H);
   auto alloc = [&](size_t n) { return static_cast<float*>(cpu.alloc(std::max<size_t>(n, 1) * 4)); };
   float *q = alloc(bt * 3 * d), *o = alloc(bt * d), *att = alloc(ab.saved), *go = alloc(bt * d),
@@ -107,13 +108,21 @@ void test_shape(Backend& cpu, const Shape& s) {
   cpu.to_host(c_out.data(), o, c_out.size() * 4);
   cpu.to_host(c_dqkv.data(), dq, c_dqkv.size() * 4);
   for (float* p : {q, o, att, go, dq, datt}) cpu.release(p);
+  return {std::move(c_out), {}, std::move(c_dqkv)};
+}
+
+void test_shape(Backend& cpu, const Shape& s) {
+  const std::string name = describe(s);
+  const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
+  const std::vector<float> qkv = randn(bt * 3 * d, 1.5f), dout = randn(bt * d);
+  const Result c = cpu_reference(cpu, qkv, dout, s);
 
   const Result e = emulate(qkv, dout, s);
   const Naive<float> nf = naive_attention<float>(qkv, dout, s);
   const Naive<double> nd = naive_attention<double>(qkv, dout, s);
-  expect_within_naive("emulated out" + name, e.out, c_out, nf.out);
+  expect_within_naive("emulated out" + name, e.out, c.out, nf.out);
   expect_within_naive("emulated lse" + name, e.lse, nd.lse, nf.lse);
-  expect_within_naive("emulated dqkv" + name, e.dqkv, c_dqkv, nf.dqkv);
+  expect_within_naive("emulated dqkv" + name, e.dqkv, c.dqkv, nf.dqkv);
 }
 
 // ---- the tensor-core kernels (attention_tc_kernels.cuh) ------------------------------
@@ -152,28 +161,17 @@ void test_shape_tc(Backend& cpu, const Shape& s, bool extra) {
   const size_t bt = static_cast<size_t>(s.B) * s.T, d = static_cast<size_t>(s.H) * s.dh;
   const std::vector<float> qkv = rounded_bf16(randn(bt * 3 * d, 1.5f));
   const std::vector<float> dout = rounded_bf16(randn(bt * d));
-  const Backend::AttentionBuffers ab = cpu.attention_buffers(s.B, s.T, s.H);
-  auto alloc = [&](size_t n) { return static_cast<float*>(cpu.alloc(std::max<size_t>(n, 1) * 4)); };
-  float *q = alloc(bt * 3 * d), *o = alloc(bt * d), *att = alloc(ab.saved), *go = alloc(bt * d),
-        *dq = alloc(bt * 3 * d), *datt = alloc(ab.scratch);
-  cpu.to_device(q, qkv.data(), qkv.size() * 4);
-  cpu.to_device(go, dout.data(), dout.size() * 4);
-  cpu.attention_fwd(o, att, q, s.B, s.T, s.H, static_cast<int>(d));
-  cpu.attention_bwd(dq, datt, go, q, o, att, s.B, s.T, s.H, static_cast<int>(d));
-  std::vector<float> c_out(bt * d), c_dqkv(bt * 3 * d);
-  cpu.to_host(c_out.data(), o, c_out.size() * 4);
-  cpu.to_host(c_dqkv.data(), dq, c_dqkv.size() * 4);
-  for (float* ptr : {q, o, att, go, dq, datt}) cpu.release(ptr);
+  const Result c = cpu_reference(cpu, qkv, dout, s);
 
   const Result e = emulate_tc(qkv, dout, s);
   const Naive<float> nf = naive_attention<float>(qkv, dout, s);
   const Naive<double> nd = naive_attention<double>(qkv, dout, s);
-  const TcBound bound = tc_bound(qkv, dout, s, &e.out, &c_out);
-  expect_within_tc("emulated out" + name, e.out, c_out, nf.out, bound.out);
+  const TcBound bound = tc_bound(qkv, dout, s, &e.out, &c.out);
+  expect_within_tc("emulated out" + name, e.out, c.out, nf.out, bound.out);
   expect_within_naive("emulated lse" + name, e.lse, nd.lse, nf.lse);
   for (int part = 0; part < 3; part++) {
     const char* what[] = {"emulated dq", "emulated dk", "emulated dv"};
-    expect_within_tc(what[part] + name, qkv_part(e.dqkv, s, part), qkv_part(c_dqkv, s, part),
+    expect_within_tc(what[part] + name, qkv_part(e.dqkv, s, part), qkv_part(c.dqkv, s, part),
                      qkv_part(nf.dqkv, s, part), qkv_part(bound.dqkv, s, part));
   }
   if (!extra) return;
@@ -186,22 +184,22 @@ void test_shape_tc(Backend& cpu, const Shape& s, bool extra) {
   // own output (P not rounded) is well inside the bf16 bound.
   const Result f = emulate(qkv, dout, s);
   expect_true("fp32 rule rejects the tc out (P rounded to bf16)" + name,
-              tc_ratio(e.out, c_out, nf.out, std::vector<float>(e.out.size(), 0.0f)) > 1.0);
+              tc_ratio(e.out, c.out, nf.out, std::vector<float>(e.out.size(), 0.0f)) > 1.0);
   expect_true("fp32 kernel's out within the bf16 bound" + name,
-              tc_ratio(f.out, c_out, nf.out, bound.out) <= 1.0);
+              tc_ratio(f.out, c.out, nf.out, bound.out) <= 1.0);
   // Tight enough to fail: (a) the bound is attained by worst-case roundings,
   // so twice them (every P error 2u, in v's direction) fails: cpu + 2 bound
   // on one element; (b) a causal-mask off-by-one (each row's diagonal key
   // dropped, `<` for `<=`) fails by far.
-  std::vector<float> twice = c_out;
+  std::vector<float> twice = c.out;
   size_t big = 0;
   for (size_t i = 0; i < twice.size(); ++i)
     if (bound.out[i] > bound.out[big]) big = i;
-  twice[big] += 2.0f * bound.out[big] + 4.0f * static_cast<float>(max_abs_diff(nf.out, c_out)) +
-                16.0f * FLT_EPSILON * static_cast<float>(max_abs(c_out));
+  twice[big] += 2.0f * bound.out[big] + 4.0f * static_cast<float>(max_abs_diff(nf.out, c.out)) +
+                16.0f * FLT_EPSILON * static_cast<float>(max_abs(c.out));
   expect_true("an out off by twice the bound fails" + name,
-              tc_ratio(twice, c_out, nf.out, bound.out) > 1.0);
-  std::vector<float> nodiag = c_out;
+              tc_ratio(twice, c.out, nf.out, bound.out) > 1.0);
+  std::vector<float> nodiag = c.out;
   for (int b = 0; b < s.B; b++)
     for (int t = 0; t < s.T; t++)
       for (int h = 0; h < s.H; h++) {
@@ -216,7 +214,7 @@ void test_shape_tc(Backend& cpu, const Shape& s, bool extra) {
           ot[i] = t == 0 ? 0.0f : static_cast<float>((ot[i] - ptt * qt[2 * d + i]) / (1.0 - ptt));
       }
   expect_true("an out with the diagonal masked off fails" + name,
-              tc_ratio(nodiag, c_out, nf.out, bound.out) > 1.0);
+              tc_ratio(nodiag, c.out, nf.out, bound.out) > 1.0);
 }
 
 }  // namespace
