@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -205,6 +206,12 @@ int run(int argc, char** argv, m6::MpiSession& mpi, m6::StopSignals& stop_signal
   // A stop signal asks for a checkpoint instead of killing the process from
   // the first line of main() on (one arriving before training starts stops
   // it at step 0); during MPI's start-up it is held back and delivered after.
+  // A training run outlives its console: when the reader of stdout/stderr
+  // goes away (mpirun tearing the job down closes the ranks' output pipes; a
+  // `| tee` that was killed), a log line must fail quietly, not end the
+  // process with SIGPIPE in the middle of a stop's checkpoint. The run's
+  // record is metrics.jsonl and the checkpoints, not the console.
+  std::signal(SIGPIPE, SIG_IGN);
   {
     const m6::StopSignalsDeferred deferred;
     mpi.start(&argc, &argv);

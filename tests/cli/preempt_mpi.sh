@@ -97,22 +97,51 @@ for ((i = 0; i < rounds; i++)); do
 done
 
 # 3. Slurm's way: SIGTERM to every process of the job at once (the launcher,
-#    mpirun, both ranks), then again 0-50 ms later. mpirun exits 1 after its
-#    teardown (2 x M6_STOP_GRACE_S); the launcher still says 75.
+#    mpirun, both ranks), then again 0-50 ms later to the launcher and the
+#    ranks, with the save slowed by 1 s (slow_save): M6_STOP_GRACE_S=3 gives
+#    the ranks 2 x 3 s before mpirun's SIGKILL (Open MPI's default, 1 s per
+#    stage, would kill this save). mpirun exits 1 after its teardown; the
+#    launcher still says 75. Not mpirun a second time: a second SIGTERM to
+#    mpirun while it aborts makes Open MPI 4.1 kill the ranks at once
+#    ("forcibly terminate"), whatever the grace (README, Preemption).
 run="$tmp/all"
-wrap=(env M6_STOP_GRACE_S=2 "${wrap[@]:1}")
-start "$run"
+wrap=(env M6_STOP_GRACE_S=3 "${wrap[@]:1}")
+start "$run" "$slow"
 sleep "0.$((RANDOM % 10))"
-mapfile -t procs < <(pgrep -P "$pid"; for m in $(pgrep -P "$pid"); do pgrep -P "$m"; done)
-((${#procs[@]} == 3)) || { echo "FAIL: expected mpirun and 2 ranks, found ${procs[*]:-none}" >&2; exit 1; }
-pids+=("${procs[@]}")
-kill -TERM "$pid" "${procs[@]}"
+mapfile -t mpirun_pid < <(pgrep -P "$pid")
+mapfile -t ranks < <(for m in "${mpirun_pid[@]}"; do pgrep -P "$m"; done)
+((${#mpirun_pid[@]} == 1 && ${#ranks[@]} == 2)) ||
+  { echo "FAIL: expected mpirun and 2 ranks, found ${mpirun_pid[*]:-none} / ${ranks[*]:-none}" >&2; exit 1; }
+pids+=("${mpirun_pid[@]}" "${ranks[@]}")
+kill -TERM "$pid" "${mpirun_pid[@]}" "${ranks[@]}"
 sleep "$(ms_delay)"
-kill -TERM "$pid" "${procs[@]}" 2> /dev/null || true
+kill -TERM "$pid" "${ranks[@]}" 2> /dev/null || true
 rc=0
 wait "$pid" || rc=$?
 step=$(check_stop "$run" "$run.log" "$rc" "2 ranks: SIGTERM to every process" nolog)
-echo "ok: 2 ranks, SIGTERM to the launcher, mpirun and the ranks: exit 75, step $step"
+echo "ok: 2 ranks, SIGTERM to the launcher, mpirun and the ranks (a 1 s save): exit 75, step $step"
+
+# 3b. The limit the README states: a second SIGTERM to mpirun itself while it
+#     aborts kills the ranks at once, inside their 1 s save. The launcher
+#     then exits with mpirun's code (1), naming what the ranks recorded.
+run="$tmp/twice"
+start "$run" "$slow"
+mapfile -t mpirun_pid < <(pgrep -P "$pid")
+mapfile -t ranks < <(for m in "${mpirun_pid[@]}"; do pgrep -P "$m"; done)
+pids+=("${mpirun_pid[@]}" "${ranks[@]}")
+kill -TERM "$pid" "${mpirun_pid[@]}" "${ranks[@]}"
+sleep "$(ms_delay)"
+kill -TERM "$pid" "${mpirun_pid[@]}" "${ranks[@]}" 2> /dev/null || true
+rc=0
+wait "$pid" || rc=$?
+if [ "$rc" = 75 ] || [ -e "$run/checkpoints/latest" ] ||
+  ! grep -q "m6mpirun: stop requested (SIGTERM) but 0 of [0-9]* rank(s) recorded exit 75" "$run.log"; then
+  echo "FAIL: SIGTERM twice to mpirun during a 1 s save: exit code $rc (want mpirun's 1)," \
+    "latest '$(cat "$run/checkpoints/latest" 2> /dev/null || echo none)' (want none); log tail:" >&2
+  tail -5 "$run.log" >&2
+  exit 1
+fi
+echo "ok: SIGTERM twice to mpirun kills the save (the documented limit): exit $rc, the launcher says why"
 
 # 4. Plain mpirun forwards SIGUSR1 to the ranks and exits 75 with them.
 run="$tmp/plain"

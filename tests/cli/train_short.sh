@@ -71,3 +71,17 @@ assert hdr["layers.0.attn.qkv.weight"]["shape"] == [192, 64]
 assert hdr["layers.1.moe.experts.0.fc1.weight"]["shape"] == [128, 64]
 print("ok:", len(names), "tensors exported")
 PY
+
+# A console reader that goes away (`| head`, a killed `tee`, mpirun closing a
+# rank's output pipe) does not end the run: the writes fail quietly and the
+# run finishes with exit 0 and its checkpoint (SIGPIPE would kill it: 141).
+(
+  rc=0
+  "$M6TRAIN" --config "$tmp/small.yaml" --run-dir "$tmp/piped" --max-steps 12 \
+    --set log.every=1 --set eval.every=0 || rc=$?
+  echo "$rc" > "$tmp/piped.rc"
+) 2>&1 | head -n 1 > /dev/null
+rc=$(cat "$tmp/piped.rc")
+[ "$rc" = 0 ] || { echo "FAIL: run with a closed console exited $rc (want 0)" >&2; exit 1; }
+test "$(cat "$tmp/piped/checkpoints/latest")" = step_00000012
+echo "ok: closed console pipe, run finished (exit 0, step 12 saved)"
