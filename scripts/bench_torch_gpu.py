@@ -16,6 +16,7 @@ scores and values. MFU = FLOPs/token x tokens/s / peak, with the peak given
 by --peak-tflops (bench-gpu.sh passes the measured cuBLAS bf16 peak).
 
   bench_torch_gpu.py --config RUN/config.json --mode eager|compile [--dtype bf16|fp32]
+  bench_torch_gpu.py --config C.yaml [--set model.moe.every=0 ...] ...   (needs PyYAML)
   bench_torch_gpu.py --tiny --device cpu ...     a small shape (CI)
   bench_torch_gpu.py --gemm-peak                 bf16 matmul TFLOP/s on the device
   bench_torch_gpu.py --self-test                 the MoE dispatch against a per-token loop
@@ -52,7 +53,8 @@ class MoE(nn.Module):
         self.cf = float(moe.get("capacity_factor", 1.25))
         self.min_cap = int(moe.get("min_capacity", 4))
         norm = moe.get("normalize_gates", "auto")
-        self.normalize = self.k > 1 if norm in ("auto", None) else bool(norm)
+        # m6train writes "auto", "true" or "false" (config.json); YAML may give a bool
+        self.normalize = self.k > 1 if norm in ("auto", None) else norm in (True, "true")
         self.aux_coef = float(moe.get("aux_loss_coef", 0.01))
         self.z_coef = float(moe.get("z_loss_coef", 0.001))
         E = self.E
@@ -296,9 +298,34 @@ def self_test():
     print("self-test: ok")
 
 
+def load_config(path, overrides):
+    """A resolved config.json, or an m6train YAML file (needs PyYAML: the
+    fallback when no m6train run wrote one); then --set KEY=VALUE overrides
+    (dotted keys, values as YAML/JSON scalars)."""
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        cfg = yaml.safe_load(open(path))
+    else:
+        cfg = json.load(open(path))
+    for kv in overrides:
+        key, _, text = kv.partition("=")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return cfg
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="resolved m6train config (<run>/config.json)")
+    ap.add_argument("--config", help="resolved m6train config (<run>/config.json), or its YAML")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, as m6train's --set (repeatable)")
     ap.add_argument("--tiny", action="store_true", help="a small built-in shape (CI)")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     ap.add_argument("--mode", choices=["eager", "compile"], default="eager")
@@ -319,7 +346,7 @@ def main(argv=None):
         self_test()
         return 0
     if args.flops:
-        cfg = TINY if args.tiny else json.load(open(args.config))
+        cfg = TINY if args.tiny else load_config(args.config, args.set)
         T = args.seq_len or int(cfg.get("train", {}).get("seq_len", 128))
         fpt, n = flops_per_token(cfg["model"], T)
         print(json.dumps({"flops_per_token": fpt, "active_params": n, "seq_len": T}))
@@ -338,7 +365,7 @@ def main(argv=None):
         if args.tiny:
             cfg = TINY
         elif args.config:
-            cfg = json.load(open(args.config))
+            cfg = load_config(args.config, args.set)
         else:
             ap.error("--config or --tiny is required")
         out = bench_train(cfg, args, dev)

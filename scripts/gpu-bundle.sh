@@ -38,9 +38,11 @@ cp -r "$src/configs" "$out/"
 mkdir -p "$out/tests/ref"
 cp -r "$src/tests/ref/configs" "$src/tests/ref/safetensors_io.py" "$out/tests/ref/"
 cp "$src/scripts/gpu-check.sh" "$src/scripts/gpu_compare.py" "$src/scripts/bench-gpu.sh" \
-  "$src/scripts/bench_torch_gpu.py" "$out/scripts/"
+  "$src/scripts/bench_torch_gpu.py" "$src/scripts/gpu_common.bash" "$src/scripts/gpu-session.sh" \
+  "$out/scripts/"
 cp "$src/README.md" "$out/"
-git -C "$src" rev-parse --short HEAD > "$out/COMMIT" 2> /dev/null || echo unknown > "$out/COMMIT"
+# -dirty: the bundle holds changes that no commit has.
+git -C "$src" describe --always --dirty > "$out/COMMIT" 2> /dev/null || echo unknown > "$out/COMMIT"
 
 # Libraries to leave to the target machine: glibc's own (they must match its
 # kernel and loader), the NVIDIA driver (libcuda must come from the driver),

@@ -45,18 +45,24 @@
 #      (default overflow) at step 10 must skip that step, halve the loss
 #      scale and let the run finish.
 # Prints one table and writes it to bench/results/gpu-check-<device>-<date>.md
-# (or --results DIR).
-# Usage: scripts/gpu-check.sh [--bundle DIR] [--results DIR]
+# (or --results DIR), a row at a time as the checks finish (a call cut short
+# keeps what ran), and the checks' logs (small files only) to
+# gpu-check-logs.tgz beside it. --budget S: finish within S seconds: every
+# step's time limit is cut to what is left, and steps that no longer fit are
+# rows SKIPPED "budget".
+# Usage: scripts/gpu-check.sh [--bundle DIR] [--results DIR] [--budget S]
 set -uo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 bundle=$src/bundle
 [[ -x "$src/run" ]] && bundle=$src  # running from inside the bundle
 results=$src/bench/results
+budget=3600
 while (($#)); do
   case $1 in
     --bundle) bundle=$2; shift 2 ;;
     --results) results=$2; shift 2 ;;
-    *) echo "usage: $0 [--bundle DIR] [--results DIR]" >&2; exit 2 ;;
+    --budget) budget=$2; shift 2 ;;
+    *) echo "usage: $0 [--bundle DIR] [--results DIR] [--budget S]" >&2; exit 2 ;;
   esac
 done
 export OMP_WAIT_POLICY=PASSIVE
@@ -65,8 +71,12 @@ overflow_fp=${M6_OVERFLOW_FAILPOINT:-overflow}
 overflow_at=10
 t_start=$(date +%s)
 
+[[ $budget =~ ^[0-9]+$ ]] || { echo "gpu-check: --budget takes whole seconds (got '$budget')" >&2; exit 2; }
+source "$src/scripts/gpu_common.bash"
+deadline=$((t_start + budget))
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$results"
+trap 'keep_logs "$tmp" "$results/gpu-check-logs.tgz"; rm -rf "$tmp"' EXIT
 if [[ -x "$bundle/run" ]]; then
   run=$bundle/run
   refdir=$bundle/tests/ref
@@ -101,16 +111,42 @@ fi
 device_tag=$(echo "$gpu_name" | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//')
 [[ -n $device_tag ]] || device_tag=unknown
 
+date_tag=$(date -u +%Y-%m-%d)
+md=$results/gpu-check-$device_tag-$date_tag.md
+{
+  echo "# gpu-check on $gpu_name, $date_tag"
+  echo
+  echo "Commit $commit; \`scripts/gpu-check.sh --budget $budget\`; glibc $(ldd --version 2> /dev/null | head -1 | awk '{print $NF}')."
+  if command -v nvidia-smi > /dev/null; then
+    echo "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)."
+  fi
+  echo
+  echo "| check | result | detail |"
+  echo "|---|---|---|"
+} > "$md"
 declare -a rows
-row() { rows+=("$1|$2|$3"); printf '  %-34s %-8s %s\n' "$1" "$2" "$3"; }
+row() {  # NAME RESULT DETAIL: printed, and appended to the results file at once
+  rows+=("$1|$2|$3")
+  printf '  %-34s %-8s %s\n' "$1" "$2" "$3"
+  echo "| $1 | $2 | ${3//|/\\|} |" >> "$md"
+}
 secs() { echo $(($(date +%s) - t_start)); }
+
+# Preflight: the bundle's programs start here (loader, glibc, libraries).
+if ! "$run" m6train --help > "$tmp/help.txt" 2>&1; then
+  row "m6train starts" FAIL "$(tail -3 "$tmp/help.txt" | tr '\n' ' ' | cut -c1-300)"
+  exit 1
+fi
 
 # ---- 1. op tests ----------------------------------------------------------------
 op_test() {  # NAME ARGS...
   local name=$1 rc
   shift
-  timeout 240 "$@" > "$tmp/ops.txt" 2>&1
+  local limit
+  limit=$(limit_s 240) || { row "$name" SKIPPED "budget"; return; }
+  timeout "$limit" "$@" > "$tmp/ops.txt" 2>&1
   rc=$?
+  cp "$tmp/ops.txt" "$tmp/ops-${name// /_}.txt"
   local failed passed
   failed=$(grep -c '^FAIL' "$tmp/ops.txt" || true)
   passed=$(grep -c '^ok' "$tmp/ops.txt" || true)
@@ -126,8 +162,14 @@ op_test() {  # NAME ARGS...
       fi
       ;;
     2) row "$name" MISSING "$(tail -1 "$tmp/ops.txt")" ;;
-    124) row "$name" FAIL "timed out after 240 s" ;;
-    *) row "$name" FAIL "rc $rc: $failed of $((passed + failed)) checks failed" ;;
+    124) row "$name" FAIL "timed out after $limit s" ;;
+    *)
+      if ((passed + failed == 0)); then
+        row "$name" FAIL "rc $rc: $(tail -3 "$tmp/ops.txt" | tr '\n' ' ' | cut -c1-240)"
+      else
+        row "$name" FAIL "rc $rc: $failed of $((passed + failed)) checks failed"
+      fi
+      ;;
   esac
   grep '^FAIL' "$tmp/ops.txt" | head -10
 }
@@ -136,7 +178,9 @@ op_test "cuda ops fp32" "$run" test_cuda_ops
 op_test "cuda ops bf16" "$run" test_cuda_ops --compute bf16
 op_test "cuda ops fp16" "$run" test_cuda_ops --compute fp16
 op_test "cuda fused attention" "$run" test_cuda_attention
-if timeout 60 "$run" test_cuda_attention --bench > "$tmp/att.txt" 2>&1; then
+if ! limit=$(limit_s 60); then
+  row "attention speed B8 T1024 H12 dh64" SKIPPED "budget"
+elif timeout "$limit" "$run" test_cuda_attention --bench > "$tmp/att.txt" 2>&1; then
   row "attention speed B8 T1024 H12 dh64" INFO "$(tail -1 "$tmp/att.txt")"
 else
   row "attention speed B8 T1024 H12 dh64" FAIL "$(tail -1 "$tmp/att.txt" | cut -c1-160)"
@@ -166,8 +210,9 @@ for prec in fp32 bf16; do
   if [[ $prec == fp32 ]]; then tol=(--loss-tol 1e-5 --grad-tol 1e-4); else tol=(--loss-tol 2e-2 --grad-tol 5e-2); fi
   for cfg in dense moe_top2_drop prototypes; do
     ok=1
+    limit=$(limit_s 120) || { row "step $cfg $prec" SKIPPED "budget"; continue; }
     for dev in cuda cpu; do
-      if ! timeout 120 "$run" m6train debug-step --config "$refdir/configs/$cfg.yaml" "${data[@]}" \
+      if ! timeout "$limit" "$run" m6train debug-step --config "$refdir/configs/$cfg.yaml" "${data[@]}" \
         --set train.device=$dev --set precision.compute=$prec --out "$tmp/step-$cfg-$prec-$dev" \
         > "$tmp/step.txt" 2>&1; then
         ok=0
@@ -206,8 +251,9 @@ YAML
 train_run() {  # NAME DEVICE EXTRA-ARGS...
   local name=$1 dev=$2
   shift 2
-  local t0=$(date +%s%N)
-  if timeout 180 "$run" m6train --config "$tmp/train.yaml" --run-dir "$tmp/run-$name" \
+  local t0=$(date +%s%N) limit
+  limit=$(limit_s 180) || { touch "$tmp/budget-skip"; echo "$name skipped: budget" >&2; return 1; }
+  if timeout "$limit" "$run" m6train --config "$tmp/train.yaml" --run-dir "$tmp/run-$name" \
     --set train.device=$dev "$@" > "$tmp/$name.txt" 2>&1; then
     echo $((($(date +%s%N) - t0) / 1000000))
     return 0
@@ -223,6 +269,8 @@ if [[ -n ${ms_cpu:-} ]]; then
   else
     row "train 40 steps fp32" FAIL "$detail"
   fi
+elif [[ -e $tmp/budget-skip ]]; then
+  row "train 40 steps fp32" SKIPPED "budget"
 else
   row "train 40 steps fp32" FAIL "a run failed (log above)"
 fi
@@ -247,11 +295,15 @@ if ms_off1=$(train_run off1 cuda "${off[@]}" --set offload.params=1) &&
   else
     row "offload optimizer 1 vs 0 (cuda)" FAIL "$detail"
   fi
+elif [[ -e $tmp/budget-skip ]]; then
+  row "offload on cuda" SKIPPED "budget"
 else
   row "offload on cuda" FAIL "a run failed (log above)"
 fi
 
-if M6_FAILPOINTS="$overflow_fp@$overflow_at" timeout 180 "$run" m6train --config "$tmp/train.yaml" \
+if ! limit=$(limit_s 180); then
+  row "fp16 injected overflow" SKIPPED "budget"
+elif M6_FAILPOINTS="$overflow_fp@$overflow_at" timeout "$limit" "$run" m6train --config "$tmp/train.yaml" \
   --run-dir "$tmp/run-fp16" --set train.device=cuda --set train.steps=30 \
   --set precision.compute=fp16 > "$tmp/fp16.txt" 2>&1; then
   if detail=$("$PY" "$compare" overflow "$tmp/run-fp16/metrics.jsonl" --step $overflow_at 2>&1); then
@@ -285,7 +337,6 @@ fi
 
 # ---- table -------------------------------------------------------------------------------
 total=$(secs)
-date_tag=$(date -u +%Y-%m-%d)
 echo
 printf '%-34s %-8s %s\n' check result detail
 for r in "${rows[@]}"; do
@@ -293,23 +344,10 @@ for r in "${rows[@]}"; do
   printf '%-34s %-8s %s\n' "$a" "$b" "$c"
 done
 echo "total ${total} s on $gpu_name, commit $commit"
-mkdir -p "$results"
-md=$results/gpu-check-$device_tag-$date_tag.md
 {
-  echo "# gpu-check on $gpu_name, $date_tag"
   echo
-  echo "Commit $commit; \`scripts/gpu-check.sh\`, ${total} s."
-  if command -v nvidia-smi > /dev/null; then
-    echo "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)."
-  fi
-  echo
-  echo "| check | result | detail |"
-  echo "|---|---|---|"
-  for r in "${rows[@]}"; do
-    IFS='|' read -r a b c <<< "$r"
-    echo "| $a | $b | ${c//|/\\|} |"
-  done
-} > "$md"
+  echo "All checks ran: ${total} s."
+} >> "$md"
 echo "wrote $md"
 fail=0
 for r in "${rows[@]}"; do [[ $r == *"|FAIL|"* ]] && fail=1; done

@@ -45,7 +45,7 @@ runtime_packages=(
 # Tests: the PyTorch reference; a one-node Slurm cluster (tests/cli/slurm.sh);
 # spm_train for SentencePiece; venvs for tiktoken and GPT-2's vocabulary files;
 # clang-14 and libclang-rt-14-dev: libFuzzer for scripts/fuzz.sh (the fuzz.run_* ctests).
-test_packages=(python3 python3-numpy python3-torch
+test_packages=(python3 python3-numpy python3-torch python3-yaml
   slurmctld slurmd slurm-client munge sentencepiece python3-venv clang-14 libclang-rt-14-dev)
 
 packages=("${runtime_packages[@]}")
