@@ -156,6 +156,8 @@ class CudaBackend final : public Backend {
     if (p == nullptr) return;
     no_capture("release");
     device_mem_.remove(p, "cuda backend (device)");
+    // Both streams: an offload copy (copy_async) may still read or write it.
+    M6_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
     M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
     M6_CUDA_CHECK(cudaFree(p));
   }
@@ -206,7 +208,13 @@ class CudaBackend final : public Backend {
   void to_device(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
     no_capture("host-to-device copy");
-    if (bytes <= kStagedCopyMax && !host_mem_.contains(dst)) {
+    if (host_mem_.contains(dst)) {  // pinned host memory: a host copy once no stream uses it
+      M6_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
+      M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      std::memcpy(dst, src, bytes);
+      return;
+    }
+    if (bytes <= kStagedCopyMax) {
       staging_->copy(dst, src, bytes, stream_);
       return;
     }
@@ -255,8 +263,9 @@ class CudaBackend final : public Backend {
   }
   void zero(void* p, size_t bytes) override {
     if (bytes == 0) return;
-    if (host_mem_.contains(p)) {  // pinned host memory: after the work that may still read it
+    if (host_mem_.contains(p)) {  // pinned host memory: after the work that may still use it
       no_capture("zero of pinned host memory");
+      M6_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
       M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
       std::memset(p, 0, bytes);
       return;
@@ -334,11 +343,14 @@ class CudaBackend final : public Backend {
     }
     const int G = static_cast<int>(a.size());
     if (G == 0 || out == 0) return;
-    if (in == 0) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
-    // Device table: [A][B][C][bias] pointers, [row][prefix] int64.
+    if (in == 0 || !grouped_ok()) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
+    // Device table: [A][B][C][bias] pointers, [row][prefix] int64 (room for
+    // all `count` groups, so that a later step with more non-empty ones does
+    // not reallocate it).
     const size_t pb = static_cast<size_t>(G) * sizeof(void*);
     upload_group_table({{a.data(), pb}, {b.data(), pb}, {c.data(), pb}, {bias.data(), pb},
-                        {row.data(), G * sizeof(int64_t)}, {prefix.data(), (G + 1) * sizeof(int64_t)}});
+                        {row.data(), G * sizeof(int64_t)}, {prefix.data(), (G + 1) * sizeof(int64_t)}},
+                       (4 * sizeof(void*) + 2 * sizeof(int64_t)) * count + sizeof(int64_t));
     // Row-major y_i[rows,out] = x_i[rows,in] w_i^T is column-major
     // Y^T[out,rows] = W[out,in] X^T: A = w (op T, ld in), B = x (op N, ld in).
     std::vector<cublasOperation_t> ta(G, CUBLAS_OP_T), tb(G, CUBLAS_OP_N);
@@ -351,9 +363,7 @@ class CudaBackend final : public Backend {
         reinterpret_cast<const void* const*>(group_table_ + pb), CUDA_R_32F, ldb.data(),
         beta.data(), reinterpret_cast<void* const*>(group_table_ + 2 * pb), CUDA_R_32F, ldc.data(),
         G, size.data(), half_gemms() ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F);
-    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // an older cuBLAS: one GEMM per group
-      return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
-    }
+    if (grouped_refused(st)) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
     M6_CUBLAS_CHECK(st);
     cuda::launch_grouped_bias_act(y, act, reinterpret_cast<const float* const*>(group_table_ + 3 * pb),
                                   reinterpret_cast<const int64_t*>(group_table_ + 4 * pb),
@@ -387,15 +397,18 @@ class CudaBackend final : public Backend {
     }
     const int G = static_cast<int>(w.size());
     if (G == 0) return;
-    if (in == 0 || out == 0) return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
+    if (in == 0 || out == 0 || !grouped_ok())
+      return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
     // Device table: [W][DY][DX][X][DW][DB] pointers, [row][rows] int64.
     const size_t pb = static_cast<size_t>(G) * sizeof(void*);
     upload_group_table({{w.data(), pb}, {dyp.data(), pb}, {dxp.data(), pb}, {xp.data(), pb},
                         {dwp.data(), pb}, {db.data(), pb}, {row.data(), G * sizeof(int64_t)},
-                        {rows.data(), G * sizeof(int64_t)}});
+                        {rows.data(), G * sizeof(int64_t)}},
+                       (6 * sizeof(void*) + 2 * sizeof(int64_t)) * count);
     auto ptrs = [&](int p) { return reinterpret_cast<const void* const*>(group_table_ + p * pb); };
     auto outs = [&](int p) { return reinterpret_cast<void* const*>(group_table_ + p * pb); };
-    const cublasComputeType_t compute = bf16_ ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    const cublasComputeType_t compute =
+        half_gemms() ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
     std::vector<int> size(G, 1), n(G);
     for (int i = 0; i < G; ++i) n[i] = static_cast<int>(rows[i]);
     // dx_i[rows,in] = dy_i[rows,out] w_i[out,in], column-major DX^T[in,rows] =
@@ -407,9 +420,7 @@ class CudaBackend final : public Backend {
         blas_, opn.data(), opn.data(), m_in.data(), n.data(), k_out.data(), one.data(), ptrs(0),
         CUDA_R_32F, ld_in.data(), ptrs(1), CUDA_R_32F, ld_out.data(), zero.data(), outs(2),
         CUDA_R_32F, ld_in.data(), G, size.data(), compute);
-    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // an older cuBLAS: one GEMM per group
-      return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
-    }
+    if (grouped_refused(st)) return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
     M6_CUBLAS_CHECK(st);
     // dw_i[out,in] += dy_i^T x_i, column-major DW^T[in,out] += X^T[in,rows]
     // DY[rows,out]: A = x (op N, ld in), B = dy (op T, ld out), k = rows.
@@ -872,12 +883,13 @@ class CudaBackend final : public Backend {
   // ranges, each a multiple of 8 bytes) back to back in group_table_, grown
   // when too small. to_device (the staging ring: no host stall) orders the
   // copy before the GEMMs that read it.
-  void upload_group_table(std::initializer_list<std::pair<const void*, size_t>> parts) {
+  void upload_group_table(std::initializer_list<std::pair<const void*, size_t>> parts,
+                          size_t room) {
     size_t bytes = 0;
     for (const auto& p : parts) bytes += p.second;
     if (bytes > group_table_bytes_) {
       if (group_table_ != nullptr) release(group_table_);
-      group_table_bytes_ = std::max<size_t>(bytes, 4096);
+      group_table_bytes_ = std::max<size_t>({bytes, room, 4096});
       group_table_ = static_cast<char*>(alloc(group_table_bytes_));
     }
     std::vector<char> host(bytes);
@@ -952,6 +964,21 @@ class CudaBackend final : public Backend {
   bool bf16_ = false;
   bool fp32_gemms_ = false;  // set_fp32_gemms: bf16_ suspended (the router)
   bool half_gemms() const { return bf16_ && !fp32_gemms_; }
+  // cublasGemmGroupedBatchedEx with fp32 operands and the bf16 tensor-core
+  // compute type: cuBLAS versions differ on whether they take it. A refusal
+  // (NOT_SUPPORTED, or INVALID_VALUE for the compute type; nothing was
+  // enqueued) is remembered and said once, and the grouped ops run one GEMM
+  // per group from then on (the same results); fp32 refusals likewise.
+  bool grouped_half_refused_ = false, grouped_fp32_refused_ = false;
+  bool grouped_ok() const { return !(half_gemms() ? grouped_half_refused_ : grouped_fp32_refused_); }
+  bool grouped_refused(cublasStatus_t st) {
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) return false;
+    (half_gemms() ? grouped_half_refused_ : grouped_fp32_refused_) = true;
+    log_warn(fmt("cuda backend: cublasGemmGroupedBatchedEx refused ",
+                 half_gemms() ? "the bf16 tensor-core compute type" : "fp32", " (",
+                 cublasGetStatusName(st), "); grouped expert GEMMs run one GEMM per expert"));
+    return true;
+  }
   std::unique_ptr<cuda::LtLinear> lt_;  // created on the device, in the constructor
   std::string name_;
   cudaStream_t stream_ = nullptr;

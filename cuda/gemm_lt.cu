@@ -7,6 +7,7 @@
 // what cuBLASLt's bias epilogue broadcasts over the columns.
 #include "cuda/gemm_lt.h"
 
+#include <cstdint>
 #include <stdexcept>
 
 #include "core/util/error.h"
@@ -59,11 +60,23 @@ LtLinear::Plan& LtLinear::plan(const Key& k) {
            "TRANSB");
   lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi),
            "EPILOGUE");
+  // The heuristic reads the alignment of the bias and aux pointers from the
+  // descriptor (a null one counts as aligned): stand-ins of the key's
+  // alignment class, so that the algorithm it picks accepts every pointer
+  // run() will set for this key (16-byte aligned or only 4).
+  void* stand_in = reinterpret_cast<void*>(uintptr_t{al16 ? 256u : 4u});
+  if (epi == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || epi == CUBLASLT_EPILOGUE_BIAS)
+    lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &stand_in,
+                                            sizeof stand_in),
+             "BIAS_POINTER");
   if (epi == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || epi == CUBLASLT_EPILOGUE_GELU_AUX) {
     const int64_t ld = out;
     lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld,
                                             sizeof ld),
              "EPILOGUE_AUX_LD");
+    lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                            &stand_in, sizeof stand_in),
+             "EPILOGUE_AUX_POINTER");
   }
   lt_check(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, in, out, in), "layout A");
   lt_check(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, in, n, in), "layout B");
@@ -119,9 +132,15 @@ bool LtLinear::run(float* y, float* act, const float* x, const float* w, const f
     d = act;
   }
   const float alpha = 1.0f, beta = 0.0f;
-  lt_check(cublasLtMatmul(lt_, p.op, &alpha, w, p.a, x, p.b, &beta, d, p.c, d, p.c, &p.algo,
-                          workspace_, workspace_bytes_, st),
-           "cublasLtMatmul");
+  const cublasStatus_t s = cublasLtMatmul(lt_, p.op, &alpha, w, p.a, x, p.b, &beta, d, p.c, d,
+                                          p.c, &p.algo, workspace_, workspace_bytes_, st);
+  if (s == CUBLAS_STATUS_NOT_SUPPORTED || s == CUBLAS_STATUS_INVALID_VALUE) {
+    // The algorithm refuses these arguments (checked before anything is
+    // enqueued): this key is computed another way from now on.
+    p.ok = false;
+    return false;
+  }
+  lt_check(s, "cublasLtMatmul");
   return true;
 }
 

@@ -419,6 +419,14 @@ MicroStats Model::train_micro(const Batch& batch, float grad_scale, int slot) {
       graphs_off_ = fmt("the capture failed: ", e.what());
       log_warn(fmt("train.graphs: ", graphs_off_, "; micro-batches run without graphs"));
       graph_.reset();
+    } catch (...) {
+      // Anything else (out of memory, ...) propagates, but the stream must
+      // not stay in capture mode: later ops would be recorded, not run.
+      try {
+        (void)be_.capture_end();
+      } catch (...) {
+      }
+      throw;
     }
     if (graphs_) graph_ = be_.capture_end();
     if (!graph_) {

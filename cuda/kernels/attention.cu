@@ -6,6 +6,8 @@
 #include <mma.h>
 
 #include <cmath>
+#include <map>
+#include <mutex>
 
 #include "cuda/check.h"
 #include "cuda/kernels/attention_kernels.cuh"
@@ -68,13 +70,29 @@ bool flash_attention_tc_supported(int dh) {
   if (!flash_tc::supports(dh)) return false;
   // the largest kernel's shared memory must fit the device's opt-in limit
   // (dh > 64: 153 KiB; sm_80 and sm_90 have it, sm_86 / sm_89 do not)
-  int dev = 0, optin = 0, major = 0;
+  // (asked on every attention call: the two attributes are read once per
+  // device, cudaGetDevice is a host-side lookup)
+  struct Caps {
+    int optin = 0, major = 0;
+  };
+  static std::mutex mu;
+  static std::map<int, Caps> caps_of;
+  int dev = 0;
   M6_CUDA_CHECK(cudaGetDevice(&dev));
-  M6_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  M6_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  Caps c;
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    auto it = caps_of.find(dev);
+    if (it == caps_of.end()) {
+      M6_CUDA_CHECK(cudaDeviceGetAttribute(&c.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+      M6_CUDA_CHECK(cudaDeviceGetAttribute(&c.major, cudaDevAttrComputeCapabilityMajor, dev));
+      it = caps_of.emplace(dev, c).first;
+    }
+    c = it->second;
+  }
   const int dm = dh <= 32 ? 32 : dh <= 64 ? 64 : 128;
   const size_t need = flash_tc::dkdv_shared_floats(dm) * sizeof(float);
-  return major >= 8 && need <= static_cast<size_t>(optin);
+  return c.major >= 8 && need <= static_cast<size_t>(c.optin);
 }
 
 void launch_flash_attention_tc_fwd(float* out, float* lse, const float* qkv, int B, int T, int H,

@@ -5,8 +5,13 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <random>
+#include <stdexcept>
+#include <string>
 
+#include "core/backend/forwarding_backend.h"
 #include "core/model/model.h"
 #include "tests/random_batch.h"
 #include "core/train/optimizer.h"
@@ -183,6 +188,53 @@ TEST_CASE("graphs: a host read, allocation or upload inside a capture abandons i
   be->scale(x, 2.0f, 4);
   CHECK(be->capture_end() != nullptr);
   be->release(x);
+}
+
+namespace {
+// Throws std::runtime_error (not an m6::Error) from the first attention_fwd after
+// arm(): an exception the model's capture does not handle.
+class ThrowingBackend final : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  std::string name() const override { return "throwing(" + inner().name() + ")"; }
+  void arm() { armed_ = true; }
+
+ protected:
+  void run(const char* op, std::function<void()> f) override {
+    if (armed_ && std::strcmp(op, "attention_fwd") == 0) {
+      armed_ = false;
+      throw std::runtime_error("injected failure in attention_fwd");
+    }
+    f();
+  }
+
+ private:
+  bool armed_ = false;
+};
+}  // namespace
+
+// An exception other than m6::Error inside the capture (out of memory, ...)
+// propagates, and the capture is closed first: the backend is usable after
+// it (a host read works, a new capture can begin), as on CUDA, where a stream
+// left capturing would record every later op instead of running it.
+TEST_CASE("graphs: any exception inside a capture leaves no capture open", "[graphs]") {
+  Config c = graph_config(0);
+  c.train.graphs = GraphMode::On;
+  auto owned = std::make_unique<ThrowingBackend>(make_recording_backend(make_cpu_backend(1)));
+  ThrowingBackend& be = *owned;
+  Model m(c, be, ExpertRange{0, 0});
+  m.init_params(c.train.seed);
+  MicroStats st = m.train_micro(batch_of(c, 7, false), 0.5f, 0);  // warm-up: eager
+  CHECK(m.graph_replays() == 0);
+  be.arm();  // the next micro-batch of this key is captured, and fails inside
+  CHECK_THROWS_WITH(m.train_micro(batch_of(c, 8, false), 0.5f, 0),
+                    Catch::Contains("injected failure in attention_fwd"));
+  float h = 0.0f;
+  const float* any = m.chunks().front().param;
+  CHECK_NOTHROW(be.to_host(&h, any, sizeof h));  // a host read: no capture open
+  CHECK_NOTHROW(be.capture_begin());
+  CHECK(be.capture_end() != nullptr);
+  (void)st;
 }
 
 TEST_CASE("graphs: train.graphs on needs a static micro-batch", "[graphs]") {
