@@ -98,6 +98,9 @@ md=$results/bench-gpu-${device_tag:-unknown}-$(date -u +%Y-%m-%d).md
   echo
   echo "Commit $commit; \`scripts/bench-gpu.sh --steps $steps --budget $budget\` (PyTorch $torch_steps timed steps, modes: $torch_modes)."
   echo "Config ${config#"$src"/} (dense: ${dense_set[*]}), device $device."
+  echo "The PyTorch peer (scripts/bench_torch_gpu.py): bf16 autocast, SDPA, fused AdamW; its expert"
+  echo "GEMMs run on the static [E, C, d] buffer (all C capacity slots, padding included) and it"
+  echo "trains on random tokens; m6train's expert GEMMs take the routed rows only, on text."
   echo
 } > "$md"
 

@@ -57,6 +57,11 @@ class MoE(nn.Module):
         self.normalize = self.k > 1 if norm in ("auto", None) else norm in (True, "true")
         self.aux_coef = float(moe.get("aux_loss_coef", 0.01))
         self.z_coef = float(moe.get("z_loss_coef", 0.001))
+        # Under bf16 autocast the LayerNorm output arriving here is fp32; the
+        # dispatch gathers and the [E, C, d] buffer move it in this dtype
+        # (bench_train sets bf16 then: half the bytes, as the expert GEMMs
+        # would round it anyway).
+        self.dispatch_dtype = None
         E = self.E
         self.router = nn.Linear(d, E, bias=False)
         self.w1 = nn.Parameter(torch.randn(E, d, f) * 0.02)
@@ -85,8 +90,9 @@ class MoE(nn.Module):
         keep = pos < C
         tok = torch.arange(N, device=x.device).repeat(k)
         dest = torch.where(keep, e_flat * C + pos, torch.full_like(pos, E * C))  # E*C: dropped
-        buf = xs.new_zeros(E * C + 1, d)
-        buf.index_copy_(0, dest, xs[tok])
+        xd = xs.to(self.dispatch_dtype) if self.dispatch_dtype is not None else xs
+        buf = xd.new_zeros(E * C + 1, d)
+        buf.index_copy_(0, dest, xd[tok])
         h = buf[: E * C].view(E, C, d)
         h = F.gelu(torch.baddbmm(self.b1.unsqueeze(1).to(h.dtype), h, self.w1.to(h.dtype)),
                    approximate="tanh")
@@ -206,6 +212,10 @@ def bench_train(cfg, args, dev):
             raise SystemExit(f"bench_torch_gpu: torch {torch.__version__} has no torch.compile")
         step_fn = torch.compile(model)
     use_bf16 = args.dtype == "bf16"
+    if use_bf16:
+        for mod in model.modules():
+            if isinstance(mod, MoE):
+                mod.dispatch_dtype = torch.bfloat16
     V = int(m["vocab_size"])
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     batches = [torch.randint(0, V, (B, T + 1), generator=gen).to(dev) for _ in range(4)]
