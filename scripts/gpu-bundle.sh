@@ -112,11 +112,26 @@ find_lib() {
     if [[ -n "$p" ]]; then dirname "$p"; return 0; fi
   done
   echo "bundle/run: $name not found (CUDA toolkit or PyTorch's nvidia wheels)" >&2
+  return 1
 }
-for lib in libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
-  d=$(find_lib "$lib")
-  if [[ -n "$d" && ":$dirs:" != *":$d:"* ]]; then dirs="$dirs:$d"; fi
-done
+# Found once per bundle and machine (each search may start python3 and a
+# find over the wheels), then read from the cache.
+# The cache is named after the machine: a bundle run here before it travels
+# must not hand this machine's paths to the next.
+cache=$here/lib/.cuda_dirs.$(hostname 2>/dev/null || echo host)
+[[ -w $here/lib ]] || cache=${TMPDIR:-/tmp}/m6-bundle-cuda-dirs-$(id -u)-$(cat "$here/COMMIT" 2>/dev/null)-$(hostname 2>/dev/null)
+if [[ -f $cache ]]; then
+  cuda_dirs=$(cat "$cache")
+else
+  cuda_dirs="" found=1
+  for lib in libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+    d=$(find_lib "$lib") || found=0
+    if [[ -n "$d" && ":$cuda_dirs:" != *":$d:"* ]]; then cuda_dirs="${cuda_dirs:+$cuda_dirs:}$d"; fi
+  done
+  # cached only when every library was found (else the next run says again which is missing)
+  ((found)) && { echo "$cuda_dirs" > "$cache.$$" 2>/dev/null && mv "$cache.$$" "$cache" 2>/dev/null; }
+fi
+[[ -n $cuda_dirs ]] && dirs="$dirs:$cuda_dirs"
 export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 exec "$here/bin/$prog" "$@"
 RUN
