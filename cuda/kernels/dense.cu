@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "cuda/check.h"
+#include "cuda/kernels/colsum.cuh"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/reduce.cuh"
 
@@ -36,14 +37,14 @@ __global__ void add_bias_kernel(float* y, const float* b, int n, int c) {
   M6_GRID_STRIDE(i, total) y[i] += b[i % c];
 }
 
-// db[c] += sum_rows dy[n,c]: thread per column, rows in order, double
-__global__ void bias_grad_kernel(float* db, const float* dy, int n, int c) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= c) return;
-  double acc = 0.0;
-  for (int r = 0; r < n; r++) acc += dy[static_cast<int64_t>(r) * c + j];
-  db[j] += static_cast<float>(acc);
-}
+// db[c] += sum_rows dy[n,c] (colsum.cuh: two passes, double)
+struct BiasGradTerm {
+  const float* dy;
+  int c;
+  __device__ void operator()(int r, int j, double* acc) const {
+    acc[0] += dy[static_cast<int64_t>(r) * c + j];
+  }
+};
 
 __global__ void add_kernel(float* y, const float* a, const float* b, size_t n) {
   M6_GRID_STRIDE(i, n) y[i] = a[i] + b[i];
@@ -125,10 +126,9 @@ void launch_add_bias(float* y, const float* b, int n, int c, cudaStream_t st) {
   M6_LAUNCH_CHECK();
 }
 
-void launch_bias_grad(float* db, const float* dy, int n, int c, cudaStream_t st) {
-  if (c <= 0) return;
-  bias_grad_kernel<<<(c + kThreads - 1) / kThreads, kThreads, 0, st>>>(db, dy, n, c);
-  M6_LAUNCH_CHECK();
+void launch_bias_grad(float* db, const float* dy, int n, int c, double* partial,
+                      cudaStream_t st) {
+  launch_colsum<1>(db, nullptr, partial, BiasGradTerm{dy, c}, n, c, st);
 }
 
 void launch_add(float* y, const float* a, const float* b, size_t n, cudaStream_t st) {

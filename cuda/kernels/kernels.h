@@ -38,7 +38,8 @@ __device__ inline void record_bad(BadIndex* bad, int value, int row, int limit, 
 void launch_gemm_scale_c(float* c, int ldc, int64_t stride_c, int m, int n, int batch, float beta,
                          cudaStream_t st);
 void launch_add_bias(float* y, const float* b, int n, int c, cudaStream_t st);
-void launch_bias_grad(float* db, const float* dy, int n, int c, cudaStream_t st);
+// partial: colsum_scratch(n, c, 1) doubles of scratch (colsum.cuh)
+void launch_bias_grad(float* db, const float* dy, int n, int c, double* partial, cudaStream_t st);
 void launch_add(float* y, const float* a, const float* b, size_t n, cudaStream_t st);
 void launch_axpy(float* y, float alpha, const float* x, size_t n, cudaStream_t st);
 void launch_scale(float* x, float s, size_t n, cudaStream_t st);
@@ -123,9 +124,10 @@ void launch_add_layernorm_fwd(float* xo, float* y, float* mean, float* rstd, con
 void launch_add_layernorm_fwd_half(float* xo, float* y, float* mean, float* rstd, const float* x,
                                    const float* delta, const float* w, const float* b, int N,
                                    int d, HalfType t, cudaStream_t st);
+// partial: colsum_scratch(N, d, 2) doubles of scratch (colsum.cuh)
 void launch_layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                           const float* mean, const float* rstd, const float* w, int N, int d,
-                          cudaStream_t st);
+                          double* partial, cudaStream_t st);
 void launch_gelu_fwd(float* y, const float* x, size_t n, cudaStream_t st);
 void launch_gelu_bwd(float* dx, const float* x, const float* dy, size_t n, cudaStream_t st);
 // Backend::gelu_fwd_half / gelu_bwd_half: the rounding and the GELU in one pass.

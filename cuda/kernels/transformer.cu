@@ -1,11 +1,13 @@
 // Transformer kernels of the CUDA backend (twins of core/backend/cpu/cpu_transformer.h):
 // embedding, LayerNorm, GELU (tanh), cross-entropy. Plain first cut,
 // correctness before speed: one block per row for the row ops with double
-// reductions (reduce.cuh), one thread per column for the column sums (rows in
+// reductions (reduce.cuh), two-pass column sums (colsum.cuh) for the weight
+// gradients of LayerNorm, one thread per column for the embedding's (rows in
 // order, as the CPU). The attention is in attention.cu.
 #include <cmath>
 
 #include "cuda/check.h"
+#include "cuda/kernels/colsum.cuh"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/reduce.cuh"
 
@@ -125,21 +127,18 @@ __global__ void layernorm_bwd_dx_kernel(float* dx, const float* dy, const float*
   }
 }
 
-// dw[j] += sum_rows dy*xhat, db[j] += sum_rows dy; thread per column
-__global__ void layernorm_bwd_dwdb_kernel(float* dw, float* db, const float* dy, const float* x,
-                                          const float* mean, const float* rstd, int N, int d) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= d) return;
-  double aw = 0.0, ab = 0.0;
-  for (int r = 0; r < N; r++) {
+// dw[j] += sum_rows dy*xhat, db[j] += sum_rows dy (colsum.cuh: two passes,
+// double; acc[0] the weight's sum, acc[1] the bias's)
+struct LayernormGradTerm {
+  const float *dy, *x, *mean, *rstd;
+  int d;
+  __device__ void operator()(int r, int j, double* acc) const {
     const int64_t o = static_cast<int64_t>(r) * d + j;
     const double mu = mean[r], rs = rstd[r];
-    aw += static_cast<double>(dy[o]) * ((x[o] - mu) * rs);
-    ab += dy[o];
+    acc[0] += static_cast<double>(dy[o]) * ((x[o] - mu) * rs);
+    acc[1] += dy[o];
   }
-  dw[j] += static_cast<float>(aw);
-  db[j] += static_cast<float>(ab);
-}
+};
 
 // ---- gelu -------------------------------------------------------------------------
 __device__ __forceinline__ float gelu_value(float x) {
@@ -287,13 +286,11 @@ void launch_add_layernorm_fwd_half(float* xo, float* y, float* mean, float* rstd
 
 void launch_layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                           const float* mean, const float* rstd, const float* w, int N, int d,
-                          cudaStream_t st) {
+                          double* partial, cudaStream_t st) {
   if (N == 0 || d == 0) return;
   layernorm_bwd_dx_kernel<<<N, kRowThreads, 0, st>>>(dx, dy, x, mean, rstd, w, d);
   M6_LAUNCH_CHECK();
-  layernorm_bwd_dwdb_kernel<<<(d + kThreads - 1) / kThreads, kThreads, 0, st>>>(dw, db, dy, x,
-                                                                              mean, rstd, N, d);
-  M6_LAUNCH_CHECK();
+  launch_colsum<2>(dw, db, partial, LayernormGradTerm{dy, x, mean, rstd, d}, N, d, st);
 }
 
 void launch_gelu_fwd(float* y, const float* x, size_t n, cudaStream_t st) {

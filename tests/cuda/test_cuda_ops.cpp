@@ -109,7 +109,8 @@ void test_dense(Backend& c, Backend& g) {
   test_gemm(c, g, Trans::No, Trans::No, 4, 6, 0, 1, 2, 1.0f, 0.0f);   // k = 0, beta 0
   test_gemm(c, g, Trans::No, Trans::No, 4, 6, 0, 1, 2, 1.0f, 0.5f);   // k = 0, beta 0.5
 
-  for (int n : {1, 257}) {
+  // 9001 rows: the column sums' two passes with the most chunks (colsum.cuh)
+  for (int n : {1, 257, 9001}) {
     Twin t{c, g};
     const int w = 259;
     auto y = t.f(randn(static_cast<size_t>(n) * w)), b = t.f(randn(w));
@@ -454,7 +455,8 @@ void test_transformer(Backend& c, Backend& g) {
     t.check_f32("embedding_bwd dwte" + s, wte, kReduce);  // weight gradients: fp32
     t.check_f32("embedding_bwd dwpe" + s, wpe, kReduce);
   }
-  for (auto [N, d] : {std::pair{1, 259}, std::pair{257, 259}, std::pair{3, 257}}) {
+  for (auto [N, d] :
+       {std::pair{1, 259}, std::pair{257, 259}, std::pair{3, 257}, std::pair{9001, 67}}) {
     Twin t{c, g};
     const std::string s = " N" + std::to_string(N) + " d" + std::to_string(d);
     const size_t nd = static_cast<size_t>(N) * d;

@@ -26,7 +26,7 @@
 struct Dim3Emu {
   unsigned x = 0, y = 0, z = 0;
 };
-inline thread_local Dim3Emu threadIdx, blockIdx, blockDim;
+inline thread_local Dim3Emu threadIdx, blockIdx, blockDim, gridDim;
 
 namespace m6::cuda_emu {
 
@@ -75,6 +75,21 @@ void launch(unsigned blocks, unsigned threads, size_t shared_floats, F kernel) {
       });
     for (auto& th : ts) th.join();
   }
+}
+
+// Launches a kernel without barriers or shared memory (colsum.cuh) on a 2-D
+// grid, every thread in turn on the calling thread.
+template <class F>
+void launch_serial(Dim3Emu grid, unsigned threads, F kernel) {
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx)
+      for (unsigned t = 0; t < threads; ++t) {
+        threadIdx = {t, 0, 0};
+        blockIdx = {bx, by, 0};
+        blockDim = {threads, 1, 1};
+        gridDim = {grid.x, grid.y, 1};
+        kernel();
+      }
 }
 
 }  // namespace m6::cuda_emu

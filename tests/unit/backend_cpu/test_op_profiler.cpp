@@ -53,3 +53,19 @@ TEST_CASE("op profiler: host-clock marks measure the time between them", "[profi
   be->marks_reset();
   CHECK(be->mark() == 0);
 }
+
+// A device communicator finds the device backend's stream through the
+// wrappers (wrapped()): the profiler and the recording twin each name the
+// backend they wrap; a plain backend wraps none.
+TEST_CASE("op profiler: wrappers name the backend they wrap", "[profile]") {
+  auto plain = make_cpu_backend(1);
+  CHECK(plain->wrapped() == nullptr);
+  auto inner = make_cpu_backend(1);
+  Backend* cpu = inner.get();
+  auto rec = make_recording_backend(std::move(inner));
+  Backend* recp = rec.get();
+  auto prof = make_op_profiler(std::move(rec));
+  REQUIRE(prof->wrapped() == recp);
+  CHECK(recp->wrapped() == cpu);
+  CHECK(cpu->wrapped() == nullptr);
+}
