@@ -27,6 +27,7 @@
 #include "cuda/backend_cuda.h"
 #include "cuda/check.h"
 #include "cuda/gemm_lt.h"
+#include "cuda/kernels/colsum.cuh"
 #include "cuda/kernels/kernels.h"
 #include "cuda/staging_ring.h"
 
@@ -440,7 +441,7 @@ class CudaBackend final : public Backend {
   }
   void bias_grad(float* db, const float* dy, int n, int c) override {
     check_nonneg("bias_grad", n, c);
-    cuda::launch_bias_grad(db, dy, n, c, stream_);
+    cuda::launch_bias_grad(db, dy, n, c, partials(cuda::colsum_scratch(n, c, 1)), stream_);
   }
   void add(float* y, const float* a, const float* b, size_t n) override {
     cuda::launch_add(y, a, b, n, stream_);
@@ -644,7 +645,8 @@ class CudaBackend final : public Backend {
   void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
                      const float* mean, const float* rstd, const float* w, int N, int d) override {
     check_nonneg("layernorm_bwd", N, d);
-    cuda::launch_layernorm_bwd(dx, dw, db, dy, x, mean, rstd, w, N, d, stream_);
+    cuda::launch_layernorm_bwd(dx, dw, db, dy, x, mean, rstd, w, N, d,
+                               partials(cuda::colsum_scratch(N, d, 2)), stream_);
   }
   void gelu_fwd(float* y, const float* x, size_t n) override {
     cuda::launch_gelu_fwd(y, x, n, stream_);
@@ -859,13 +861,16 @@ class CudaBackend final : public Backend {
 
   // Grows the reduction scratch to the partials of n elements. The old
   // buffer is retired, not freed: a graph captured earlier may still use it.
-  void ensure_partials(size_t n) {
-    const size_t parts = cuda::reduce_partials(n);
-    if (parts <= partial_cap_) return;
-    auto* fresh = static_cast<double*>(alloc(parts * sizeof(double)));
+  void ensure_partials(size_t n) { (void)partials(cuda::reduce_partials(n)); }
+  // The reduction scratch with room for `doubles` (the column sums' partials
+  // too), grown when short; a micro-batch's warm-up grows it before a capture.
+  double* partials(size_t doubles) {
+    if (doubles <= partial_cap_) return partial_;
+    auto* fresh = static_cast<double*>(alloc(doubles * sizeof(double)));
     retire(partial_);
     partial_ = fresh;
-    partial_cap_ = parts;
+    partial_cap_ = doubles;
+    return partial_;
   }
   double reduce(const float* x, size_t n, bool squares) {
     ensure_partials(n);
@@ -1043,8 +1048,17 @@ std::string cuda_device_uuid(int device) {
   return s;
 }
 
+namespace {
+// The CUDA backend under any wrappers (the op profiler, the recording twin).
+CudaBackend* unwrap_cuda(Backend& be) {
+  Backend* b = &be;
+  while (Backend* w = b->wrapped()) b = w;
+  return dynamic_cast<CudaBackend*>(b);
+}
+}  // namespace
+
 cudaStream_t cuda_backend_stream(Backend& be) {
-  auto* c = dynamic_cast<CudaBackend*>(&be);
+  auto* c = unwrap_cuda(be);
   if (c == nullptr)
     throw Error(fmt("expected the CUDA backend, got ", be.name(), " (a device communicator needs "
                     "the CUDA backend's stream)"));
@@ -1056,7 +1070,7 @@ void cuda_stall_stream(Backend& be, double seconds) {
 }
 
 int cuda_backend_device(Backend& be) {
-  auto* c = dynamic_cast<CudaBackend*>(&be);
+  auto* c = unwrap_cuda(be);
   if (c == nullptr) throw Error(fmt("expected the CUDA backend, got ", be.name()));
   return c->device();
 }

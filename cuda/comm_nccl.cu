@@ -9,6 +9,14 @@
 // (ncclCommAbort, which also ends its kernels still waiting on the lost peer)
 // and CommTimeout names the collective; NCCL's own errors take the same path.
 //
+// After a non-blocking NCCL call returns ncclInProgress, nothing else may be
+// put on the stream until NCCL has enqueued the collective (its kernels are
+// launched from a background thread when a connection is being set up, e.g.
+// the first exchange with a peer): enqueued() waits for that after every
+// NCCL call, before the copies and conversions that consume the result.
+// Host buffers go through pinned staging (a device-to-pageable copy would
+// block the host inside CUDA until the collective ends, past any timeout).
+//
 // Collectives run on the CUDA backend's stream. The time counted as
 // communication (CommActivity::seconds) is the GPU time between two events
 // around the collective, so the compute queued before it is not counted.
@@ -16,9 +24,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
+#include <cstring>
 #include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/parallel/comm_nccl.h"
@@ -27,6 +36,9 @@
 #include "cuda/backend_cuda.h"
 #include "cuda/check.h"
 #include "cuda/kernels/kernels.h"
+
+static_assert(NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0),
+              "m6train needs NCCL 2.18 or newer (ncclCommSplit, non-blocking communicators, bf16)");
 
 namespace m6 {
 namespace {
@@ -86,6 +98,28 @@ struct Scratch {
   }
 };
 
+// Pinned host memory that grows on demand: the host side of a collective on
+// host buffers, so that both copies are asynchronous.
+struct PinnedScratch {
+  void* p = nullptr;
+  size_t bytes = 0;
+  void* get(size_t n, cudaStream_t st) {
+    if (n <= bytes) return p;
+    if (p != nullptr) {
+      M6_CUDA_CHECK(cudaStreamSynchronize(st));
+      M6_CUDA_CHECK(cudaFreeHost(p));
+      p = nullptr;
+    }
+    const size_t want = std::max<size_t>(n, 4096);
+    M6_CUDA_CHECK(cudaMallocHost(&p, want));
+    bytes = want;
+    return p;
+  }
+  ~PinnedScratch() {
+    if (p != nullptr) cudaFreeHost(p);
+  }
+};
+
 class NcclComm final : public Comm {
  public:
   NcclComm(ncclComm_t c, int device, cudaStream_t stream, std::shared_ptr<CommActivity> a)
@@ -120,8 +154,10 @@ class NcclComm final : public Comm {
     void* d = device_view(buf, count * es, stage_a_, true);
     start();
     check(ncclAllReduce(d, d, count, nccl_type(t), nccl_op(op), comm_, stream_), "ncclAllReduce");
-    if (d != buf) M6_CUDA_CHECK(cudaMemcpyAsync(buf, d, count * es, cudaMemcpyDeviceToHost, stream_));
+    enqueued("all_reduce");
+    void* back = d != buf ? to_pinned(d, count * es) : nullptr;
     finish("all_reduce");
+    if (back != nullptr) std::memcpy(buf, back, count * es);
   }
 
   void all_to_all_v(const void* send, const int64_t* send_counts, const int64_t* send_displs,
@@ -139,13 +175,14 @@ class NcclComm final : public Comm {
     void* dr = recv_host ? stage_b_.get(recv_end * es, stream_) : recv;
     start();
     exchange(ds, send_counts, send_displs, dr, recv_counts, recv_displs, es, nccl_type(t));
-    if (recv_host)  // only the received blocks: the gaps of recv keep their contents
+    enqueued("all_to_all_v");
+    char* back = recv_host ? static_cast<char*>(to_pinned(dr, recv_end * es)) : nullptr;
+    activity().a2a_seconds += finish("all_to_all_v");
+    if (back != nullptr)  // only the received blocks: the gaps of recv keep their contents
       for (int p = 0; p < size_; ++p)
         if (recv_counts[p] > 0)
-          M6_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(recv) + recv_displs[p] * es,
-                                        static_cast<char*>(dr) + recv_displs[p] * es,
-                                        recv_counts[p] * es, cudaMemcpyDeviceToHost, stream_));
-    finish("all_to_all_v");
+          std::memcpy(static_cast<char*>(recv) + recv_displs[p] * es, back + recv_displs[p] * es,
+                      recv_counts[p] * es);
   }
 
   void all_gather(const void* send, void* recv, size_t count, CommDType t) override {
@@ -156,10 +193,10 @@ class NcclComm final : public Comm {
     void* dr = recv_host ? stage_b_.get(count * es * size_, stream_) : recv;
     start();
     check(ncclAllGather(ds, dr, count, nccl_type(t), comm_, stream_), "ncclAllGather");
-    if (recv_host)
-      M6_CUDA_CHECK(
-          cudaMemcpyAsync(recv, dr, count * es * size_, cudaMemcpyDeviceToHost, stream_));
+    enqueued("all_gather");
+    void* back = recv_host ? to_pinned(dr, count * es * size_) : nullptr;
     finish("all_gather");
+    if (back != nullptr) std::memcpy(recv, back, count * es * size_);
   }
 
   void broadcast(void* buf, size_t count, CommDType t, int root) override {
@@ -168,14 +205,17 @@ class NcclComm final : public Comm {
     void* d = device_view(buf, count * es, stage_a_, rank_ == root);
     start();
     check(ncclBroadcast(d, d, count, nccl_type(t), root, comm_, stream_), "ncclBroadcast");
-    if (d != buf) M6_CUDA_CHECK(cudaMemcpyAsync(buf, d, count * es, cudaMemcpyDeviceToHost, stream_));
+    enqueued("broadcast");
+    void* back = d != buf ? to_pinned(d, count * es) : nullptr;
     finish("broadcast");
+    if (back != nullptr) std::memcpy(buf, back, count * es);
   }
 
   void barrier() override {
     void* d = stage_a_.get(sizeof(float), stream_);
     start();
     check(ncclAllReduce(d, d, 1, ncclFloat32, ncclSum, comm_, stream_), "ncclAllReduce");
+    enqueued("barrier");
     finish("barrier");
   }
 
@@ -205,6 +245,7 @@ class NcclComm final : public Comm {
     start();
     check(ncclAllReduce(h, h, count, nccl_type(wire), nccl_op(op), comm_, stream_),
           "ncclAllReduce");
+    enqueued("all_reduce");
     cuda::launch_half_to_f32(buf, h, count, wire == CommDType::BF16, 1.0f / scale, stream_);
     finish("all_reduce");
   }
@@ -217,8 +258,13 @@ class NcclComm final : public Comm {
       send_end = std::max(send_end, send_displs[p] + send_counts[p]);
       recv_end = std::max(recv_end, recv_displs[p] + recv_counts[p]);
     }
-    const bool on_device = (send_end == 0 || is_device_pointer(send)) &&
-                           (recv_end == 0 || is_device_pointer(recv));
+    const bool send_dev = send_end == 0 || is_device_pointer(send);
+    const bool recv_dev = recv_end == 0 || is_device_pointer(recv);
+    // The host fallback below reads and writes both sides on the host.
+    M6_CHECK(send_dev == recv_dev, "all_to_all_v_f32: send and recv must both be device or both "
+             "host buffers (send on the ", send_dev ? "device" : "host", ", recv on the ",
+             recv_dev ? "device" : "host", ")");
+    const bool on_device = send_dev && recv_dev;
     if (wire == CommDType::F32 || !on_device)
       return Comm::all_to_all_v_f32(send, send_counts, send_displs, recv, recv_counts,
                                     recv_displs, wire, scale);
@@ -234,11 +280,12 @@ class NcclComm final : public Comm {
                                  scale, stream_);
     start();
     exchange(hs, send_counts, send_displs, hr, recv_counts, recv_displs, 2, nccl_type(wire));
+    enqueued("all_to_all_v");
     for (int p = 0; p < size_; ++p)
       if (recv_counts[p] > 0)
         cuda::launch_half_to_f32(recv + recv_displs[p], hr + recv_displs[p], recv_counts[p], bf16,
                                  1.0f / scale, stream_);
-    finish("all_to_all_v");
+    activity().a2a_seconds += finish("all_to_all_v");
   }
 
  private:
@@ -285,52 +332,80 @@ class NcclComm final : public Comm {
 
   // A device pointer to `bytes` of `p`'s contents: p itself when it is device
   // memory, else the staging buffer `s`, filled from the host when `fill`.
+  // Host data goes through pinned memory (pinned_in_), so the copy is
+  // asynchronous and never waits on a collective.
   void* device_view(void* p, size_t bytes, Scratch& s, bool fill) {
     if (bytes == 0 || is_device_pointer(p)) return p;
     void* d = s.get(bytes, stream_);
-    if (fill) M6_CUDA_CHECK(cudaMemcpyAsync(d, p, bytes, cudaMemcpyHostToDevice, stream_));
+    if (fill) {
+      void* h = pinned_in_.get(bytes, stream_);  // its last copy out has finished (finish())
+      std::memcpy(h, p, bytes);
+      M6_CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_));
+    }
     return d;
+  }
+  // Enqueues the copy of `bytes` of device memory `d` into pinned_out_ and
+  // returns it; readable on the host once finish() has returned.
+  void* to_pinned(const void* d, size_t bytes) {
+    void* h = pinned_out_.get(bytes, stream_);
+    M6_CUDA_CHECK(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, stream_));
+    return h;
   }
 
   // Grouped point-to-point: the all-to-all-v of NCCL (it has no alltoallv).
   void exchange(const void* send, const int64_t* sc, const int64_t* sd, void* recv,
                 const int64_t* rc, const int64_t* rd, size_t es, ncclDataType_t t) {
     check(ncclGroupStart(), "ncclGroupStart");
+    // A failed send or receive closes the group before failing: an open
+    // group would swallow this thread's later NCCL calls.
+    auto in_group = [&](ncclResult_t r, const char* what) {
+      if (r == ncclSuccess || r == ncclInProgress) return;
+      (void)ncclGroupEnd();
+      fail(r, what);
+    };
     for (int p = 0; p < size_; ++p) {
       if (sc[p] > 0)
-        check(ncclSend(static_cast<const char*>(send) + sd[p] * es, sc[p], t, p, comm_, stream_),
-              "ncclSend");
+        in_group(ncclSend(static_cast<const char*>(send) + sd[p] * es, sc[p], t, p, comm_, stream_),
+                 "ncclSend");
       if (rc[p] > 0)
-        check(ncclRecv(static_cast<char*>(recv) + rd[p] * es, rc[p], t, p, comm_, stream_),
-              "ncclRecv");
+        in_group(ncclRecv(static_cast<char*>(recv) + rd[p] * es, rc[p], t, p, comm_, stream_),
+                 "ncclRecv");
     }
     check(ncclGroupEnd(), "ncclGroupEnd");
   }
 
   void start() { M6_CUDA_CHECK(cudaEventRecord(before_, stream_)); }
 
-  // Waits for the collective just issued: NCCL's enqueueing (non-blocking
-  // communicator), then the stream up to an event recorded after it.
-  void finish(const char* op) {
-    CommActivity& a = activity();
-    ++a.collectives;
-    bool recorded = false;
-    ncclResult_t nccl_state = ncclSuccess;
-    cudaError_t cuda_state = cudaSuccess;
+  // Waits until NCCL has enqueued the call just made (a non-blocking
+  // communicator's ncclInProgress), before any other work goes on the stream.
+  void enqueued(const char* op) {
+    ncclResult_t st = ncclSuccess;
     try {
       wait_collective(
           [&] {
-            if (!recorded) {
-              ncclResult_t st = ncclSuccess;
-              ncclCommGetAsyncError(comm_, &st);
-              if (st == ncclInProgress) return false;
-              if (st != ncclSuccess) {
-                nccl_state = st;
-                return true;
-              }
-              M6_CUDA_CHECK(cudaEventRecord(after_, stream_));
-              recorded = true;
-            }
+            ncclCommGetAsyncError(comm_, &st);
+            return st != ncclInProgress;
+          },
+          activity(), op, role(), size_);
+    } catch (const CommTimeout& e) {
+      abort_comm();
+      throw CommTimeout(fmt(e.what(), "; the NCCL communicator was aborted"));
+    }
+    if (st != ncclSuccess) fail(st, op);
+  }
+
+  // Waits for the stream up to an event recorded after the collective (and
+  // the copies that consume it); enqueued() came first. Returns the GPU
+  // seconds between start() and that event.
+  double finish(const char* op) {
+    CommActivity& a = activity();
+    ++a.collectives;
+    ncclResult_t nccl_state = ncclSuccess;
+    cudaError_t cuda_state = cudaSuccess;
+    M6_CUDA_CHECK(cudaEventRecord(after_, stream_));
+    try {
+      wait_collective(
+          [&] {
             const cudaError_t q = cudaEventQuery(after_);
             if (q == cudaErrorNotReady) {
               // A peer failing mid-collective shows up here, not in the event.
@@ -353,7 +428,9 @@ class NcclComm final : public Comm {
     if (nccl_state != ncclSuccess) fail(nccl_state, op);
     M6_CUDA_CHECK(cuda_state);
     float ms = 0;
-    if (cudaEventElapsedTime(&ms, before_, after_) == cudaSuccess) a.seconds += ms * 1e-3;
+    if (cudaEventElapsedTime(&ms, before_, after_) != cudaSuccess) return 0.0;
+    a.seconds += ms * 1e-3;
+    return ms * 1e-3;
   }
 
   // Waits until a non-blocking NCCL call on `c` (init, split) has completed.
@@ -393,6 +470,7 @@ class NcclComm final : public Comm {
   int rank_ = 0, size_ = 1;
   bool aborted_ = false;
   Scratch stage_a_, stage_b_;
+  PinnedScratch pinned_in_, pinned_out_;
 };
 
 }  // namespace
@@ -425,10 +503,12 @@ std::unique_ptr<Comm> make_nccl_comm(Comm& bootstrap, Backend& be) {
   ncclComm_t c = nullptr;
   const ncclResult_t r =
       ncclCommInitRankConfig(&c, bootstrap.size(), id, bootstrap.rank(), &cfg);
-  if (r != ncclSuccess && r != ncclInProgress)
+  if (r != ncclSuccess && r != ncclInProgress) {
+    if (c != nullptr) ncclCommAbort(c);  // a partly created communicator
     throw Error(fmt("ncclCommInitRankConfig failed on rank ", bootstrap.rank(), " of ",
                     bootstrap.size(), " (device ", device, "): ", ncclGetErrorString(r), " (NCCL ",
                     nccl_runtime_version(), ")"));
+  }
   {
     CommLabel label(a, "NCCL communicator init");
     NcclComm::await_nccl_state(c, "ncclCommInitRankConfig", a, "world", bootstrap.size());

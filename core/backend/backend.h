@@ -48,6 +48,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // The backend this one wraps (ForwardingBackend: the op profiler, the
+  // recording twin), nullptr for a backend of its own.
+  virtual Backend* wrapped() { return nullptr; }
 
   // ---- memory ---------------------------------------------------------------
   virtual void* alloc(size_t bytes) = 0;  // zero-filled

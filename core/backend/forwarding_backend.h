@@ -30,6 +30,7 @@ class ForwardingBackend : public Backend {
     M6_CHECK(in_ != nullptr, "forwarding backend: no backend to wrap");
   }
   Backend& inner() { return *in_; }
+  Backend* wrapped() override { return in_.get(); }
   const Backend& inner() const { return *in_; }
   int mark() override { return in_->mark(); }
   double mark_ms(int a, int b) override { return in_->mark_ms(a, b); }
