@@ -429,10 +429,12 @@ class CudaBackend final : public Backend {
         blas_, opn.data(), opt.data(), m_in.data(), k_out.data(), n.data(), one.data(), ptrs(3),
         CUDA_R_32F, ld_in.data(), ptrs(1), CUDA_R_32F, ld_out.data(), one.data(), outs(4),
         CUDA_R_32F, ld_in.data(), G, size.data(), compute));
+    const int max_rows = static_cast<int>(*std::max_element(rows.begin(), rows.end()));
     cuda::launch_grouped_bias_grad(reinterpret_cast<float* const*>(group_table_ + 5 * pb), dy,
                                    reinterpret_cast<const int64_t*>(group_table_ + 6 * pb),
                                    reinterpret_cast<const int64_t*>(group_table_ + 6 * pb + G * 8),
-                                   G, out, stream_);
+                                   G, out, max_rows, partials(cuda::colsum_scratch(max_rows, out, G)),
+                                   stream_);
   }
 
   void add_bias(float* y, const float* b, int n, int c) override {

@@ -61,6 +61,37 @@ __global__ void colsum_final_kernel(float* out0, float* out1, const double* part
   }
 }
 
+// Grouped (the experts' bias gradients): group g sums its rows [row[g],
+// row[g] + rows[g]) of dy [*, c] into db[g] (skipped when null), cut into
+// `chunks` chunks of its own size. partial: [group][chunk][c].
+// Grid (column blocks, chunks, groups). (static: one copy per .cu that
+// includes this header, as for the templates above)
+static __global__ void grouped_colsum_partial_kernel(double* partial, float* const* db, const float* dy,
+                                              const int64_t* row, const int64_t* rows, int c,
+                                              int chunks) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  const int g = blockIdx.z, chunk = blockIdx.y;
+  if (j >= c || db[g] == nullptr) return;
+  const int64_t n = rows[g];
+  const int64_t per = (n + chunks - 1) / chunks;
+  const int64_t r0 = chunk * per;
+  const int64_t r1 = r0 + per < n ? r0 + per : n;
+  const float* base = dy + static_cast<size_t>(row[g]) * c + j;
+  double acc = 0.0;
+  for (int64_t r = r0; r < r1; ++r) acc += base[static_cast<size_t>(r) * c];
+  partial[(static_cast<size_t>(g) * chunks + chunk) * c + j] = acc;
+}
+// Grid (column blocks, groups).
+static __global__ void grouped_colsum_final_kernel(float* const* db, const double* partial, int chunks,
+                                            int c) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  const int g = blockIdx.y;
+  if (j >= c || db[g] == nullptr) return;
+  double s = 0.0;
+  for (int ch = 0; ch < chunks; ++ch) s += partial[(static_cast<size_t>(g) * chunks + ch) * c + j];
+  db[g][j] += static_cast<float>(s);
+}
+
 #ifdef __CUDACC__  // the kernels above also compile on the host (tests/cuda/emulated)
 // out0[j] (+ out1[j] when K = 2) += the column sums of term over n rows;
 // `partial` holds colsum_scratch(n, c, K) doubles. n >= 0, c > 0.

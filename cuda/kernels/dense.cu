@@ -219,25 +219,20 @@ __global__ void grouped_bias_act_kernel(float* y, float* act, const float* const
   }
 }
 
-// grid (column blocks, groups): one thread per (group, column)
-__global__ void grouped_bias_grad_kernel(float* const* db, const float* dy, const int64_t* row,
-                                         const int64_t* rows, int c) {
-  const int g = blockIdx.y;
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= c || db[g] == nullptr) return;
-  const float* base = dy + static_cast<size_t>(row[g]) * c + j;
-  double acc = 0.0;
-  for (int64_t r = 0; r < rows[g]; r++) acc += base[static_cast<size_t>(r) * c];
-  db[g][j] += static_cast<float>(acc);
-}
 
 }  // namespace
 
 void launch_grouped_bias_grad(float* const* db, const float* dy, const int64_t* row,
-                              const int64_t* rows, int count, int c, cudaStream_t st) {
+                              const int64_t* rows, int count, int c, int max_rows,
+                              double* partial, cudaStream_t st) {
   if (count == 0 || c == 0) return;
-  const dim3 grid((c + kThreads - 1) / kThreads, count);
-  grouped_bias_grad_kernel<<<grid, kThreads, 0, st>>>(db, dy, row, rows, c);
+  const int chunks = colsum_chunks(max_rows);
+  const int col_blocks = (c + kColThreads - 1) / kColThreads;
+  grouped_colsum_partial_kernel<<<dim3(col_blocks, chunks, count), kColThreads, 0, st>>>(
+      partial, db, dy, row, rows, c, chunks);
+  M6_LAUNCH_CHECK();
+  grouped_colsum_final_kernel<<<dim3(col_blocks, count), kColThreads, 0, st>>>(db, partial,
+                                                                              chunks, c);
   M6_LAUNCH_CHECK();
 }
 

@@ -83,8 +83,11 @@ void launch_grouped_bias_act(float* y, float* act, const float* const* bias,
 // the sum over group i's rows [row[i], row[i] + rows[i]) of dy[., c] (db[i]
 // null: skipped). One launch for every group; each column summed in row order
 // in double, as bias_grad (deterministic).
+// The bias gradients of `count` groups (colsum.cuh, grouped): max_rows the
+// most rows of a group; partial: colsum_scratch(max_rows, c, count) doubles.
 void launch_grouped_bias_grad(float* const* db, const float* dy, const int64_t* row,
-                              const int64_t* rows, int count, int c, cudaStream_t st);
+                              const int64_t* rows, int count, int c, int max_rows,
+                              double* partial, cudaStream_t st);
 
 // ---- optimizer (adamw.cu) -------------------------------------------------------
 void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, double lr, double b1,

@@ -77,19 +77,22 @@ void launch(unsigned blocks, unsigned threads, size_t shared_floats, F kernel) {
   }
 }
 
-// Launches a kernel without barriers or shared memory (colsum.cuh) on a 2-D
-// grid, every thread in turn on the calling thread.
+// Launches a kernel without barriers or shared memory (colsum.cuh) on a 3-D
+// grid (a 0 in grid.y or grid.z counts as 1), every thread in turn on the
+// calling thread.
 template <class F>
 void launch_serial(Dim3Emu grid, unsigned threads, F kernel) {
-  for (unsigned by = 0; by < grid.y; ++by)
-    for (unsigned bx = 0; bx < grid.x; ++bx)
-      for (unsigned t = 0; t < threads; ++t) {
-        threadIdx = {t, 0, 0};
-        blockIdx = {bx, by, 0};
-        blockDim = {threads, 1, 1};
-        gridDim = {grid.x, grid.y, 1};
-        kernel();
-      }
+  const unsigned gy = grid.y ? grid.y : 1, gz = grid.z ? grid.z : 1;
+  for (unsigned bz = 0; bz < gz; ++bz)
+    for (unsigned by = 0; by < gy; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx)
+        for (unsigned t = 0; t < threads; ++t) {
+          threadIdx = {t, 0, 0};
+          blockIdx = {bx, by, bz};
+          blockDim = {threads, 1, 1};
+          gridDim = {grid.x, gy, gz};
+          kernel();
+        }
 }
 
 }  // namespace m6::cuda_emu

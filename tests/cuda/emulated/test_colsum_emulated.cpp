@@ -4,7 +4,8 @@
 // single pass in row order (double, then float) to the last bit or within
 // the double association error, and two runs are bit-identical. Shapes cover
 // one chunk, a partial last chunk, the most chunks (128) and empty trailing
-// chunks. Exit code 0 when every check passes.
+// chunks; and the grouped form (the experts' bias gradients). Exit code 0
+// when every check passes.
 #include "tests/cuda/emulated/cuda_emulation.h"
 // (the emulation first: colsum.cuh's kernels use its built-ins)
 #include "cuda/kernels/colsum.cuh"
@@ -102,6 +103,53 @@ void run_shape(int n, int c, std::mt19937& rng) {
         "two runs bit-identical", n, c, 0);
 }
 
+// The experts' bias gradients: groups of their own row counts (0 rows, a
+// few, one chunk, 128 chunks) at their offsets of one dy, one group without
+// a bias (db null: untouched).
+void run_grouped(std::mt19937& rng) {
+  std::normal_distribution<float> nd;
+  const int c = 300;
+  const std::vector<int64_t> rows = {0, 5, 200, 9001, 70};
+  std::vector<int64_t> row(rows.size());
+  int64_t total = 0;
+  for (size_t g = 0; g < rows.size(); ++g) row[g] = total, total += rows[g];
+  std::vector<float> dy(static_cast<size_t>(total) * c);
+  for (auto& v : dy) v = nd(rng);
+  const int G = static_cast<int>(rows.size());
+  std::vector<std::vector<float>> db(G, std::vector<float>(c, 0.25f));
+  std::vector<float*> dbp(G);
+  for (int g = 0; g < G; ++g) dbp[g] = db[g].data();
+  dbp[4] = nullptr;  // no bias
+  const int max_rows = 9001;
+  const int chunks = cu::colsum_chunks(max_rows);
+  std::vector<double> partial(cu::colsum_scratch(max_rows, c, G), std::nan(""));
+  const unsigned col_blocks = (c + cu::kColThreads - 1) / cu::kColThreads;
+  emu::launch_serial({col_blocks, static_cast<unsigned>(chunks), static_cast<unsigned>(G)},
+                     cu::kColThreads, [&] {
+                       cu::grouped_colsum_partial_kernel(partial.data(), dbp.data(), dy.data(),
+                                                         row.data(), rows.data(), c, chunks);
+                     });
+  emu::launch_serial({col_blocks, static_cast<unsigned>(G), 1}, cu::kColThreads, [&] {
+    cu::grouped_colsum_final_kernel(dbp.data(), partial.data(), chunks, c);
+  });
+  double worst = 0;
+  for (int g = 0; g < 4; ++g)
+    for (int j = 0; j < c; ++j) {
+      double s = 0, a = 0;
+      for (int64_t r = 0; r < rows[g]; ++r) {
+        const double v = dy[static_cast<size_t>(row[g] + r) * c + j];
+        s += v, a += std::fabs(v);
+      }
+      const float want = 0.25f + static_cast<float>(s);
+      worst = std::max(worst, std::fabs(db[g][j] - want) - 1e-7 * std::fabs(want) - 1e-12 * a);
+    }
+  check(worst <= 0, "grouped bias sums vs the CPU's row order", total, c, worst);
+  bool untouched = true;
+  for (float v : db[4]) untouched &= v == 0.25f;
+  check(untouched, "grouped: a group without a bias is left alone", total, c, 0);
+  check(db[0][0] == 0.25f, "grouped: a group of 0 rows adds 0", total, c, db[0][0]);
+}
+
 }  // namespace
 
 int main() {
@@ -111,6 +159,7 @@ int main() {
   // per chunk); two column blocks with a partial second.
   const int shapes[][2] = {{1, 1}, {63, 5}, {64, 300}, {257, 259}, {9001, 67}, {8193, 3}, {130, 513}};
   for (const auto& s : shapes) run_shape(s[0], s[1], rng);
+  run_grouped(rng);
   std::printf("colsum emulated: %d of %d checks failed\n", g_failed, g_checks);
   return g_failed == 0 ? 0 : 1;
 }
