@@ -2,12 +2,13 @@
 // embedding, LayerNorm, GELU (tanh), cross-entropy. Plain first cut,
 // correctness before speed: one block per row for the row ops with double
 // reductions (reduce.cuh), two-pass column sums (colsum.cuh) for the weight
-// gradients of LayerNorm, one thread per column for the embedding's (rows in
+// gradients of LayerNorm, token buckets for the embedding's (rows in
 // order, as the CPU). The attention is in attention.cu.
 #include <cmath>
 
 #include "cuda/check.h"
 #include "cuda/kernels/colsum.cuh"
+#include "cuda/kernels/embedding_bwd.cuh"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/reduce.cuh"
 
@@ -30,15 +31,7 @@ __global__ void embedding_fwd_kernel(float* x, const int32_t* tokens, const floa
   for (int j = threadIdx.x; j < d; j += blockDim.x) out[j] = we[j] + pe[j];
 }
 
-// dwte[tok, j] += dx[r, j] for r in order: one thread per column j, so a token
-// that occurs many times is accumulated by one thread, like the CPU (and no atomics).
-__global__ void embedding_bwd_wte_kernel(float* dwte, const float* dx, const int32_t* tokens,
-                                         int rows, int d) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= d) return;
-  for (int r = 0; r < rows; r++)
-    dwte[static_cast<int64_t>(tokens[r]) * d + j] += dx[static_cast<int64_t>(r) * d + j];
-}
+// dwte: embedding_bwd.cuh (rows in order per token, spread by token buckets)
 
 // dwpe[t, j] += sum_b dx[b, t, j] (double); thread per (t, j)
 __global__ void embedding_bwd_wpe_kernel(float* dwpe, const float* dx, int B, int T, int d) {
@@ -250,8 +243,8 @@ void launch_embedding_fwd(float* x, const int32_t* tokens, const float* wte, con
 void launch_embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32_t* tokens, int B,
                           int T, int d, cudaStream_t st) {
   if (B * T == 0 || d == 0) return;
-  embedding_bwd_wte_kernel<<<(d + kThreads - 1) / kThreads, kThreads, 0, st>>>(dwte, dx, tokens,
-                                                                             B * T, d);
+  const dim3 wte_grid((d + kWteThreads - 1) / kWteThreads, kWteBuckets);
+  embedding_bwd_wte_bucket_kernel<<<wte_grid, kWteThreads, 0, st>>>(dwte, dx, tokens, B * T, d);
   M6_LAUNCH_CHECK();
   const int64_t td = static_cast<int64_t>(T) * d;
   embedding_bwd_wpe_kernel<<<static_cast<unsigned>((td + kThreads - 1) / kThreads), kThreads, 0,

@@ -77,6 +77,29 @@ void launch(unsigned blocks, unsigned threads, size_t shared_floats, F kernel) {
   }
 }
 
+// Launches kernel() on a 2-D grid of blocks of `threads` host threads (with
+// __syncthreads; static __shared__ arrays, as blocks run one at a time).
+template <class F>
+void launch_grid(Dim3Emu grid, unsigned threads, F kernel) {
+  const unsigned gy = grid.y ? grid.y : 1;
+  for (unsigned by = 0; by < gy; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      Block blk(static_cast<int>(threads), 0);
+      std::vector<std::thread> ts;
+      ts.reserve(threads);
+      for (unsigned t = 0; t < threads; ++t)
+        ts.emplace_back([&, bx, by, t] {
+          threadIdx = {t, 0, 0};
+          blockIdx = {bx, by, 0};
+          blockDim = {threads, 1, 1};
+          gridDim = {grid.x, gy, 1};
+          t_block = &blk;
+          kernel();
+        });
+      for (auto& th : ts) th.join();
+    }
+}
+
 // Launches a kernel without barriers or shared memory (colsum.cuh) on a 3-D
 // grid (a 0 in grid.y or grid.z counts as 1), every thread in turn on the
 // calling thread.
@@ -101,6 +124,8 @@ void launch_serial(Dim3Emu grid, unsigned threads, F kernel) {
 #define __global__
 #define __device__
 #define __launch_bounds__(n)
+// a static __shared__ array: one per kernel instance, and blocks run one at a time
+#define __shared__ static
 #define M6_FLASH_SHARED(name) float* name = ::m6::cuda_emu::t_block->shared.get()
 inline int min(int a, int b) { return a < b ? a : b; }
 inline void __syncthreads() { m6::cuda_emu::t_block->bar.arrive_and_wait(); }
