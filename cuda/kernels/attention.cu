@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 
+#include "core/util/error.h"
 #include "cuda/check.h"
 #include "cuda/kernels/attention_kernels.cuh"
 #include "cuda/kernels/attention_tc_kernels.cuh"
@@ -19,12 +20,41 @@ namespace {
 
 using namespace flash;
 
+// The current device's shared-memory opt-in limit and compute capability,
+// read once per device (attention asks on every call; cudaGetDevice is a
+// host-side lookup).
+struct Caps {
+  int optin = 0, major = 0;
+};
+Caps device_caps() {
+  static std::mutex mu;
+  static std::map<int, Caps> caps_of;
+  int dev = 0;
+  M6_CUDA_CHECK(cudaGetDevice(&dev));
+  const std::lock_guard<std::mutex> lock(mu);
+  auto it = caps_of.find(dev);
+  if (it == caps_of.end()) {
+    Caps c;
+    M6_CUDA_CHECK(cudaDeviceGetAttribute(&c.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    M6_CUDA_CHECK(cudaDeviceGetAttribute(&c.major, cudaDevAttrComputeCapabilityMajor, dev));
+    it = caps_of.emplace(dev, c).first;
+  }
+  return it->second;
+}
+
 // Kernels above 48 KiB of dynamic shared memory must opt in (a host-side
-// attribute, cheap to set at every launch).
+// attribute, cheap to set at every launch); more than the device allows is
+// a clear error (the fp32 kernels at head sizes above 128 need about
+// 137 KiB: sm_80 and sm_90 have it, sm_86 / sm_89 do not).
 template <class K>
 void launch(K kernel, const FlashParams& p, size_t shmem_floats, cudaStream_t st,
             int threads = kThreads) {
   const size_t bytes = shmem_floats * sizeof(float);
+  const Caps caps = device_caps();
+  if (bytes > static_cast<size_t>(caps.optin))
+    throw Error(fmt("attention: head size ", p.dh, " needs ", bytes / 1024,
+                    " KiB of shared memory per block, this GPU allows ", caps.optin / 1024,
+                    " KiB; use more heads (model.n_heads) so that d_model / n_heads is at most 128"));
   M6_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      static_cast<int>(bytes)));
   const unsigned blocks = static_cast<unsigned>(static_cast<int64_t>(p.tiles) * p.B * p.H);
@@ -70,26 +100,7 @@ bool flash_attention_tc_supported(int dh) {
   if (!flash_tc::supports(dh)) return false;
   // the largest kernel's shared memory must fit the device's opt-in limit
   // (dh > 64: 153 KiB; sm_80 and sm_90 have it, sm_86 / sm_89 do not)
-  // (asked on every attention call: the two attributes are read once per
-  // device, cudaGetDevice is a host-side lookup)
-  struct Caps {
-    int optin = 0, major = 0;
-  };
-  static std::mutex mu;
-  static std::map<int, Caps> caps_of;
-  int dev = 0;
-  M6_CUDA_CHECK(cudaGetDevice(&dev));
-  Caps c;
-  {
-    const std::lock_guard<std::mutex> lock(mu);
-    auto it = caps_of.find(dev);
-    if (it == caps_of.end()) {
-      M6_CUDA_CHECK(cudaDeviceGetAttribute(&c.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-      M6_CUDA_CHECK(cudaDeviceGetAttribute(&c.major, cudaDevAttrComputeCapabilityMajor, dev));
-      it = caps_of.emplace(dev, c).first;
-    }
-    c = it->second;
-  }
+  const Caps c = device_caps();
   const int dm = dh <= 32 ? 32 : dh <= 64 ? 64 : 128;
   const size_t need = flash_tc::dkdv_shared_floats(dm) * sizeof(float);
   return c.major >= 8 && need <= static_cast<size_t>(c.optin);
