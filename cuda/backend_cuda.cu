@@ -691,13 +691,13 @@ class CudaBackend final : public Backend {
   void crossentropy_fwd(float* loss, float* probs, const float* logits, const int32_t* targets,
                         int N, int V) override {
     check_nonneg("crossentropy_fwd", N, V);
-    cuda::launch_crossentropy_fwd(loss, probs, logits, targets, N, V, bad_ + kBadCrossentropyFwd,
+    cuda::launch_crossentropy_fwd(loss, probs, logits, targets, N, V, bad_sink(kBadCrossentropyFwd),
                                   stream_);
   }
   void crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets, float dscale,
                         int N, int V) override {
     check_nonneg("crossentropy_bwd", N, V);
-    cuda::launch_crossentropy_bwd(dlogits, probs, targets, dscale, N, V, bad_ + kBadCrossentropyBwd,
+    cuda::launch_crossentropy_bwd(dlogits, probs, targets, dscale, N, V, bad_sink(kBadCrossentropyBwd),
                                   stream_);
   }
 
@@ -711,7 +711,7 @@ class CudaBackend final : public Backend {
   void moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert, int N,
                   int S, int E, int capacity) override {
     check_nonneg("moe_assign", N, S, E);
-    cuda::launch_moe_assign(pos, count, demand, expert, N, S, E, capacity, bad_ + kBadMoeAssign,
+    cuda::launch_moe_assign(pos, count, demand, expert, N, S, E, capacity, bad_sink(kBadMoeAssign),
                             stream_);
   }
   void moe_permute(float* xp, const float* x, const int32_t* expert, const int32_t* pos,
@@ -925,6 +925,12 @@ class CudaBackend final : public Backend {
   // Reads the bad-index records back (after the work issued so far) and
   // throws the first error; the records are cleared first, so the backend
   // stays usable after the throw. Messages as the CPU reference's.
+  // The record of bad-index kind `kind` and a fresh epoch (> 0) for the
+  // launch about to be made (BadIndex).
+  cuda::BadSink bad_sink(int kind) {
+    if (++bad_epoch_ <= 0) bad_epoch_ = 1;
+    return {bad_ + kind, bad_epoch_};
+  }
   void report_bad() {
     BadIndex b[kBadKinds] = {};
     M6_CUDA_CHECK(cudaMemcpyAsync(b, bad_, sizeof b, cudaMemcpyDeviceToHost, stream_));
@@ -932,16 +938,18 @@ class CudaBackend final : public Backend {
     const BadIndex* first = nullptr;
     int kind = 0;
     for (int k = 0; k < kBadKinds && first == nullptr; ++k)
-      if (b[k].flag != 0) first = &b[k], kind = k;
+      if (b[k].first != 0) first = &b[k], kind = k;
     if (first == nullptr) return;
     M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, sizeof b, stream_));
+    // record_bad's packing: the key (complemented) above, the value below
+    const int key = static_cast<int>(~static_cast<uint32_t>(first->first >> 32));
+    const int value = static_cast<int>(static_cast<uint32_t>(first->first & 0xffffffffu));
     if (kind == kBadMoeAssign) {
-      const int S = std::max(first->width, 1);
-      fail(fmt("moe_assign: expert ", first->value, " of token ", first->row / S, " slot ",
-               first->row % S, " is outside [0, ", first->limit, ")"));
+      const int N = std::max(first->n, 1);
+      fail(fmt("moe_assign: expert ", value, " of token ", key % N, " slot ", key / N,
+               " is outside [0, ", first->limit, ")"));
     }
-    fail(fmt("crossentropy: target ", first->value, " at row ", first->row, " is >= vocab (",
-             first->limit, ")"));
+    fail(fmt("crossentropy: target ", value, " at row ", key, " is >= vocab (", first->limit, ")"));
   }
   // Ops that need the host (reads, waits, allocations, host-to-device
   // copies) throw while capturing, before any CUDA call, and mark the
@@ -970,6 +978,7 @@ class CudaBackend final : public Backend {
   int device_;
   bool bf16_ = false;
   bool fp32_gemms_ = false;  // set_fp32_gemms: bf16_ suspended (the router)
+  int bad_epoch_ = 0;  // bad_sink's counter
   bool half_gemms() const { return bf16_ && !fp32_gemms_; }
   // cublasGemmGroupedBatchedEx with fp32 operands and the bf16 tensor-core
   // compute type: cuBLAS versions differ on whether they take it. A refusal

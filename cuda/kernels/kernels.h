@@ -13,22 +13,35 @@
 namespace m6::cuda {
 
 // Device-side record of the first bad index an op kind met (a token id >=
-// vocab, an expert id outside [0,E)): flag, value, row, and the op's limit
-// (V or E) and row width (S for moe_assign, 1 otherwise), so that the message
-// names the shapes of the launch that failed. Records stay on the device
-// until Backend::check_errors (or sync) reads them back and throws the CPU
-// reference's message; a record keeps its first error until then.
+// vocab, an expert id outside [0,E)), kept until Backend::check_errors (or
+// sync) reads it back and throws the CPU reference's message. "First" as on
+// the CPU: the earliest launch that met one (`epoch`, a number the host gives
+// each launch; later launches leave the record alone), and in it the
+// smallest key in the CPU's order (the row for cross-entropy, slot-major
+// s * N + n for moe_assign), whatever order the threads ran in: `first`
+// packs (~key << 32 | value) and an atomicMax keeps the smallest key (0:
+// none). limit (V or E), width (S for moe_assign, 1 otherwise) and n (N
+// tokens) are the launch's, the same from each of its threads.
 struct BadIndex {
-  int flag, value, row, limit, width;
+  unsigned long long first;
+  int epoch, limit, width, n;
+};
+// What a launch that can meet bad indices is given: its record and epoch (> 0).
+struct BadSink {
+  BadIndex* rec;
+  int epoch;
 };
 #if defined(__CUDACC__)
-__device__ inline void record_bad(BadIndex* bad, int value, int row, int limit, int width) {
-  if (atomicCAS(&bad->flag, 0, 1) == 0) {
-    bad->value = value;
-    bad->row = row;
-    bad->limit = limit;
-    bad->width = width;
-  }
+__device__ inline void record_bad(BadSink s, int value, int key, int limit, int width, int n) {
+  const int prev = atomicCAS(&s.rec->epoch, 0, s.epoch);
+  if (prev != 0 && prev != s.epoch) return;  // an earlier launch's error is kept
+  const unsigned long long packed =
+      (static_cast<unsigned long long>(~static_cast<uint32_t>(key)) << 32) |
+      static_cast<uint32_t>(value);
+  atomicMax(&s.rec->first, packed);
+  s.rec->limit = limit;
+  s.rec->width = width;
+  s.rec->n = n;
 }
 #endif
 
@@ -138,10 +151,10 @@ void launch_gelu_fwd_half(float* y, float* x, size_t n, HalfType t, cudaStream_t
 void launch_gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfType t,
                           cudaStream_t st);
 void launch_crossentropy_fwd(float* loss, float* probs, const float* logits,
-                             const int32_t* targets, int N, int V, BadIndex* bad,
+                             const int32_t* targets, int N, int V, BadSink bad,
                              cudaStream_t st);
 void launch_crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets,
-                             float dscale, int N, int V, BadIndex* bad, cudaStream_t st);
+                             float dscale, int N, int V, BadSink bad, cudaStream_t st);
 
 // ---- fused causal attention (attention.cu) ---------------------------------------
 // Flash-style: tiled, online softmax, no [T,T] buffer. Forward writes out[B,T,d]
@@ -173,7 +186,7 @@ void launch_router_fwd(float* probs, float* lse, int32_t* expert, float* gate,
                        const float* logits, int N, int E, int G, int K, bool normalize,
                        cudaStream_t st);
 void launch_moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert,
-                       int N, int S, int E, int capacity, BadIndex* bad, cudaStream_t st);
+                       int N, int S, int E, int capacity, BadSink bad, cudaStream_t st);
 void launch_moe_permute(float* xp, const float* x, const int32_t* expert, const int32_t* pos,
                         const int32_t* offset, int N, int S, int d, cudaStream_t st);
 void launch_moe_permute_bwd(float* dx, const float* dxp, const int32_t* expert,

@@ -58,10 +58,11 @@ __global__ void router_fwd_kernel(float* probs, float* lse, int32_t* expert, flo
 // is reported later, by check_errors) and drops their slots (pos -1), so that
 // the ops issued before the report never index an expert block with them.
 __global__ void moe_check_experts_kernel(int32_t* pos, const int32_t* expert, int64_t total, int E,
-                                         int S, BadIndex* bad) {
+                                         int S, BadSink bad) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < total && (expert[i] < 0 || expert[i] >= E)) {
-    record_bad(bad, expert[i], static_cast<int>(i), E, S);
+    const int64_t N = total / S;  // slot-major key: slot s of token n at s * N + n
+    record_bad(bad, expert[i], static_cast<int>((i % S) * N + i / S), E, S, static_cast<int>(N));
     pos[i] = -1;
   }
 }
@@ -269,7 +270,7 @@ void launch_router_fwd(float* probs, float* lse, int32_t* expert, float* gate,
 }
 
 void launch_moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert,
-                       int N, int S, int E, int capacity, BadIndex* bad, cudaStream_t st) {
+                       int N, int S, int E, int capacity, BadSink bad, cudaStream_t st) {
   const int64_t total = static_cast<int64_t>(N) * S;
   if (total > 0) {
     moe_check_experts_kernel<<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads,

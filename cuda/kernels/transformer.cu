@@ -189,7 +189,7 @@ __global__ void gelu_bwd_half_kernel(float* dx, const float* x, float* dy, size_
 // it by a barrier. The gradient cannot be written here: its scale comes with
 // crossentropy_bwd (one read and one write of the row, in place).
 __global__ void crossentropy_fwd_kernel(float* loss, float* probs, const float* logits,
-                                        const int32_t* targets, int V, BadIndex* bad) {
+                                        const int32_t* targets, int V, BadSink bad) {
   const int r = blockIdx.x;
   const float* l = logits + static_cast<int64_t>(r) * V;
   MaxSum ms{-DBL_MAX, 0.0};
@@ -198,7 +198,7 @@ __global__ void crossentropy_fwd_kernel(float* loss, float* probs, const float* 
   const double mx = ms.m, z = ms.s;
   const int tgt = targets[r];
   if (threadIdx.x == 0) {
-    if (tgt >= V) record_bad(bad, tgt, r, V, 1);
+    if (tgt >= V) record_bad(bad, tgt, r, V, 1, 0);
     loss[r] = (tgt < 0 || tgt >= V) ? 0.0f : static_cast<float>(log(z) + mx - l[tgt]);
   }
   __syncthreads();  // the target logit is read before probs (maybe = logits) is written
@@ -210,14 +210,14 @@ __global__ void crossentropy_fwd_kernel(float* loss, float* probs, const float* 
 // dlogits = (probs - onehot) * dscale, rows with target < 0 zero; may alias probs
 __global__ void crossentropy_bwd_kernel(float* dlogits, const float* probs,
                                         const int32_t* targets, float dscale, int V,
-                                        BadIndex* bad) {
+                                        BadSink bad) {
   __shared__ float pt;
   const int r = blockIdx.x;
   const float* p = probs + static_cast<int64_t>(r) * V;
   float* gr = dlogits + static_cast<int64_t>(r) * V;
   const int tgt = targets[r];
   if (tgt >= V) {
-    if (threadIdx.x == 0) record_bad(bad, tgt, r, V, 1);
+    if (threadIdx.x == 0) record_bad(bad, tgt, r, V, 1, 0);
     return;
   }
   if (tgt < 0) {
@@ -312,7 +312,7 @@ void launch_gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfTy
 }
 
 void launch_crossentropy_fwd(float* loss, float* probs, const float* logits,
-                             const int32_t* targets, int N, int V, BadIndex* bad,
+                             const int32_t* targets, int N, int V, BadSink bad,
                              cudaStream_t st) {
   if (N == 0) return;
   crossentropy_fwd_kernel<<<N, kRowThreads, 0, st>>>(loss, probs, logits, targets, V, bad);
@@ -320,7 +320,7 @@ void launch_crossentropy_fwd(float* loss, float* probs, const float* logits,
 }
 
 void launch_crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets,
-                             float dscale, int N, int V, BadIndex* bad, cudaStream_t st) {
+                             float dscale, int N, int V, BadSink bad, cudaStream_t st) {
   if (N == 0) return;
   crossentropy_bwd_kernel<<<N, kRowThreads, 0, st>>>(dlogits, probs, targets, dscale, V, bad);
   M6_LAUNCH_CHECK();

@@ -167,6 +167,11 @@ void test_deferred_errors(Backend& c, Backend& g) {
   auto targets8 = t.i({9, 0}), logits8 = t.f32(randn(2 * 8)), loss8 = t.zeros_f(2);
   // token 1 slot 1 (flat index 3) names expert 7 of E = 2
   auto ex = t.i({0, 1, 1, 7}), pos = t.i({0, 0, 0, 0}), cnt = t.i({0, 0}), dem = t.i({0, 0});
+  // Several bad indices in one launch: the message names the CPU's first
+  // whatever order the GPU threads ran in -- row 1 of rows 1, 2, 3; and
+  // token 1 slot 0 (slot-major first) before token 0 slot 1 (token-major first).
+  auto targets3 = t.i({0, 6, 5, 9}), logits3 = t.f32(randn(4 * 4)), loss3 = t.zeros_f(4);
+  auto ex2 = t.i({0, 9, 8, 1});
   struct Case {
     const char* name;
     std::function<void(Backend&, bool)> op;  // bool: the CPU side's buffers
@@ -187,6 +192,17 @@ void test_deferred_errors(Backend& c, Backend& g) {
        [&](Backend& be, bool cpu) {
          be.moe_assign(cpu ? pos.ic() : pos.ig(), cpu ? cnt.ic() : cnt.ig(),
                        cpu ? dem.ic() : dem.ig(), cpu ? ex.ic() : ex.ig(), 2, 2, 2, 0);
+       }},
+      {"crossentropy_fwd, three bad rows",
+       [&](Backend& be, bool cpu) {
+         be.crossentropy_fwd(cpu ? loss3.fc() : loss3.fg(), cpu ? logits3.fc() : logits3.fg(),
+                             cpu ? logits3.fc() : logits3.fg(), cpu ? targets3.ic() : targets3.ig(),
+                             4, 4);
+       }},
+      {"moe_assign, two bad experts",
+       [&](Backend& be, bool cpu) {
+         be.moe_assign(cpu ? pos.ic() : pos.ig(), cpu ? cnt.ic() : cnt.ig(),
+                       cpu ? dem.ic() : dem.ig(), cpu ? ex2.ic() : ex2.ig(), 2, 2, 2, 0);
        }},
   };
   for (const Case& k : cases) {
