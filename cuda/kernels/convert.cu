@@ -1,10 +1,8 @@
-// Conversions of the NCCL communicator's half-precision wire (twins of
-// core/parallel/half.cpp: round to nearest even, overflow to infinity, NaN
-// kept) and the stream-stall test hook.
+// Conversions of the NCCL communicator's half-precision wire (the bit-level
+// functions of core/util/half_round.h, compiled as device code, as the CPU's
+// core/parallel/half.cpp uses them: round to nearest even, overflow to
+// infinity, NaN sign and payload kept alike) and the stream-stall test hook.
 #include <algorithm>
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include "cuda/check.h"
 #include "cuda/kernels/kernels.h"
@@ -22,15 +20,14 @@ __global__ void f32_to_half_kernel(uint16_t* h, const float* x, size_t n, bool b
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const float v = x[i] * scale;
-    h[i] = bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v)) : __half_as_ushort(__float2half_rn(v));
+    h[i] = bf16 ? f32_to_bf16(v) : f32_to_f16(v);
   }
 }
 
 __global__ void half_to_f32_kernel(float* x, const uint16_t* h, size_t n, bool bf16, float scale) {
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const float v = bf16 ? __bfloat162float(__ushort_as_bfloat16(h[i]))
-                         : __half2float(__ushort_as_half(h[i]));
+    const float v = bf16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]);
     x[i] = v * scale;
   }
 }
