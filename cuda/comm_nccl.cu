@@ -77,48 +77,31 @@ bool is_device_pointer(const void* p) {
   return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
 }
 
-// A device buffer that grows on demand (start-up sizes; steady state reuses it).
-struct Scratch {
+// A buffer that grows on demand (start-up sizes; steady state reuses it):
+// device memory, or with Pinned page-locked host memory (the host side of a
+// collective on host buffers, so that both copies are asynchronous).
+template <bool Pinned>
+struct GrowingBuffer {
   void* p = nullptr;
   size_t bytes = 0;
   void* get(size_t n, cudaStream_t st) {
     if (n <= bytes) return p;
     if (p != nullptr) {
       M6_CUDA_CHECK(cudaStreamSynchronize(st));
-      M6_CUDA_CHECK(cudaFree(p));
+      M6_CUDA_CHECK(Pinned ? cudaFreeHost(p) : cudaFree(p));
       p = nullptr;
     }
     const size_t want = std::max<size_t>(n, 4096);
-    M6_CUDA_CHECK(cudaMalloc(&p, want));
+    M6_CUDA_CHECK(Pinned ? cudaMallocHost(&p, want) : cudaMalloc(&p, want));
     bytes = want;
     return p;
   }
-  ~Scratch() {
-    if (p != nullptr) cudaFree(p);
+  ~GrowingBuffer() {
+    if (p != nullptr) (void)(Pinned ? cudaFreeHost(p) : cudaFree(p));
   }
 };
-
-// Pinned host memory that grows on demand: the host side of a collective on
-// host buffers, so that both copies are asynchronous.
-struct PinnedScratch {
-  void* p = nullptr;
-  size_t bytes = 0;
-  void* get(size_t n, cudaStream_t st) {
-    if (n <= bytes) return p;
-    if (p != nullptr) {
-      M6_CUDA_CHECK(cudaStreamSynchronize(st));
-      M6_CUDA_CHECK(cudaFreeHost(p));
-      p = nullptr;
-    }
-    const size_t want = std::max<size_t>(n, 4096);
-    M6_CUDA_CHECK(cudaMallocHost(&p, want));
-    bytes = want;
-    return p;
-  }
-  ~PinnedScratch() {
-    if (p != nullptr) cudaFreeHost(p);
-  }
-};
+using Scratch = GrowingBuffer<false>;
+using PinnedScratch = GrowingBuffer<true>;
 
 class NcclComm final : public Comm {
  public:
