@@ -1,30 +1,21 @@
-// CudaBackend: the Backend interface (core/backend/backend.h) on one CUDA
-// device, one stream and one cuBLAS handle, fp32 throughout. Each method is
-// the entry point of its op: it checks the shapes (messages carry the values),
-// then calls the launcher in kernels/ on raw pointers. Semantics are those of
-// the CPU reference (core/backend/cpu), op for op: accumulate vs overwrite,
-// aliasing, tie-breaking, slot-major capacity. Ops that return a value to the
-// host synchronise (each counts as one host read); the rest only enqueue work
-// on the stream. Bad indices that the CPU reference throws on at the op
-// (crossentropy targets, moe_assign experts) are recorded on the device and
-// thrown by check_errors() or sync(): no host read per op. Small host-to-
-// device copies go through a pinned staging ring (no host stall), and the
-// stream can be captured into CUDA graphs (capture_begin .. capture_end),
-// during which every host read, allocation and host-to-device copy throws.
+// CudaBackend's construction and its ops: dense algebra, the transformer and
+// mixture-of-experts ops and the optimizer, each checking its shapes and then
+// calling its launcher in kernels/; and the factory functions
+// (core/backend/cuda_factory.h, cuda/backend_cuda.h). The class is in
+// backend_cuda_impl.h.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <initializer_list>
 #include <memory>
 #include <utility>
 #include <vector>
 
-#include "core/backend/alloc_tracker.h"
 #include "core/backend/backend.h"
 #include "core/backend/cuda_factory.h"
 #include "core/util/error.h"
 #include "core/util/log.h"
 #include "cuda/backend_cuda.h"
+#include "cuda/backend_cuda_impl.h"
 #include "cuda/check.h"
 #include "cuda/gemm_lt.h"
 #include "cuda/kernels/colsum.cuh"
@@ -32,16 +23,9 @@
 #include "cuda/staging_ring.h"
 
 namespace m6 {
+namespace cuda_impl {
 namespace {
 
-using cuda::BadIndex;
-
-constexpr size_t kAllocAlign = 256;
-// to_device of up to kStagedCopyMax bytes goes through the pinned staging
-// ring (kStagingBytes, at most kStagingCopies copies in flight).
-constexpr size_t kStagedCopyMax = 1u << 20;
-constexpr size_t kStagingBytes = 4u << 20;
-constexpr int kStagingCopies = 1024;
 // cuBLAS's workspace, set once so that no GEMM allocates one (nor may inside
 // a graph capture): 32 MiB, the cuBLAS documentation's recommendation for
 // Hopper (4 MiB before it).
@@ -49,989 +33,617 @@ constexpr size_t kCublasWorkspaceBytes = 32u << 20;
 // Initial reduction scratch (partials of sum / sum_to): enough for 2^28
 // elements, so that a captured sum_to never needs to grow it.
 constexpr size_t kInitialPartials = 1u << 16;
-// The device records of bad indices, one per op kind (BadIndex).
-enum BadKind { kBadMoeAssign = 0, kBadCrossentropyFwd = 1, kBadCrossentropyBwd = 2, kBadKinds = 3 };
-
-// A captured sequence: the graph and its executable instance.
-class CudaGraph final : public Backend::Graph {
- public:
-  CudaGraph(cudaGraph_t g, cudaGraphExec_t e) : graph(g), exec(e) {}
-  ~CudaGraph() override {
-    cudaGraphExecDestroy(exec);  // destructors must not throw: errors ignored
-    cudaGraphDestroy(graph);
-  }
-  CudaGraph(const CudaGraph&) = delete;
-  CudaGraph& operator=(const CudaGraph&) = delete;
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-};
 
 cublasOperation_t cublas_op(Trans t) { return t == Trans::Yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
-class CudaBackend final : public Backend {
- public:
-  CudaBackend(int device, const CudaBackendOptions& opt)
-      : device_(device), bf16_(opt.bf16_tensor_cores) {
-    M6_CUDA_CHECK(cudaSetDevice(device));
-    // Non-blocking: no implicit ordering with the legacy default stream (no
-    // op here uses it), which a capture of a blocking stream would leave
-    // unusable for every other user in the process until the capture ends.
-    M6_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    // Offload copies (weight prefetch, optimizer staging) between pinned host
-    // memory and the device on their own stream, overlapping the kernels.
-    M6_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
-    M6_CUDA_CHECK(cudaEventCreateWithFlags(&copy_after_, cudaEventDisableTiming));
-    for (cudaEvent_t& e : slot_done_) M6_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    M6_CUBLAS_CHECK(cublasCreate(&blas_));
-    M6_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
-    // After cublasSetStream, which resets the handle to its default workspace.
-    M6_CUDA_CHECK(cudaMalloc(&blas_workspace_, kCublasWorkspaceBytes));
-    M6_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_workspace_, kCublasWorkspaceBytes));
-    // fp32: plain fp32 GEMMs (no TF32), compared with the CPU reference at
-    // fp32 tolerances. bf16: tensor cores on operands rounded to bf16, fp32
-    // accumulation (CUBLAS_COMPUTE_32F_FAST_16BF).
-    M6_CUBLAS_CHECK(cublasSetMathMode(blas_, bf16_ ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH));
-    lt_ = std::make_unique<cuda::LtLinear>(opt.deterministic);
-    M6_CUDA_CHECK(cudaMalloc(&bad_, kBadKinds * sizeof(BadIndex)));
-    M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, kBadKinds * sizeof(BadIndex), stream_));
-    M6_CUDA_CHECK(cudaMalloc(&scalars_, 2 * sizeof(double)));
-    M6_CUDA_CHECK(cudaMalloc(&flag_, sizeof(int)));
-    M6_CUDA_CHECK(cudaMalloc(&partial_, kInitialPartials * sizeof(double)));
-    partial_cap_ = kInitialPartials;
-    staging_ = std::make_unique<cuda::StagingRing>(kStagingBytes, kStagingCopies);
-    cudaDeviceProp prop{};
-    M6_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    name_ = fmt("cuda(", device, ": ", prop.name, bf16_ ? ", bf16 tensor cores" : "", ")");
-  }
-  ~CudaBackend() override {
-    // Destructors must not throw: errors here are ignored.
-    if (capturing_) {  // a capture abandoned by an exception
-      cudaGraph_t g = nullptr;
-      if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g != nullptr) cudaGraphDestroy(g);
-      (void)cudaGetLastError();
-    }
-    cudaStreamSynchronize(stream_);
-    staging_.reset();
-    for (void* p : retired_) cudaFree(p);
-    for (cudaEvent_t e : marks_) cudaEventDestroy(e);
-    cudaFree(aux_sums_);
-    cudaFree(partial_);
-    cudaFree(adam_table_);
-    cudaFree(sumsq_table_);
-    cudaFree(group_table_);
-    lt_.reset();
-    cudaFree(flag_);
-    cudaFree(scalars_);
-    cudaFree(bad_);
-    cublasDestroy(blas_);
-    cudaFree(blas_workspace_);
-    for (cudaEvent_t e : slot_done_) cudaEventDestroy(e);
-    cudaEventDestroy(copy_after_);
-    cudaStreamDestroy(copy_stream_);
-    cudaStreamDestroy(stream_);
-  }
-  CudaBackend(const CudaBackend&) = delete;
-  CudaBackend& operator=(const CudaBackend&) = delete;
-
-  std::string name() const override { return name_; }
-  cudaStream_t stream() const { return stream_; }
-  int device() const { return device_; }
-
-  // ---- memory ---------------------------------------------------------------
-  void* alloc(size_t bytes) override {
-    no_capture("allocation");
-    const size_t rounded = (std::max<size_t>(bytes, 1) + kAllocAlign - 1) / kAllocAlign * kAllocAlign;
-    void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, rounded);
-    if (e != cudaSuccess) {
-      (void)cudaGetLastError();
-      fail(fmt("cuda backend: cannot allocate ", bytes, " bytes on device ", device_, ": ",
-               cudaGetErrorString(e)));
-    }
-    M6_CUDA_CHECK(cudaMemsetAsync(p, 0, rounded, stream_));
-    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    device_mem_.add(p, rounded);
-    return p;
-  }
-  void release(void* p) override {
-    if (p == nullptr) return;
-    no_capture("release");
-    device_mem_.remove(p, "cuda backend (device)");
-    // Both streams: an offload copy (copy_async) may still read or write it.
-    M6_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
-    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    M6_CUDA_CHECK(cudaFree(p));
-  }
-  // Host arena: pinned (page-locked) memory, so that copies to and from the
-  // device run at full bus speed and asynchronously (the offload prefetch).
-  // Under unified addressing the device can also reach it, which the copies
-  // below rely on through cudaMemcpyDefault.
-  bool has_host_arena() const override { return true; }
-  void* alloc_host(size_t bytes) override {
-    no_capture("host allocation");
-    const size_t rounded = (std::max<size_t>(bytes, 1) + kAllocAlign - 1) / kAllocAlign * kAllocAlign;
-    void* p = nullptr;
-    const cudaError_t e = cudaHostAlloc(&p, rounded, cudaHostAllocPortable);
-    if (e != cudaSuccess) {
-      (void)cudaGetLastError();
-      fail(fmt("cuda backend: cannot allocate ", bytes, " bytes of pinned host memory (",
-               cudaGetErrorString(e),
-               "); lower offload.optimizer / offload.params or "
-               "raise the memlock limit (ulimit -l)"));
-    }
-    std::memset(p, 0, rounded);
-    host_mem_.add(p, rounded);
-    return p;
-  }
-  void release_host(void* p) override {
-    if (p == nullptr) return;
-    no_capture("host release");
-    host_mem_.remove(p, "cuda backend (pinned host)");
-    M6_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
-    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    M6_CUDA_CHECK(cudaFreeHost(p));
-  }
-  MemoryStats memory_stats() const override {
-    return {device_mem_.live(), device_mem_.peak(), host_mem_.live(), host_mem_.peak(),
-            device_mem_.count() + host_mem_.count()};
-  }
-  void reset_memory_peaks() override {
-    device_mem_.reset_peak();
-    host_mem_.reset_peak();
-  }
-  // The host buffer may be reused as soon as to_device returns. Up to
-  // kStagedCopyMax bytes into device memory: through the staging ring, no
-  // host stall (later ops on the stream see the data). Larger ones, and
-  // those into the pinned host arena (an offloaded master or moment, which
-  // the host reads directly afterwards): a copy the host waits for.
-  // cudaMemcpyDefault: either side may be in the pinned host arena, which
-  // unified addressing resolves. Neither counts as a host read.
-  void to_device(void* dst, const void* src, size_t bytes) override {
-    if (bytes == 0) return;
-    no_capture("host-to-device copy");
-    if (host_mem_.contains(dst)) {  // pinned host memory: a host copy once no stream uses it
-      M6_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
-      M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      std::memcpy(dst, src, bytes);
-      return;
-    }
-    if (bytes <= kStagedCopyMax) {
-      staging_->copy(dst, src, bytes, stream_);
-      return;
-    }
-    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
-    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  }
-  void to_host(void* dst, const void* src, size_t bytes) override {
-    if (bytes == 0) return;
-    read_back({{dst, src, bytes}});
-  }
-  // The copy waits for the compute work issued so far (copy_after_: what it
-  // reads was written there, what it overwrites is no longer read), runs on
-  // copy_stream_ (in order: the copies of one slot after those queued
-  // before), and marks slot_done_[slot].
-  void copy_async(int slot, void* dst, const void* src, size_t bytes) override {
-    check_slot(slot);
-    if (bytes == 0) return;
-    no_capture("asynchronous copy (copy_async)");
-    M6_CUDA_CHECK(cudaEventRecord(copy_after_, stream_));
-    M6_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, copy_after_, 0));
-    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, copy_stream_));
-    M6_CUDA_CHECK(cudaEventRecord(slot_done_[slot], copy_stream_));
-  }
-  void copy_async_wait(int slot) override {
-    check_slot(slot);
-    no_capture("copy_async_wait");
-    M6_CUDA_CHECK(cudaStreamWaitEvent(stream_, slot_done_[slot], 0));
-  }
-  void copy_async_sync(int slot) override {
-    check_slot(slot);
-    no_capture("copy_async_sync");
-    M6_CUDA_CHECK(cudaEventSynchronize(slot_done_[slot]));
-  }
-  // Device to device with memmove semantics (the CPU reference allows overlap).
-  void copy(void* dst, const void* src, size_t bytes) override {
-    if (bytes == 0 || dst == src) return;
-    const char *d = static_cast<const char*>(dst), *s = static_cast<const char*>(src);
-    if (d < s + bytes && s < d + bytes) {  // overlap: go through a scratch buffer
-      void* tmp = alloc(bytes);
-      M6_CUDA_CHECK(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDefault, stream_));
-      M6_CUDA_CHECK(cudaMemcpyAsync(dst, tmp, bytes, cudaMemcpyDefault, stream_));
-      release(tmp);
-      return;
-    }
-    M6_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
-  }
-  void zero(void* p, size_t bytes) override {
-    if (bytes == 0) return;
-    if (host_mem_.contains(p)) {  // pinned host memory: after the work that may still use it
-      no_capture("zero of pinned host memory");
-      M6_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
-      M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      std::memset(p, 0, bytes);
-      return;
-    }
-    M6_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
-  }
-  // One host read: waits for the stream, then reports the bad indices the
-  // kernels recorded (check_errors' readback, not counted again).
-  void sync() override {
-    no_capture("sync");
-    ++host_reads_;
-    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    report_bad();
-  }
-
-  // ---- dense algebra ----------------------------------------------------------
-  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS gets
-  // B first, then A, with m and n swapped; the leading dimensions are the
-  // row-major ones unchanged.
-  void gemm(const GemmArgs& g) override {
-    if (g.m < 0 || g.n < 0 || g.k < 0 || g.batch < 0)
-      fail(fmt("gemm: negative size m=", g.m, " n=", g.n, " k=", g.k, " batch=", g.batch));
-    if (g.m == 0 || g.n == 0 || g.batch == 0) return;
-    const int lda = resolve_ld(g.lda, g.trans_a == Trans::No ? g.k : g.m, "lda");
-    const int ldb = resolve_ld(g.ldb, g.trans_b == Trans::No ? g.n : g.k, "ldb");
-    const int ldc = resolve_ld(g.ldc, g.n, "ldc");
-    if (g.k == 0) {  // empty product: C = beta C (beta 0 writes 0), as the CPU
-      cuda::launch_gemm_scale_c(g.c, ldc, g.stride_c, g.m, g.n, g.batch, g.beta, stream_);
-      return;
-    }
-    const float alpha = g.alpha, beta = g.beta;
-    if (half_gemms()) {
-      M6_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-          blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b,
-          CUDA_R_32F, ldb, g.stride_b, g.a, CUDA_R_32F, lda, g.stride_a, &beta, g.c, CUDA_R_32F,
-          ldc, g.stride_c, g.batch, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
-      return;
-    }
-    M6_CUBLAS_CHECK(cublasSgemmStridedBatched(
-        blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b, ldb,
-        g.stride_b, g.a, lda, g.stride_a, &beta, g.c, ldc, g.stride_c, g.batch));
-  }
-  // The linear layer on cuBLASLt with the bias (and GELU) as epilogues; the
-  // reference sequence (gemm, add_bias, gelu_fwd) where cuBLASLt has no
-  // algorithm for the shape.
-  void linear_fwd(float* y, float* act, const float* x, const float* w, const float* b, int n,
-                  int in, int out) override {
-    check_nonneg("linear_fwd", n, in, out);
-    if (n > 0 && in > 0 && out > 0 &&
-        lt_->run(y, act, x, w, b, n, in, out, half_gemms(), stream_))
-      return;
-    Backend::linear_fwd(y, act, x, w, b, n, in, out);
-  }
-  // Every group's GEMM in one cublasGemmGroupedBatchedEx call (the
-  // pointer arrays go to the device each call: the experts' row counts change
-  // every step), then one kernel for the biases and the GELU.
-  void linear_fwd_grouped(float* y, float* act, const float* x, const LinearGroup* g, int count,
-                          int in, int out) override {
-    check_nonneg("linear_fwd_grouped", count, in, out);
-    std::vector<const void*> a, b;
-    std::vector<void*> c;
-    std::vector<const float*> bias;
-    std::vector<int64_t> row, prefix = {0};
-    for (int i = 0; i < count; ++i) {
-      if (g[i].rows < 0 || g[i].row < 0)
-        fail(fmt("linear_fwd_grouped: group ", i, " has rows ", g[i].rows, " at row ", g[i].row));
-      if (g[i].rows == 0) continue;
-      const size_t o = static_cast<size_t>(g[i].row);
-      a.push_back(g[i].w);
-      b.push_back(x + o * in);
-      c.push_back(y + o * out);
-      bias.push_back(g[i].b);
-      row.push_back(g[i].row);
-      prefix.push_back(prefix.back() + g[i].rows);
-    }
-    const int G = static_cast<int>(a.size());
-    if (G == 0 || out == 0) return;
-    if (in == 0 || !grouped_ok()) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
-    // Device table: [A][B][C][bias] pointers, [row][prefix] int64 (room for
-    // all `count` groups, so that a later step with more non-empty ones does
-    // not reallocate it).
-    const size_t pb = static_cast<size_t>(G) * sizeof(void*);
-    upload_group_table({{a.data(), pb}, {b.data(), pb}, {c.data(), pb}, {bias.data(), pb},
-                        {row.data(), G * sizeof(int64_t)}, {prefix.data(), (G + 1) * sizeof(int64_t)}},
-                       (4 * sizeof(void*) + 2 * sizeof(int64_t)) * count + sizeof(int64_t));
-    // Row-major y_i[rows,out] = x_i[rows,in] w_i^T is column-major
-    // Y^T[out,rows] = W[out,in] X^T: A = w (op T, ld in), B = x (op N, ld in).
-    std::vector<cublasOperation_t> ta(G, CUBLAS_OP_T), tb(G, CUBLAS_OP_N);
-    std::vector<int> m(G, out), n(G), k(G, in), lda(G, in), ldb(G, in), ldc(G, out), size(G, 1);
-    for (int i = 0; i < G; ++i) n[i] = static_cast<int>(prefix[i + 1] - prefix[i]);
-    std::vector<float> alpha(G, 1.0f), beta(G, 0.0f);
-    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
-        blas_, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
-        reinterpret_cast<const void* const*>(group_table_), CUDA_R_32F, lda.data(),
-        reinterpret_cast<const void* const*>(group_table_ + pb), CUDA_R_32F, ldb.data(),
-        beta.data(), reinterpret_cast<void* const*>(group_table_ + 2 * pb), CUDA_R_32F, ldc.data(),
-        G, size.data(), half_gemms() ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F);
-    if (grouped_refused(st)) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
-    M6_CUBLAS_CHECK(st);
-    cuda::launch_grouped_bias_act(y, act, reinterpret_cast<const float* const*>(group_table_ + 3 * pb),
-                                  reinterpret_cast<const int64_t*>(group_table_ + 4 * pb),
-                                  reinterpret_cast<const int64_t*>(group_table_ + 4 * pb + G * 8),
-                                  G, prefix.back(), out, stream_);
-  }
-
-  // Every group's dx GEMM in one cublasGemmGroupedBatchedEx call, every dw
-  // GEMM in another, then one kernel for the bias gradients (one thread per
-  // group and column, as bias_grad).
-  void linear_bwd_grouped(float* dx, const float* dy, const float* x, const LinearGradGroup* g,
-                          int count, int in, int out) override {
-    check_nonneg("linear_bwd_grouped", count, in, out);
-    std::vector<const void*> w, dyp, xp;
-    std::vector<void*> dxp, dwp;
-    std::vector<float*> db;
-    std::vector<int64_t> row, rows;
-    for (int i = 0; i < count; ++i) {
-      if (g[i].rows < 0 || g[i].row < 0)
-        fail(fmt("linear_bwd_grouped: group ", i, " has rows ", g[i].rows, " at row ", g[i].row));
-      if (g[i].rows == 0) continue;
-      const size_t o = static_cast<size_t>(g[i].row);
-      w.push_back(g[i].w);
-      dyp.push_back(dy + o * out);
-      xp.push_back(x + o * in);
-      dxp.push_back(dx + o * in);
-      dwp.push_back(g[i].dw);
-      db.push_back(g[i].db);
-      row.push_back(g[i].row);
-      rows.push_back(g[i].rows);
-    }
-    const int G = static_cast<int>(w.size());
-    if (G == 0) return;
-    if (in == 0 || out == 0 || !grouped_ok())
-      return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
-    // Device table: [W][DY][DX][X][DW][DB] pointers, [row][rows] int64.
-    const size_t pb = static_cast<size_t>(G) * sizeof(void*);
-    upload_group_table({{w.data(), pb}, {dyp.data(), pb}, {dxp.data(), pb}, {xp.data(), pb},
-                        {dwp.data(), pb}, {db.data(), pb}, {row.data(), G * sizeof(int64_t)},
-                        {rows.data(), G * sizeof(int64_t)}},
-                       (6 * sizeof(void*) + 2 * sizeof(int64_t)) * count);
-    auto ptrs = [&](int p) { return reinterpret_cast<const void* const*>(group_table_ + p * pb); };
-    auto outs = [&](int p) { return reinterpret_cast<void* const*>(group_table_ + p * pb); };
-    const cublasComputeType_t compute =
-        half_gemms() ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
-    std::vector<int> size(G, 1), n(G);
-    for (int i = 0; i < G; ++i) n[i] = static_cast<int>(rows[i]);
-    // dx_i[rows,in] = dy_i[rows,out] w_i[out,in], column-major DX^T[in,rows] =
-    // W^T DY^T: A = w (op N, ld in), B = dy (op N, ld out); overwrite.
-    std::vector<cublasOperation_t> opn(G, CUBLAS_OP_N), opt(G, CUBLAS_OP_T);
-    std::vector<int> m_in(G, in), k_out(G, out), ld_in(G, in), ld_out(G, out);
-    std::vector<float> one(G, 1.0f), zero(G, 0.0f);
-    cublasStatus_t st = cublasGemmGroupedBatchedEx(
-        blas_, opn.data(), opn.data(), m_in.data(), n.data(), k_out.data(), one.data(), ptrs(0),
-        CUDA_R_32F, ld_in.data(), ptrs(1), CUDA_R_32F, ld_out.data(), zero.data(), outs(2),
-        CUDA_R_32F, ld_in.data(), G, size.data(), compute);
-    if (grouped_refused(st)) return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
-    M6_CUBLAS_CHECK(st);
-    // dw_i[out,in] += dy_i^T x_i, column-major DW^T[in,out] += X^T[in,rows]
-    // DY[rows,out]: A = x (op N, ld in), B = dy (op T, ld out), k = rows.
-    M6_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
-        blas_, opn.data(), opt.data(), m_in.data(), k_out.data(), n.data(), one.data(), ptrs(3),
-        CUDA_R_32F, ld_in.data(), ptrs(1), CUDA_R_32F, ld_out.data(), one.data(), outs(4),
-        CUDA_R_32F, ld_in.data(), G, size.data(), compute));
-    const int max_rows = static_cast<int>(*std::max_element(rows.begin(), rows.end()));
-    cuda::launch_grouped_bias_grad(reinterpret_cast<float* const*>(group_table_ + 5 * pb), dy,
-                                   reinterpret_cast<const int64_t*>(group_table_ + 6 * pb),
-                                   reinterpret_cast<const int64_t*>(group_table_ + 6 * pb + G * 8),
-                                   G, out, max_rows, partials(cuda::colsum_scratch(max_rows, out, G)),
-                                   stream_);
-  }
-
-  void add_bias(float* y, const float* b, int n, int c) override {
-    check_nonneg("add_bias", n, c);
-    cuda::launch_add_bias(y, b, n, c, stream_);
-  }
-  void bias_grad(float* db, const float* dy, int n, int c) override {
-    check_nonneg("bias_grad", n, c);
-    cuda::launch_bias_grad(db, dy, n, c, partials(cuda::colsum_scratch(n, c, 1)), stream_);
-  }
-  void add(float* y, const float* a, const float* b, size_t n) override {
-    cuda::launch_add(y, a, b, n, stream_);
-  }
-  void axpy(float* y, float alpha, const float* x, size_t n) override {
-    cuda::launch_axpy(y, alpha, x, n, stream_);
-  }
-  void scale(float* x, float s, size_t n) override { cuda::launch_scale(x, s, n, stream_); }
-  double sum(const float* x, size_t n) override { return reduce(x, n, false); }
-  double sum_squares(const float* x, size_t n) override { return reduce(x, n, true); }
-  // One piece table per tensor list (cached: the gradient chunks are the same
-  // every step), two launches, one copy back.
-  void sum_squares_multi(double* out, const float* const* xs, const size_t* ns,
-                         size_t count) override {
-    if (count == 0) return;
-    std::vector<cuda::SumTensorDev> ts(count);
-    for (size_t i = 0; i < count; ++i) ts[i] = {xs[i], static_cast<int64_t>(ns[i])};
-    const size_t tb = count * sizeof(cuda::SumTensorDev);
-    if (tb != sumsq_host_.size() ||
-        std::memcmp(sumsq_host_.data(), ts.data(), tb) != 0) {
-      std::vector<int64_t> start, first(count + 1, 0);
-      std::vector<int32_t> tensor;
-      for (size_t i = 0; i < count; ++i) {
-        first[i] = static_cast<int64_t>(start.size());
-        for (int64_t at = 0; at < ts[i].n; at += cuda::kSumPiece) {
-          start.push_back(at);
-          tensor.push_back(static_cast<int32_t>(i));
-        }
-      }
-      first[count] = static_cast<int64_t>(start.size());
-      sumsq_pieces_ = static_cast<int64_t>(start.size());
-      // Layout: [int64 piece starts][int64 first pieces][double out][double
-      // partials][tensors][int32 piece tensors], each part 8-byte aligned.
-      const size_t P = start.size(), bytes = 8 * (P + (count + 1) + count + P) + tb + 4 * P + 8;
-      if (bytes > sumsq_bytes_) {
-        if (sumsq_table_ != nullptr) release(sumsq_table_);
-        sumsq_table_ = static_cast<char*>(alloc(bytes));
-        sumsq_bytes_ = bytes;
-      }
-      char* at = sumsq_table_;
-      to_device(at, start.data(), 8 * P);
-      to_device(at + 8 * P, first.data(), 8 * (count + 1));
-      to_device(at + 8 * (P + count + 1 + count + P), ts.data(), tb);
-      to_device(at + 8 * (P + count + 1 + count + P) + tb, tensor.data(), 4 * P);
-      sumsq_host_.assign(reinterpret_cast<const char*>(ts.data()),
-                         reinterpret_cast<const char*>(ts.data()) + tb);
-    }
-    const size_t P = static_cast<size_t>(sumsq_pieces_);
-    char* at = sumsq_table_;
-    double* dev_out = reinterpret_cast<double*>(at + 8 * (P + count + 1));
-    double* partial = dev_out + count;
-    cuda::launch_sum_squares_multi(
-        dev_out, partial,
-        reinterpret_cast<const cuda::SumTensorDev*>(at + 8 * (P + count + 1 + count + P)),
-        reinterpret_cast<const int32_t*>(at + 8 * (P + count + 1 + count + P) + tb),
-        reinterpret_cast<const int64_t*>(at), reinterpret_cast<const int64_t*>(at + 8 * P),
-        static_cast<int64_t>(P), static_cast<int64_t>(count), stream_);
-    to_host(out, dev_out, count * sizeof(double));
-  }
-  bool all_finite(const float* x, size_t n) override {
-    if (n == 0) return true;
-    M6_CUDA_CHECK(cudaMemsetAsync(flag_, 0, sizeof(int), stream_));
-    cuda::launch_all_finite(flag_, x, n, stream_);
-    int bad = 0;
-    to_host(&bad, flag_, sizeof(int));
-    return bad == 0;
-  }
-
-  // ---- stream-ordered results -------------------------------------------------
-  // The kernels of sum / router_aux_fwd / the routing fingerprint writing
-  // into device memory, no readback: these may be captured into a graph.
-  void sum_to(double* dst, const float* x, size_t n) override {
-    ensure_partials(n);
-    cuda::launch_sum(dst, partial_, x, n, false, stream_);
-  }
-  void router_aux_sums(double* dst, const float* probs, const float* lse,
-                       const RouterArgs& a) override {
-    check_router_args(a);
-    cuda::launch_router_aux_sums(dst, dst + a.e, probs, lse, a.n, a.e, a.groups, stream_);
-  }
-  void routing_hash(uint64_t* dst, const int32_t* expert, const int32_t* pos, int n,
-                    int S) override {
-    check_nonneg("routing_hash", n, S);
-    cuda::launch_routing_hash(dst, expert, pos, static_cast<int64_t>(n) * S, stream_);
-  }
-  // One host read: the bad-index records of every op kind since the last
-  // check; the first error recorded (moe_assign's before crossentropy's,
-  // the order a forward issues them) is thrown with the CPU's message.
-  void check_errors() override {
-    no_capture("check_errors");
-    ++host_reads_;
-    report_bad();
-  }
-  int64_t host_reads() const override { return host_reads_; }
-
-  // ---- graphs -------------------------------------------------------------------
-  // Stream capture of stream_ (thread-local mode: an unsafe call from this
-  // thread, such as a cudaMalloc or a synchronisation, fails the capture,
-  // while other threads are unaffected). The ops that would need one throw
-  // before calling CUDA (no_capture), which also marks the capture failed, so
-  // that capture_end ends it and returns nullptr.
-  bool graphs_available() const override { return true; }
-  void capture_begin() override {
-    if (capturing_) fail("capture_begin: a graph capture is already running");
-    M6_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    capturing_ = true;
-    capture_error_.clear();
-  }
-  std::unique_ptr<Graph> capture_end() override {
-    if (!capturing_) fail("capture_end without capture_begin");
-    capturing_ = false;
-    cudaGraph_t graph = nullptr;
-    const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
-    std::string why = capture_error_;
-    capture_error_.clear();
-    if (why.empty() && e != cudaSuccess) why = cuda_error_text(e, "cudaStreamEndCapture");
-    if (why.empty() && graph == nullptr) why = "cudaStreamEndCapture returned no graph";
-    if (why.empty()) {
-      cudaGraphExec_t exec = nullptr;
-      const cudaError_t ie = cudaGraphInstantiate(&exec, graph, 0);
-      if (ie == cudaSuccess) return std::make_unique<CudaGraph>(graph, exec);
-      why = cuda_error_text(ie, "cudaGraphInstantiate");
-    }
-    if (graph != nullptr) cudaGraphDestroy(graph);
-    (void)cudaGetLastError();  // leave no error for the next launch check to find
-    log_warn(fmt("cuda backend: graph capture failed (", why, "); the step runs eagerly"));
-    return nullptr;
-  }
-  void graph_launch(Graph& g) override {
-    no_capture("graph_launch");
-    auto* cg = dynamic_cast<CudaGraph*>(&g);
-    if (cg == nullptr) fail("graph_launch: the graph was not captured by a CUDA backend");
-    M6_CUDA_CHECK(cudaGraphLaunch(cg->exec, stream_));
-  }
-
-  // ---- timestamps (the op profiler) ----------------------------------------------
-  // Events on the compute stream from a pool that grows to the most marks
-  // held at once (created with timing; never inside a capture).
-  int mark() override {
-    no_capture("mark");
-    if (marks_used_ == marks_.size()) {
-      cudaEvent_t e = nullptr;
-      M6_CUDA_CHECK(cudaEventCreate(&e));
-      marks_.push_back(e);
-    }
-    M6_CUDA_CHECK(cudaEventRecord(marks_[marks_used_], stream_));
-    return static_cast<int>(marks_used_++);
-  }
-  double mark_ms(int a, int b) override {
-    M6_CHECK(a >= 0 && b >= 0 && static_cast<size_t>(std::max(a, b)) < marks_used_,
-             "mark_ms: marks ", a, ", ", b, " are not recorded (", marks_used_, " marks)");
-    float ms = 0;
-    M6_CUDA_CHECK(cudaEventElapsedTime(&ms, marks_[static_cast<size_t>(a)],
-                                       marks_[static_cast<size_t>(b)]));
-    return ms;
-  }
-  void marks_reset() override { marks_used_ = 0; }
-
-  bool set_fp32_gemms(bool on) override {
-    const bool prev = fp32_gemms_;
-    if (bf16_ && on != prev)  // fp32 GEMMs as in fp32 mode (no TF32, no reduced-precision sums)
-      M6_CUBLAS_CHECK(cublasSetMathMode(blas_, on ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH));
-    fp32_gemms_ = on;
-    return prev;
-  }
-  void round_half(float* x, size_t n, HalfType t) override {
-    cuda::launch_round_half(x, n, t, stream_);
-  }
-
-  // ---- transformer ops --------------------------------------------------------
-  void embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe, int B,
-                     int T, int d) override {
-    check_nonneg("embedding_fwd", B, T, d);
-    cuda::launch_embedding_fwd(x, tokens, wte, wpe, B, T, d, stream_);
-  }
-  void embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32_t* tokens, int B, int T,
-                     int d) override {
-    check_nonneg("embedding_bwd", B, T, d);
-    cuda::launch_embedding_bwd(dwte, dwpe, dx, tokens, B, T, d, stream_);
-  }
-  void layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
-                     const float* b, int N, int d) override {
-    check_nonneg("layernorm_fwd", N, d);
-    if (d == 0 && N > 0) fail(fmt("layernorm_fwd: width d (", d, ") must be > 0"));
-    cuda::launch_layernorm_fwd(y, mean, rstd, x, w, b, N, d, stream_);
-  }
-  void add_layernorm_fwd(float* x_out, float* y, float* mean, float* rstd, const float* x,
-                         const float* delta, const float* w, const float* b, int N,
-                         int d) override {
-    check_nonneg("add_layernorm_fwd", N, d);
-    if (d == 0 && N > 0) fail(fmt("add_layernorm_fwd: width d (", d, ") must be > 0"));
-    cuda::launch_add_layernorm_fwd(x_out, y, mean, rstd, x, delta, w, b, N, d, stream_);
-  }
-  void add_layernorm_fwd_half(float* x_out, float* y, float* mean, float* rstd, const float* x,
-                              const float* delta, const float* w, const float* b, int N, int d,
-                              HalfType t) override {
-    check_nonneg("add_layernorm_fwd_half", N, d);
-    if (d == 0 && N > 0) fail(fmt("add_layernorm_fwd_half: width d (", d, ") must be > 0"));
-    cuda::launch_add_layernorm_fwd_half(x_out, y, mean, rstd, x, delta, w, b, N, d, t, stream_);
-  }
-  void layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
-                     const float* mean, const float* rstd, const float* w, int N, int d) override {
-    check_nonneg("layernorm_bwd", N, d);
-    cuda::launch_layernorm_bwd(dx, dw, db, dy, x, mean, rstd, w, N, d,
-                               partials(cuda::colsum_scratch(N, d, 2)), stream_);
-  }
-  void gelu_fwd(float* y, const float* x, size_t n) override {
-    cuda::launch_gelu_fwd(y, x, n, stream_);
-  }
-  void gelu_bwd(float* dx, const float* x, const float* dy, size_t n) override {
-    cuda::launch_gelu_bwd(dx, x, dy, n, stream_);
-  }
-  void gelu_fwd_half(float* y, float* x, size_t n, HalfType t) override {
-    cuda::launch_gelu_fwd_half(y, x, n, t, stream_);
-  }
-  void gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfType t) override {
-    cuda::launch_gelu_bwd_half(dx, x, dy, n, t, stream_);
-  }
-  // Fused (flash-style) attention, kernels/attention.cu: att is the
-  // log-sum-exp [B,H,T], datt the scratch D [B,H,T].
-  AttentionBuffers attention_buffers(int B, int T, int H) const override {
-    return flash_attention_buffers(B, T, H);
-  }
-  // On bf16 tensor cores when the GEMMs are (the model then holds qkv, out
-  // and dout as bf16 values) and the head size allows; else fp32.
-  bool attention_on_tensor_cores(int H, int d) const {
-    return half_gemms() && cuda::flash_attention_tc_supported(d / H);
-  }
-  void attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H,
-                     int d) override {
-    check_attention(B, T, H, d);
-    if (attention_on_tensor_cores(H, d))
-      cuda::launch_flash_attention_tc_fwd(out, att, qkv, B, T, H, d, stream_);
-    else
-      cuda::launch_flash_attention_fwd(out, att, qkv, B, T, H, d, stream_);
-  }
-  void attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
-                     const float* out, const float* att, int B, int T, int H, int d) override {
-    check_attention(B, T, H, d);
-    if (attention_on_tensor_cores(H, d))
-      cuda::launch_flash_attention_tc_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d, stream_);
-    else
-      cuda::launch_flash_attention_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d, stream_);
-  }
-  void crossentropy_fwd(float* loss, float* probs, const float* logits, const int32_t* targets,
-                        int N, int V) override {
-    check_nonneg("crossentropy_fwd", N, V);
-    cuda::launch_crossentropy_fwd(loss, probs, logits, targets, N, V, bad_sink(kBadCrossentropyFwd),
-                                  stream_);
-  }
-  void crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets, float dscale,
-                        int N, int V) override {
-    check_nonneg("crossentropy_bwd", N, V);
-    cuda::launch_crossentropy_bwd(dlogits, probs, targets, dscale, N, V, bad_sink(kBadCrossentropyBwd),
-                                  stream_);
-  }
-
-  // ---- mixture of experts ----------------------------------------------------
-  void router_fwd(float* probs, float* lse, int32_t* expert, float* gate, const float* logits,
-                  const RouterArgs& a) override {
-    check_router_args(a);
-    cuda::launch_router_fwd(probs, lse, expert, gate, logits, a.n, a.e, a.groups, a.top_k,
-                            a.normalize, stream_);
-  }
-  void moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert, int N,
-                  int S, int E, int capacity) override {
-    check_nonneg("moe_assign", N, S, E);
-    cuda::launch_moe_assign(pos, count, demand, expert, N, S, E, capacity, bad_sink(kBadMoeAssign),
-                            stream_);
-  }
-  void moe_permute(float* xp, const float* x, const int32_t* expert, const int32_t* pos,
-                   const int32_t* offset, int N, int S, int d) override {
-    check_nonneg("moe_permute", N, S, d);
-    cuda::launch_moe_permute(xp, x, expert, pos, offset, N, S, d, stream_);
-  }
-  void moe_permute_bwd(float* dx, const float* dxp, const int32_t* expert, const int32_t* pos,
-                       const int32_t* offset, int N, int S, int d) override {
-    check_nonneg("moe_permute_bwd", N, S, d);
-    cuda::launch_moe_permute_bwd(dx, dxp, expert, pos, offset, N, S, d, stream_);
-  }
-  void moe_unpermute(float* y, const float* yp, const float* gate, const int32_t* expert,
-                     const int32_t* pos, const int32_t* offset, int N, int S, int d) override {
-    check_nonneg("moe_unpermute", N, S, d);
-    cuda::launch_moe_unpermute(y, yp, gate, expert, pos, offset, N, S, d, stream_);
-  }
-  void moe_unpermute_bwd(float* dyp, float* dgate, const float* dy, const float* yp,
-                         const float* gate, const int32_t* expert, const int32_t* pos,
-                         const int32_t* offset, int N, int S, int d) override {
-    check_nonneg("moe_unpermute_bwd", N, S, d);
-    cuda::launch_moe_unpermute_bwd(dyp, dgate, dy, yp, gate, expert, pos, offset, N, S, d,
-                                   stream_);
-  }
-  // The two sums run on the device (into a buffer kept between calls); the
-  // final combination (E terms) runs on the host in the CPU reference's
-  // order (router_aux_combine). One host read for the sums and the demand.
-  AuxLosses router_aux_fwd(const float* probs, const float* lse, const int32_t* demand,
-                           const RouterArgs& a) override {
-    check_router_args(a);
-    if (a.n == 0) return {0.0, 0.0};
-    const size_t E = static_cast<size_t>(a.e);
-    if (E + 1 > aux_sums_cap_) {
-      auto* fresh = static_cast<double*>(alloc((E + 1) * sizeof(double)));
-      retire(aux_sums_);
-      aux_sums_ = fresh;
-      aux_sums_cap_ = E + 1;
-    }
-    cuda::launch_router_aux_sums(aux_sums_, aux_sums_ + E, probs, lse, a.n, a.e, a.groups, stream_);
-    std::vector<double> sums(E + 1);
-    std::vector<int32_t> dem(E);
-    read_back({{sums.data(), aux_sums_, sums.size() * sizeof(double)},
-               {dem.data(), demand, dem.size() * sizeof(int32_t)}});
-    return router_aux_combine(sums.data(), dem.data(), a);
-  }
-  void router_bwd(float* dlogits, const float* dgate, const float* probs, const float* lse,
-                  const int32_t* expert, const float* gate, const int32_t* demand, float aux_coef,
-                  float z_coef, const RouterArgs& a) override {
-    check_router_args(a);
-    if (a.n == 0) return;
-    cuda::launch_router_bwd(dlogits, dgate, probs, lse, expert, gate, demand, aux_coef, z_coef,
-                            a.n, a.e, a.groups, a.top_k, a.normalize, stream_);
-  }
-
-  // ---- optimizer -------------------------------------------------------------
-  void adamw(float* p, const float* g, float* m, float* v, size_t n, const AdamArgs& a) override {
-    if (a.t < 1) fail(fmt("adamw: step t (", a.t, ") must be >= 1"));
-    const double bc1 = 1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.t));
-    const double bc2 = 1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.t));
-    cuda::launch_adamw(p, g, m, v, n, a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.grad_scale,
-                       bc1, bc2, stream_);
-  }
-  // One launch for every tensor. The table (pointers, sizes, chunks) is the
-  // same every step: it is uploaded again only when it changes, so a step
-  // allocates and copies nothing here. A graph reads the table it was
-  // captured with at every launch: a changed table after a capture goes to
-  // a new buffer, the old one retired.
-  void adamw_multi(const AdamTensor* ts, size_t count, const AdamArgs& a) override {
-    if (a.t < 1) fail(fmt("adamw: step t (", a.t, ") must be >= 1"));
-    std::vector<cuda::AdamTensorDev> table(count);
-    std::vector<int32_t> chunk_tensor;
-    std::vector<int64_t> chunk_start;
-    for (size_t i = 0; i < count; ++i) {
-      table[i] = {ts[i].p, ts[i].g, ts[i].m, ts[i].v, ts[i].n,
-                  static_cast<double>(ts[i].weight_decay)};
-      for (size_t at = 0; at < ts[i].n; at += cuda::kAdamChunk) {
-        chunk_tensor.push_back(static_cast<int32_t>(i));
-        chunk_start.push_back(static_cast<int64_t>(at));
-      }
-    }
-    const size_t tb = count * sizeof(cuda::AdamTensorDev);
-    const size_t cb = chunk_tensor.size() * (sizeof(int32_t) + sizeof(int64_t));
-    const bool same = tb == adam_table_host_.size() && cb + tb <= adam_table_bytes_ &&
-                      std::memcmp(adam_table_host_.data(), table.data(), tb) == 0 &&
-                      adam_chunks_ == static_cast<int64_t>(chunk_tensor.size());
-    if (!same) {
-      if (tb + cb + 16 > adam_table_bytes_ || adam_table_captured_) {
-        char* fresh = static_cast<char*>(alloc(tb + cb + 16));
-        retire(adam_table_);
-        adam_table_ = fresh;
-        adam_table_bytes_ = tb + cb + 16;
-        adam_table_captured_ = false;
-      }
-      // Layout: [int64 starts][table][int32 tensors], each 8-byte aligned.
-      const size_t sb = chunk_start.size() * sizeof(int64_t);
-      to_device(adam_table_, chunk_start.data(), sb);
-      to_device(adam_table_ + sb, table.data(), tb);
-      to_device(adam_table_ + sb + tb, chunk_tensor.data(), chunk_tensor.size() * sizeof(int32_t));
-      adam_table_host_.assign(reinterpret_cast<const char*>(table.data()),
-                              reinterpret_cast<const char*>(table.data()) + tb);
-      adam_chunks_ = static_cast<int64_t>(chunk_tensor.size());
-    }
-    const size_t sb = static_cast<size_t>(adam_chunks_) * sizeof(int64_t);
-    const double bc1 = 1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.t));
-    const double bc2 = 1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.t));
-    cuda::launch_adamw_multi(reinterpret_cast<const cuda::AdamTensorDev*>(adam_table_ + sb),
-                             reinterpret_cast<const int32_t*>(adam_table_ + sb + tb),
-                             reinterpret_cast<const int64_t*>(adam_table_), adam_chunks_, a.lr,
-                             a.beta1, a.beta2, a.eps, a.grad_scale, bc1, bc2, stream_);
-    if (capturing_) adam_table_captured_ = true;
-  }
-
- private:
-  template <class... Ints>
-  void check_nonneg(const char* op, Ints... sizes) {
-    if (((sizes < 0) || ...)) {
-      std::string list;
-      ((list += (list.empty() ? "" : ", ") + std::to_string(sizes)), ...);
-      fail(fmt(op, ": negative size among (", list, "); sizes must be >= 0"));
-    }
-  }
-
-  // Leading dimension of a stored row-major matrix: 0 -> its width (as cpu_dense.h).
-  int resolve_ld(int ld, int width, const char* what) {
-    if (ld == 0) return std::max(width, 1);
-    if (ld < width)
-      fail(fmt("gemm: ", what, " (", ld, ") is smaller than the stored row width (", width, ")"));
-    return ld;
-  }
-
-  void check_router_args(const RouterArgs& a) {
-    if (a.n < 0) fail(fmt("router: tokens (", a.n, ") must be >= 0"));
-    if (a.e <= 0 || a.groups <= 0 || a.e % a.groups != 0)
-      fail(fmt("router: experts (", a.e, ") must be a positive multiple of groups (", a.groups,
-               ")"));
-    if (a.top_k < 1 || a.top_k > a.e / a.groups)
-      fail(fmt("router: top_k (", a.top_k, ") must be in [1, experts per group (", a.e / a.groups,
-               ")]"));
-  }
-
-  void check_attention(int B, int T, int H, int d) {
-    if (H <= 0 || d % H != 0) fail(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
-    if (B < 0 || T < 0) fail(fmt("attention: negative shape B=", B, " T=", T));
-    if (d / H > cuda::kFlashMaxHeadDim)
-      fail(fmt("attention (cuda): head size d/H (", d, "/", H, " = ", d / H,
-               ") is above the fused kernel's ", cuda::kFlashMaxHeadDim,
-               "; use more heads (model.n_heads)"));
-  }
-
-  // Grows the reduction scratch to the partials of n elements. The old
-  // buffer is retired, not freed: a graph captured earlier may still use it.
-  void ensure_partials(size_t n) { (void)partials(cuda::reduce_partials(n)); }
-  // The reduction scratch with room for `doubles` (the column sums' partials
-  // too), grown when short; a micro-batch's warm-up grows it before a capture.
-  double* partials(size_t doubles) {
-    if (doubles <= partial_cap_) return partial_;
-    auto* fresh = static_cast<double*>(alloc(doubles * sizeof(double)));
-    retire(partial_);
-    partial_ = fresh;
-    partial_cap_ = doubles;
-    return partial_;
-  }
-  double reduce(const float* x, size_t n, bool squares) {
-    ensure_partials(n);
-    cuda::launch_sum(scalars_, partial_, x, n, squares, stream_);
-    double out = 0.0;
-    to_host(&out, scalars_, sizeof(double));
-    return out;
-  }
-
-  static void check_slot(int slot) {
-    M6_CHECK(slot >= 0 && slot < kCopySlots, "async copy slot ", slot, " is outside [0, ",
-             kCopySlots, ")");
-  }
-  // The pointer and row tables of the grouped linear layers: `parts` (host
-  // ranges, each a multiple of 8 bytes) back to back in group_table_, grown
-  // when too small. to_device (the staging ring: no host stall) orders the
-  // copy before the GEMMs that read it.
-  void upload_group_table(std::initializer_list<std::pair<const void*, size_t>> parts,
-                          size_t room) {
-    size_t bytes = 0;
-    for (const auto& p : parts) bytes += p.second;
-    if (bytes > group_table_bytes_) {
-      if (group_table_ != nullptr) release(group_table_);
-      group_table_bytes_ = std::max<size_t>({bytes, room, 4096});
-      group_table_ = static_cast<char*>(alloc(group_table_bytes_));
-    }
-    std::vector<char> host(bytes);
-    size_t at = 0;
-    for (const auto& p : parts) {
-      std::memcpy(host.data() + at, p.first, p.second);
-      at += p.second;
-    }
-    to_device(group_table_, host.data(), bytes);
-  }
-
-  // Device-to-host copies, then one wait for the stream: one host read.
-  struct ReadBack {
-    void* dst;
-    const void* src;
-    size_t bytes;
-  };
-  void read_back(std::initializer_list<ReadBack> parts) {
-    no_capture("device-to-host copy");
-    ++host_reads_;
-    for (const ReadBack& r : parts)
-      if (r.bytes > 0)
-        M6_CUDA_CHECK(cudaMemcpyAsync(r.dst, r.src, r.bytes, cudaMemcpyDefault, stream_));
-    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  }
-  // Reads the bad-index records back (after the work issued so far) and
-  // throws the first error; the records are cleared first, so the backend
-  // stays usable after the throw. Messages as the CPU reference's.
-  // The record of bad-index kind `kind` and a fresh epoch (> 0) for the
-  // launch about to be made (BadIndex).
-  cuda::BadSink bad_sink(int kind) {
-    if (++bad_epoch_ <= 0) bad_epoch_ = 1;
-    return {bad_ + kind, bad_epoch_};
-  }
-  void report_bad() {
-    BadIndex b[kBadKinds] = {};
-    M6_CUDA_CHECK(cudaMemcpyAsync(b, bad_, sizeof b, cudaMemcpyDeviceToHost, stream_));
-    M6_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    const BadIndex* first = nullptr;
-    int kind = 0;
-    for (int k = 0; k < kBadKinds && first == nullptr; ++k)
-      if (b[k].first != 0) first = &b[k], kind = k;
-    if (first == nullptr) return;
-    M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, sizeof b, stream_));
-    // record_bad's packing: the key (complemented) above, the value below
-    const int key = static_cast<int>(~static_cast<uint32_t>(first->first >> 32));
-    const int value = static_cast<int>(static_cast<uint32_t>(first->first & 0xffffffffu));
-    if (kind == kBadMoeAssign) {
-      const int N = std::max(first->n, 1);
-      fail(fmt("moe_assign: expert ", value, " of token ", key % N, " slot ", key / N,
-               " is outside [0, ", first->limit, ")"));
-    }
-    fail(fmt("crossentropy: target ", value, " at row ", key, " is >= vocab (", first->limit, ")"));
-  }
-  // Ops that need the host (reads, waits, allocations, host-to-device
-  // copies) throw while capturing, before any CUDA call, and mark the
-  // capture failed; capture_end then ends it and returns nullptr.
-  void no_capture(const char* what) {
-    if (capturing_)
-      fail(fmt("cuda backend: ", what,
-               " inside a graph capture (capture_begin .. capture_end may only enqueue device "
-               "work)"));
-  }
-  // Every error an op throws: while capturing, it also marks the capture
-  // failed (the graph would lack the op), so that capture_end returns nullptr.
-  [[noreturn]] void fail(const std::string& msg) {
-    if (capturing_ && capture_error_.empty()) capture_error_ = msg;
-    throw Error(msg);
-  }
-  static std::string cuda_error_text(cudaError_t e, const char* call) {
-    return fmt(call, ": ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")");
-  }
-  // A device buffer replaced by a larger one: kept until the backend is
-  // destroyed, since a captured graph may still read or write it.
-  void retire(void* p) {
-    if (p != nullptr) retired_.push_back(p);
-  }
-
-  int device_;
-  bool bf16_ = false;
-  bool fp32_gemms_ = false;  // set_fp32_gemms: bf16_ suspended (the router)
-  int bad_epoch_ = 0;  // bad_sink's counter
-  bool half_gemms() const { return bf16_ && !fp32_gemms_; }
-  // cublasGemmGroupedBatchedEx with fp32 operands and the bf16 tensor-core
-  // compute type: cuBLAS versions differ on whether they take it. A refusal
-  // (NOT_SUPPORTED, or INVALID_VALUE for the compute type; nothing was
-  // enqueued) is remembered and said once, and the grouped ops run one GEMM
-  // per group from then on (the same results); fp32 refusals likewise.
-  bool grouped_half_refused_ = false, grouped_fp32_refused_ = false;
-  bool grouped_ok() const { return !(half_gemms() ? grouped_half_refused_ : grouped_fp32_refused_); }
-  bool grouped_refused(cublasStatus_t st) {
-    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) return false;
-    (half_gemms() ? grouped_half_refused_ : grouped_fp32_refused_) = true;
-    log_warn(fmt("cuda backend: cublasGemmGroupedBatchedEx refused ",
-                 half_gemms() ? "the bf16 tensor-core compute type" : "fp32", " (",
-                 cublasGetStatusName(st), "); grouped expert GEMMs run one GEMM per expert"));
-    return true;
-  }
-  std::unique_ptr<cuda::LtLinear> lt_;  // created on the device, in the constructor
-  std::string name_;
-  cudaStream_t stream_ = nullptr;
-  cudaStream_t copy_stream_ = nullptr;  // offload copies (copy_async)
-  cudaEvent_t copy_after_ = nullptr;    // recorded on stream_ before each async copy
-  cudaEvent_t slot_done_[kCopySlots] = {};
-  AllocTracker device_mem_, host_mem_;
-  cublasHandle_t blas_ = nullptr;
-  BadIndex* bad_ = nullptr;
-  double* scalars_ = nullptr;
-  int* flag_ = nullptr;
-  double* partial_ = nullptr;
-  size_t partial_cap_ = 0;
-  char* group_table_ = nullptr;  // linear_fwd_grouped's pointer table on the device
-  size_t group_table_bytes_ = 0;
-  char* sumsq_table_ = nullptr;  // sum_squares_multi's tables, outputs and partials
-  size_t sumsq_bytes_ = 0;
-  int64_t sumsq_pieces_ = 0;
-  std::vector<char> sumsq_host_;  // the tensor list the table was built for
-  char* adam_table_ = nullptr;  // adamw_multi's chunk table on the device
-  size_t adam_table_bytes_ = 0;
-  std::vector<char> adam_table_host_;
-  int64_t adam_chunks_ = 0;
-  bool adam_table_captured_ = false;  // a graph reads adam_table_
-  double* aux_sums_ = nullptr;        // router_aux_fwd's E + 1 sums
-  size_t aux_sums_cap_ = 0;
-  void* blas_workspace_ = nullptr;              // cuBLAS's (cublasSetWorkspace)
-  std::unique_ptr<cuda::StagingRing> staging_;  // small to_device copies
-  int64_t host_reads_ = 0;
-  bool capturing_ = false;
-  std::string capture_error_;   // the first op that failed the running capture
-  std::vector<void*> retired_;  // replaced scratch buffers (retire)
-  std::vector<cudaEvent_t> marks_;  // mark()'s event pool; [0, marks_used_) recorded
-  size_t marks_used_ = 0;
-};
-
 }  // namespace
+
+CudaBackend::CudaBackend(int device, const CudaBackendOptions& opt)
+    : device_(device), bf16_(opt.bf16_tensor_cores) {
+  M6_CUDA_CHECK(cudaSetDevice(device));
+  // Non-blocking: no implicit ordering with the legacy default stream (no
+  // op here uses it), which a capture of a blocking stream would leave
+  // unusable for every other user in the process until the capture ends.
+  M6_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  // Offload copies (weight prefetch, optimizer staging) between pinned host
+  // memory and the device on their own stream, overlapping the kernels.
+  M6_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+  M6_CUDA_CHECK(cudaEventCreateWithFlags(&copy_after_, cudaEventDisableTiming));
+  for (cudaEvent_t& e : slot_done_) M6_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  M6_CUBLAS_CHECK(cublasCreate(&blas_));
+  M6_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
+  // After cublasSetStream, which resets the handle to its default workspace.
+  M6_CUDA_CHECK(cudaMalloc(&blas_workspace_, kCublasWorkspaceBytes));
+  M6_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_workspace_, kCublasWorkspaceBytes));
+  // fp32: plain fp32 GEMMs (no TF32), compared with the CPU reference at
+  // fp32 tolerances. bf16: tensor cores on operands rounded to bf16, fp32
+  // accumulation (CUBLAS_COMPUTE_32F_FAST_16BF).
+  M6_CUBLAS_CHECK(cublasSetMathMode(blas_, bf16_ ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH));
+  lt_ = std::make_unique<cuda::LtLinear>(opt.deterministic);
+  M6_CUDA_CHECK(cudaMalloc(&bad_, kBadKinds * sizeof(BadIndex)));
+  M6_CUDA_CHECK(cudaMemsetAsync(bad_, 0, kBadKinds * sizeof(BadIndex), stream_));
+  M6_CUDA_CHECK(cudaMalloc(&scalars_, 2 * sizeof(double)));
+  M6_CUDA_CHECK(cudaMalloc(&flag_, sizeof(int)));
+  M6_CUDA_CHECK(cudaMalloc(&partial_, kInitialPartials * sizeof(double)));
+  partial_cap_ = kInitialPartials;
+  staging_ = std::make_unique<cuda::StagingRing>(kStagingBytes, kStagingCopies);
+  cudaDeviceProp prop{};
+  M6_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  name_ = fmt("cuda(", device, ": ", prop.name, bf16_ ? ", bf16 tensor cores" : "", ")");
+}
+
+CudaBackend::~CudaBackend() {
+  // Destructors must not throw: errors here are ignored.
+  if (capturing_) {  // a capture abandoned by an exception
+    cudaGraph_t g = nullptr;
+    if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g != nullptr) cudaGraphDestroy(g);
+    (void)cudaGetLastError();
+  }
+  cudaStreamSynchronize(stream_);
+  staging_.reset();
+  for (void* p : retired_) cudaFree(p);
+  for (cudaEvent_t e : marks_) cudaEventDestroy(e);
+  cudaFree(aux_sums_);
+  cudaFree(partial_);
+  cudaFree(adam_table_);
+  cudaFree(sumsq_table_);
+  cudaFree(group_table_);
+  lt_.reset();
+  cudaFree(flag_);
+  cudaFree(scalars_);
+  cudaFree(bad_);
+  cublasDestroy(blas_);
+  cudaFree(blas_workspace_);
+  for (cudaEvent_t e : slot_done_) cudaEventDestroy(e);
+  cudaEventDestroy(copy_after_);
+  cudaStreamDestroy(copy_stream_);
+  cudaStreamDestroy(stream_);
+}
+
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS gets
+// B first, then A, with m and n swapped; the leading dimensions are the
+// row-major ones unchanged.
+void CudaBackend::gemm(const GemmArgs& g) {
+  if (g.m < 0 || g.n < 0 || g.k < 0 || g.batch < 0)
+    fail(fmt("gemm: negative size m=", g.m, " n=", g.n, " k=", g.k, " batch=", g.batch));
+  if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+  const int lda = resolve_ld(g.lda, g.trans_a == Trans::No ? g.k : g.m, "lda");
+  const int ldb = resolve_ld(g.ldb, g.trans_b == Trans::No ? g.n : g.k, "ldb");
+  const int ldc = resolve_ld(g.ldc, g.n, "ldc");
+  if (g.k == 0) {  // empty product: C = beta C (beta 0 writes 0), as the CPU
+    cuda::launch_gemm_scale_c(g.c, ldc, g.stride_c, g.m, g.n, g.batch, g.beta, stream_);
+    return;
+  }
+  const float alpha = g.alpha, beta = g.beta;
+  if (half_gemms()) {
+    M6_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b,
+        CUDA_R_32F, ldb, g.stride_b, g.a, CUDA_R_32F, lda, g.stride_a, &beta, g.c, CUDA_R_32F,
+        ldc, g.stride_c, g.batch, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+  M6_CUBLAS_CHECK(cublasSgemmStridedBatched(
+      blas_, cublas_op(g.trans_b), cublas_op(g.trans_a), g.n, g.m, g.k, &alpha, g.b, ldb,
+      g.stride_b, g.a, lda, g.stride_a, &beta, g.c, ldc, g.stride_c, g.batch));
+}
+
+// The linear layer on cuBLASLt with the bias (and GELU) as epilogues; the
+// reference sequence (gemm, add_bias, gelu_fwd) where cuBLASLt has no
+// algorithm for the shape.
+void CudaBackend::linear_fwd(float* y, float* act, const float* x, const float* w, const float* b,
+                             int n, int in, int out) {
+  check_nonneg("linear_fwd", n, in, out);
+  if (n > 0 && in > 0 && out > 0 &&
+      lt_->run(y, act, x, w, b, n, in, out, half_gemms(), stream_))
+    return;
+  Backend::linear_fwd(y, act, x, w, b, n, in, out);
+}
+
+// Every group's GEMM in one cublasGemmGroupedBatchedEx call (the
+// pointer arrays go to the device each call: the experts' row counts change
+// every step), then one kernel for the biases and the GELU.
+void CudaBackend::linear_fwd_grouped(float* y, float* act, const float* x, const LinearGroup* g,
+                                     int count, int in, int out) {
+  check_nonneg("linear_fwd_grouped", count, in, out);
+  std::vector<const void*> a, b;
+  std::vector<void*> c;
+  std::vector<const float*> bias;
+  std::vector<int64_t> row, prefix = {0};
+  for (int i = 0; i < count; ++i) {
+    if (g[i].rows < 0 || g[i].row < 0)
+      fail(fmt("linear_fwd_grouped: group ", i, " has rows ", g[i].rows, " at row ", g[i].row));
+    if (g[i].rows == 0) continue;
+    const size_t o = static_cast<size_t>(g[i].row);
+    a.push_back(g[i].w);
+    b.push_back(x + o * in);
+    c.push_back(y + o * out);
+    bias.push_back(g[i].b);
+    row.push_back(g[i].row);
+    prefix.push_back(prefix.back() + g[i].rows);
+  }
+  const int G = static_cast<int>(a.size());
+  if (G == 0 || out == 0) return;
+  if (in == 0 || !grouped_ok()) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
+  // Device table: [A][B][C][bias] pointers, [row][prefix] int64 (room for
+  // all `count` groups, so that a later step with more non-empty ones does
+  // not reallocate it).
+  const size_t pb = static_cast<size_t>(G) * sizeof(void*);
+  upload_group_table({{a.data(), pb}, {b.data(), pb}, {c.data(), pb}, {bias.data(), pb},
+                      {row.data(), G * sizeof(int64_t)}, {prefix.data(), (G + 1) * sizeof(int64_t)}},
+                     (4 * sizeof(void*) + 2 * sizeof(int64_t)) * count + sizeof(int64_t));
+  // Row-major y_i[rows,out] = x_i[rows,in] w_i^T is column-major
+  // Y^T[out,rows] = W[out,in] X^T: A = w (op T, ld in), B = x (op N, ld in).
+  std::vector<cublasOperation_t> ta(G, CUBLAS_OP_T), tb(G, CUBLAS_OP_N);
+  std::vector<int> m(G, out), n(G), k(G, in), lda(G, in), ldb(G, in), ldc(G, out), size(G, 1);
+  for (int i = 0; i < G; ++i) n[i] = static_cast<int>(prefix[i + 1] - prefix[i]);
+  std::vector<float> alpha(G, 1.0f), beta(G, 0.0f);
+  const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+      blas_, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
+      reinterpret_cast<const void* const*>(group_table_), CUDA_R_32F, lda.data(),
+      reinterpret_cast<const void* const*>(group_table_ + pb), CUDA_R_32F, ldb.data(),
+      beta.data(), reinterpret_cast<void* const*>(group_table_ + 2 * pb), CUDA_R_32F, ldc.data(),
+      G, size.data(), half_gemms() ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F);
+  if (grouped_refused(st)) return Backend::linear_fwd_grouped(y, act, x, g, count, in, out);
+  M6_CUBLAS_CHECK(st);
+  cuda::launch_grouped_bias_act(y, act, reinterpret_cast<const float* const*>(group_table_ + 3 * pb),
+                                reinterpret_cast<const int64_t*>(group_table_ + 4 * pb),
+                                reinterpret_cast<const int64_t*>(group_table_ + 4 * pb + G * 8),
+                                G, prefix.back(), out, stream_);
+}
+
+// Every group's dx GEMM in one cublasGemmGroupedBatchedEx call, every dw
+// GEMM in another, then one kernel for the bias gradients (one thread per
+// group and column, as bias_grad).
+void CudaBackend::linear_bwd_grouped(float* dx, const float* dy, const float* x,
+                                     const LinearGradGroup* g, int count, int in, int out) {
+  check_nonneg("linear_bwd_grouped", count, in, out);
+  std::vector<const void*> w, dyp, xp;
+  std::vector<void*> dxp, dwp;
+  std::vector<float*> db;
+  std::vector<int64_t> row, rows;
+  for (int i = 0; i < count; ++i) {
+    if (g[i].rows < 0 || g[i].row < 0)
+      fail(fmt("linear_bwd_grouped: group ", i, " has rows ", g[i].rows, " at row ", g[i].row));
+    if (g[i].rows == 0) continue;
+    const size_t o = static_cast<size_t>(g[i].row);
+    w.push_back(g[i].w);
+    dyp.push_back(dy + o * out);
+    xp.push_back(x + o * in);
+    dxp.push_back(dx + o * in);
+    dwp.push_back(g[i].dw);
+    db.push_back(g[i].db);
+    row.push_back(g[i].row);
+    rows.push_back(g[i].rows);
+  }
+  const int G = static_cast<int>(w.size());
+  if (G == 0) return;
+  if (in == 0 || out == 0 || !grouped_ok())
+    return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
+  // Device table: [W][DY][DX][X][DW][DB] pointers, [row][rows] int64.
+  const size_t pb = static_cast<size_t>(G) * sizeof(void*);
+  upload_group_table({{w.data(), pb}, {dyp.data(), pb}, {dxp.data(), pb}, {xp.data(), pb},
+                      {dwp.data(), pb}, {db.data(), pb}, {row.data(), G * sizeof(int64_t)},
+                      {rows.data(), G * sizeof(int64_t)}},
+                     (6 * sizeof(void*) + 2 * sizeof(int64_t)) * count);
+  auto ptrs = [&](int p) { return reinterpret_cast<const void* const*>(group_table_ + p * pb); };
+  auto outs = [&](int p) { return reinterpret_cast<void* const*>(group_table_ + p * pb); };
+  const cublasComputeType_t compute =
+      half_gemms() ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+  std::vector<int> size(G, 1), n(G);
+  for (int i = 0; i < G; ++i) n[i] = static_cast<int>(rows[i]);
+  // dx_i[rows,in] = dy_i[rows,out] w_i[out,in], column-major DX^T[in,rows] =
+  // W^T DY^T: A = w (op N, ld in), B = dy (op N, ld out); overwrite.
+  std::vector<cublasOperation_t> opn(G, CUBLAS_OP_N), opt(G, CUBLAS_OP_T);
+  std::vector<int> m_in(G, in), k_out(G, out), ld_in(G, in), ld_out(G, out);
+  std::vector<float> one(G, 1.0f), zero(G, 0.0f);
+  cublasStatus_t st = cublasGemmGroupedBatchedEx(
+      blas_, opn.data(), opn.data(), m_in.data(), n.data(), k_out.data(), one.data(), ptrs(0),
+      CUDA_R_32F, ld_in.data(), ptrs(1), CUDA_R_32F, ld_out.data(), zero.data(), outs(2),
+      CUDA_R_32F, ld_in.data(), G, size.data(), compute);
+  if (grouped_refused(st)) return Backend::linear_bwd_grouped(dx, dy, x, g, count, in, out);
+  M6_CUBLAS_CHECK(st);
+  // dw_i[out,in] += dy_i^T x_i, column-major DW^T[in,out] += X^T[in,rows]
+  // DY[rows,out]: A = x (op N, ld in), B = dy (op T, ld out), k = rows.
+  M6_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
+      blas_, opn.data(), opt.data(), m_in.data(), k_out.data(), n.data(), one.data(), ptrs(3),
+      CUDA_R_32F, ld_in.data(), ptrs(1), CUDA_R_32F, ld_out.data(), one.data(), outs(4),
+      CUDA_R_32F, ld_in.data(), G, size.data(), compute));
+  const int max_rows = static_cast<int>(*std::max_element(rows.begin(), rows.end()));
+  cuda::launch_grouped_bias_grad(reinterpret_cast<float* const*>(group_table_ + 5 * pb), dy,
+                                 reinterpret_cast<const int64_t*>(group_table_ + 6 * pb),
+                                 reinterpret_cast<const int64_t*>(group_table_ + 6 * pb + G * 8),
+                                 G, out, max_rows, partials(cuda::colsum_scratch(max_rows, out, G)),
+                                 stream_);
+}
+
+void CudaBackend::add_bias(float* y, const float* b, int n, int c) {
+  check_nonneg("add_bias", n, c);
+  cuda::launch_add_bias(y, b, n, c, stream_);
+}
+
+void CudaBackend::bias_grad(float* db, const float* dy, int n, int c) {
+  check_nonneg("bias_grad", n, c);
+  cuda::launch_bias_grad(db, dy, n, c, partials(cuda::colsum_scratch(n, c, 1)), stream_);
+}
+
+void CudaBackend::add(float* y, const float* a, const float* b, size_t n) {
+  cuda::launch_add(y, a, b, n, stream_);
+}
+
+void CudaBackend::axpy(float* y, float alpha, const float* x, size_t n) {
+  cuda::launch_axpy(y, alpha, x, n, stream_);
+}
+
+// One piece table per tensor list (cached: the gradient chunks are the same
+// every step), two launches, one copy back.
+void CudaBackend::sum_squares_multi(double* out, const float* const* xs, const size_t* ns,
+                                    size_t count) {
+  if (count == 0) return;
+  std::vector<cuda::SumTensorDev> ts(count);
+  for (size_t i = 0; i < count; ++i) ts[i] = {xs[i], static_cast<int64_t>(ns[i])};
+  const size_t tb = count * sizeof(cuda::SumTensorDev);
+  if (tb != sumsq_host_.size() ||
+      std::memcmp(sumsq_host_.data(), ts.data(), tb) != 0) {
+    std::vector<int64_t> start, first(count + 1, 0);
+    std::vector<int32_t> tensor;
+    for (size_t i = 0; i < count; ++i) {
+      first[i] = static_cast<int64_t>(start.size());
+      for (int64_t at = 0; at < ts[i].n; at += cuda::kSumPiece) {
+        start.push_back(at);
+        tensor.push_back(static_cast<int32_t>(i));
+      }
+    }
+    first[count] = static_cast<int64_t>(start.size());
+    sumsq_pieces_ = static_cast<int64_t>(start.size());
+    // Layout: [int64 piece starts][int64 first pieces][double out][double
+    // partials][tensors][int32 piece tensors], each part 8-byte aligned.
+    const size_t P = start.size(), bytes = 8 * (P + (count + 1) + count + P) + tb + 4 * P + 8;
+    if (bytes > sumsq_bytes_) {
+      if (sumsq_table_ != nullptr) release(sumsq_table_);
+      sumsq_table_ = static_cast<char*>(alloc(bytes));
+      sumsq_bytes_ = bytes;
+    }
+    char* at = sumsq_table_;
+    to_device(at, start.data(), 8 * P);
+    to_device(at + 8 * P, first.data(), 8 * (count + 1));
+    to_device(at + 8 * (P + count + 1 + count + P), ts.data(), tb);
+    to_device(at + 8 * (P + count + 1 + count + P) + tb, tensor.data(), 4 * P);
+    sumsq_host_.assign(reinterpret_cast<const char*>(ts.data()),
+                       reinterpret_cast<const char*>(ts.data()) + tb);
+  }
+  const size_t P = static_cast<size_t>(sumsq_pieces_);
+  char* at = sumsq_table_;
+  double* dev_out = reinterpret_cast<double*>(at + 8 * (P + count + 1));
+  double* partial = dev_out + count;
+  cuda::launch_sum_squares_multi(
+      dev_out, partial,
+      reinterpret_cast<const cuda::SumTensorDev*>(at + 8 * (P + count + 1 + count + P)),
+      reinterpret_cast<const int32_t*>(at + 8 * (P + count + 1 + count + P) + tb),
+      reinterpret_cast<const int64_t*>(at), reinterpret_cast<const int64_t*>(at + 8 * P),
+      static_cast<int64_t>(P), static_cast<int64_t>(count), stream_);
+  to_host(out, dev_out, count * sizeof(double));
+}
+
+bool CudaBackend::all_finite(const float* x, size_t n) {
+  if (n == 0) return true;
+  M6_CUDA_CHECK(cudaMemsetAsync(flag_, 0, sizeof(int), stream_));
+  cuda::launch_all_finite(flag_, x, n, stream_);
+  int bad = 0;
+  to_host(&bad, flag_, sizeof(int));
+  return bad == 0;
+}
+
+// The kernels of sum / router_aux_fwd / the routing fingerprint writing
+// into device memory, no readback: these may be captured into a graph.
+void CudaBackend::sum_to(double* dst, const float* x, size_t n) {
+  ensure_partials(n);
+  cuda::launch_sum(dst, partial_, x, n, false, stream_);
+}
+
+void CudaBackend::router_aux_sums(double* dst, const float* probs, const float* lse,
+                                  const RouterArgs& a) {
+  check_router_args(a);
+  cuda::launch_router_aux_sums(dst, dst + a.e, probs, lse, a.n, a.e, a.groups, stream_);
+}
+
+void CudaBackend::routing_hash(uint64_t* dst, const int32_t* expert, const int32_t* pos, int n,
+                               int S) {
+  check_nonneg("routing_hash", n, S);
+  cuda::launch_routing_hash(dst, expert, pos, static_cast<int64_t>(n) * S, stream_);
+}
+
+bool CudaBackend::set_fp32_gemms(bool on) {
+  const bool prev = fp32_gemms_;
+  if (bf16_ && on != prev)  // fp32 GEMMs as in fp32 mode (no TF32, no reduced-precision sums)
+    M6_CUBLAS_CHECK(cublasSetMathMode(blas_, on ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH));
+  fp32_gemms_ = on;
+  return prev;
+}
+
+void CudaBackend::round_half(float* x, size_t n, HalfType t) {
+  cuda::launch_round_half(x, n, t, stream_);
+}
+
+void CudaBackend::embedding_fwd(float* x, const int32_t* tokens, const float* wte, const float* wpe,
+                                int B, int T, int d) {
+  check_nonneg("embedding_fwd", B, T, d);
+  cuda::launch_embedding_fwd(x, tokens, wte, wpe, B, T, d, stream_);
+}
+
+void CudaBackend::embedding_bwd(float* dwte, float* dwpe, const float* dx, const int32_t* tokens,
+                                int B, int T, int d) {
+  check_nonneg("embedding_bwd", B, T, d);
+  cuda::launch_embedding_bwd(dwte, dwpe, dx, tokens, B, T, d, stream_);
+}
+
+void CudaBackend::layernorm_fwd(float* y, float* mean, float* rstd, const float* x, const float* w,
+                                const float* b, int N, int d) {
+  check_nonneg("layernorm_fwd", N, d);
+  if (d == 0 && N > 0) fail(fmt("layernorm_fwd: width d (", d, ") must be > 0"));
+  cuda::launch_layernorm_fwd(y, mean, rstd, x, w, b, N, d, stream_);
+}
+
+void CudaBackend::add_layernorm_fwd(float* x_out, float* y, float* mean, float* rstd,
+                                    const float* x, const float* delta, const float* w,
+                                    const float* b, int N, int d) {
+  check_nonneg("add_layernorm_fwd", N, d);
+  if (d == 0 && N > 0) fail(fmt("add_layernorm_fwd: width d (", d, ") must be > 0"));
+  cuda::launch_add_layernorm_fwd(x_out, y, mean, rstd, x, delta, w, b, N, d, stream_);
+}
+
+void CudaBackend::add_layernorm_fwd_half(float* x_out, float* y, float* mean, float* rstd,
+                                         const float* x, const float* delta, const float* w,
+                                         const float* b, int N, int d, HalfType t) {
+  check_nonneg("add_layernorm_fwd_half", N, d);
+  if (d == 0 && N > 0) fail(fmt("add_layernorm_fwd_half: width d (", d, ") must be > 0"));
+  cuda::launch_add_layernorm_fwd_half(x_out, y, mean, rstd, x, delta, w, b, N, d, t, stream_);
+}
+
+void CudaBackend::layernorm_bwd(float* dx, float* dw, float* db, const float* dy, const float* x,
+                                const float* mean, const float* rstd, const float* w, int N,
+                                int d) {
+  check_nonneg("layernorm_bwd", N, d);
+  cuda::launch_layernorm_bwd(dx, dw, db, dy, x, mean, rstd, w, N, d,
+                             partials(cuda::colsum_scratch(N, d, 2)), stream_);
+}
+
+void CudaBackend::gelu_fwd(float* y, const float* x, size_t n) {
+  cuda::launch_gelu_fwd(y, x, n, stream_);
+}
+
+void CudaBackend::gelu_bwd(float* dx, const float* x, const float* dy, size_t n) {
+  cuda::launch_gelu_bwd(dx, x, dy, n, stream_);
+}
+
+void CudaBackend::gelu_fwd_half(float* y, float* x, size_t n, HalfType t) {
+  cuda::launch_gelu_fwd_half(y, x, n, t, stream_);
+}
+
+void CudaBackend::gelu_bwd_half(float* dx, const float* x, float* dy, size_t n, HalfType t) {
+  cuda::launch_gelu_bwd_half(dx, x, dy, n, t, stream_);
+}
+
+// Fused (flash-style) attention, kernels/attention.cu: att is the
+// log-sum-exp [B,H,T], datt the scratch D [B,H,T].
+Backend::AttentionBuffers CudaBackend::attention_buffers(int B, int T, int H) const {
+  return flash_attention_buffers(B, T, H);
+}
+
+// On bf16 tensor cores when the GEMMs are (the model then holds qkv, out
+// and dout as bf16 values) and the head size allows; else fp32.
+bool CudaBackend::attention_on_tensor_cores(int H, int d) const {
+  return half_gemms() && cuda::flash_attention_tc_supported(d / H);
+}
+
+void CudaBackend::attention_fwd(float* out, float* att, const float* qkv, int B, int T, int H,
+                                int d) {
+  check_attention(B, T, H, d);
+  if (attention_on_tensor_cores(H, d))
+    cuda::launch_flash_attention_tc_fwd(out, att, qkv, B, T, H, d, stream_);
+  else
+    cuda::launch_flash_attention_fwd(out, att, qkv, B, T, H, d, stream_);
+}
+
+void CudaBackend::attention_bwd(float* dqkv, float* datt, const float* dout, const float* qkv,
+                                const float* out, const float* att, int B, int T, int H, int d) {
+  check_attention(B, T, H, d);
+  if (attention_on_tensor_cores(H, d))
+    cuda::launch_flash_attention_tc_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d, stream_);
+  else
+    cuda::launch_flash_attention_bwd(dqkv, datt, dout, qkv, out, att, B, T, H, d, stream_);
+}
+
+void CudaBackend::crossentropy_fwd(float* loss, float* probs, const float* logits,
+                                   const int32_t* targets, int N, int V) {
+  check_nonneg("crossentropy_fwd", N, V);
+  cuda::launch_crossentropy_fwd(loss, probs, logits, targets, N, V, bad_sink(kBadCrossentropyFwd),
+                                stream_);
+}
+
+void CudaBackend::crossentropy_bwd(float* dlogits, const float* probs, const int32_t* targets,
+                                   float dscale, int N, int V) {
+  check_nonneg("crossentropy_bwd", N, V);
+  cuda::launch_crossentropy_bwd(dlogits, probs, targets, dscale, N, V, bad_sink(kBadCrossentropyBwd),
+                                stream_);
+}
+
+void CudaBackend::router_fwd(float* probs, float* lse, int32_t* expert, float* gate,
+                             const float* logits, const RouterArgs& a) {
+  check_router_args(a);
+  cuda::launch_router_fwd(probs, lse, expert, gate, logits, a.n, a.e, a.groups, a.top_k,
+                          a.normalize, stream_);
+}
+
+void CudaBackend::moe_assign(int32_t* pos, int32_t* count, int32_t* demand, const int32_t* expert,
+                             int N, int S, int E, int capacity) {
+  check_nonneg("moe_assign", N, S, E);
+  cuda::launch_moe_assign(pos, count, demand, expert, N, S, E, capacity, bad_sink(kBadMoeAssign),
+                          stream_);
+}
+
+void CudaBackend::moe_permute(float* xp, const float* x, const int32_t* expert, const int32_t* pos,
+                              const int32_t* offset, int N, int S, int d) {
+  check_nonneg("moe_permute", N, S, d);
+  cuda::launch_moe_permute(xp, x, expert, pos, offset, N, S, d, stream_);
+}
+
+void CudaBackend::moe_permute_bwd(float* dx, const float* dxp, const int32_t* expert,
+                                  const int32_t* pos, const int32_t* offset, int N, int S, int d) {
+  check_nonneg("moe_permute_bwd", N, S, d);
+  cuda::launch_moe_permute_bwd(dx, dxp, expert, pos, offset, N, S, d, stream_);
+}
+
+void CudaBackend::moe_unpermute(float* y, const float* yp, const float* gate, const int32_t* expert,
+                                const int32_t* pos, const int32_t* offset, int N, int S, int d) {
+  check_nonneg("moe_unpermute", N, S, d);
+  cuda::launch_moe_unpermute(y, yp, gate, expert, pos, offset, N, S, d, stream_);
+}
+
+void CudaBackend::moe_unpermute_bwd(float* dyp, float* dgate, const float* dy, const float* yp,
+                                    const float* gate, const int32_t* expert, const int32_t* pos,
+                                    const int32_t* offset, int N, int S, int d) {
+  check_nonneg("moe_unpermute_bwd", N, S, d);
+  cuda::launch_moe_unpermute_bwd(dyp, dgate, dy, yp, gate, expert, pos, offset, N, S, d,
+                                 stream_);
+}
+
+// The two sums run on the device (into a buffer kept between calls); the
+// final combination (E terms) runs on the host in the CPU reference's
+// order (router_aux_combine). One host read for the sums and the demand.
+Backend::AuxLosses CudaBackend::router_aux_fwd(const float* probs, const float* lse,
+                                               const int32_t* demand, const RouterArgs& a) {
+  check_router_args(a);
+  if (a.n == 0) return {0.0, 0.0};
+  const size_t E = static_cast<size_t>(a.e);
+  if (E + 1 > aux_sums_cap_) {
+    auto* fresh = static_cast<double*>(alloc((E + 1) * sizeof(double)));
+    retire(aux_sums_);
+    aux_sums_ = fresh;
+    aux_sums_cap_ = E + 1;
+  }
+  cuda::launch_router_aux_sums(aux_sums_, aux_sums_ + E, probs, lse, a.n, a.e, a.groups, stream_);
+  std::vector<double> sums(E + 1);
+  std::vector<int32_t> dem(E);
+  read_back({{sums.data(), aux_sums_, sums.size() * sizeof(double)},
+             {dem.data(), demand, dem.size() * sizeof(int32_t)}});
+  return router_aux_combine(sums.data(), dem.data(), a);
+}
+
+void CudaBackend::router_bwd(float* dlogits, const float* dgate, const float* probs,
+                             const float* lse, const int32_t* expert, const float* gate,
+                             const int32_t* demand, float aux_coef, float z_coef,
+                             const RouterArgs& a) {
+  check_router_args(a);
+  if (a.n == 0) return;
+  cuda::launch_router_bwd(dlogits, dgate, probs, lse, expert, gate, demand, aux_coef, z_coef,
+                          a.n, a.e, a.groups, a.top_k, a.normalize, stream_);
+}
+
+void CudaBackend::adamw(float* p, const float* g, float* m, float* v, size_t n, const AdamArgs& a) {
+  if (a.t < 1) fail(fmt("adamw: step t (", a.t, ") must be >= 1"));
+  const double bc1 = 1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.t));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.t));
+  cuda::launch_adamw(p, g, m, v, n, a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.grad_scale,
+                     bc1, bc2, stream_);
+}
+
+// One launch for every tensor. The table (pointers, sizes, chunks) is the
+// same every step: it is uploaded again only when it changes, so a step
+// allocates and copies nothing here. A graph reads the table it was
+// captured with at every launch: a changed table after a capture goes to
+// a new buffer, the old one retired.
+void CudaBackend::adamw_multi(const AdamTensor* ts, size_t count, const AdamArgs& a) {
+  if (a.t < 1) fail(fmt("adamw: step t (", a.t, ") must be >= 1"));
+  std::vector<cuda::AdamTensorDev> table(count);
+  std::vector<int32_t> chunk_tensor;
+  std::vector<int64_t> chunk_start;
+  for (size_t i = 0; i < count; ++i) {
+    table[i] = {ts[i].p, ts[i].g, ts[i].m, ts[i].v, ts[i].n,
+                static_cast<double>(ts[i].weight_decay)};
+    for (size_t at = 0; at < ts[i].n; at += cuda::kAdamChunk) {
+      chunk_tensor.push_back(static_cast<int32_t>(i));
+      chunk_start.push_back(static_cast<int64_t>(at));
+    }
+  }
+  const size_t tb = count * sizeof(cuda::AdamTensorDev);
+  const size_t cb = chunk_tensor.size() * (sizeof(int32_t) + sizeof(int64_t));
+  const bool same = tb == adam_table_host_.size() && cb + tb <= adam_table_bytes_ &&
+                    std::memcmp(adam_table_host_.data(), table.data(), tb) == 0 &&
+                    adam_chunks_ == static_cast<int64_t>(chunk_tensor.size());
+  if (!same) {
+    if (tb + cb + 16 > adam_table_bytes_ || adam_table_captured_) {
+      char* fresh = static_cast<char*>(alloc(tb + cb + 16));
+      retire(adam_table_);
+      adam_table_ = fresh;
+      adam_table_bytes_ = tb + cb + 16;
+      adam_table_captured_ = false;
+    }
+    // Layout: [int64 starts][table][int32 tensors], each 8-byte aligned.
+    const size_t sb = chunk_start.size() * sizeof(int64_t);
+    to_device(adam_table_, chunk_start.data(), sb);
+    to_device(adam_table_ + sb, table.data(), tb);
+    to_device(adam_table_ + sb + tb, chunk_tensor.data(), chunk_tensor.size() * sizeof(int32_t));
+    adam_table_host_.assign(reinterpret_cast<const char*>(table.data()),
+                            reinterpret_cast<const char*>(table.data()) + tb);
+    adam_chunks_ = static_cast<int64_t>(chunk_tensor.size());
+  }
+  const size_t sb = static_cast<size_t>(adam_chunks_) * sizeof(int64_t);
+  const double bc1 = 1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.t));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.t));
+  cuda::launch_adamw_multi(reinterpret_cast<const cuda::AdamTensorDev*>(adam_table_ + sb),
+                           reinterpret_cast<const int32_t*>(adam_table_ + sb + tb),
+                           reinterpret_cast<const int64_t*>(adam_table_), adam_chunks_, a.lr,
+                           a.beta1, a.beta2, a.eps, a.grad_scale, bc1, bc2, stream_);
+  if (capturing_) adam_table_captured_ = true;
+}
+
+// Leading dimension of a stored row-major matrix: 0 -> its width (as cpu_dense.h).
+int CudaBackend::resolve_ld(int ld, int width, const char* what) {
+  if (ld == 0) return std::max(width, 1);
+  if (ld < width)
+    fail(fmt("gemm: ", what, " (", ld, ") is smaller than the stored row width (", width, ")"));
+  return ld;
+}
+
+void CudaBackend::check_router_args(const RouterArgs& a) {
+  if (a.n < 0) fail(fmt("router: tokens (", a.n, ") must be >= 0"));
+  if (a.e <= 0 || a.groups <= 0 || a.e % a.groups != 0)
+    fail(fmt("router: experts (", a.e, ") must be a positive multiple of groups (", a.groups,
+             ")"));
+  if (a.top_k < 1 || a.top_k > a.e / a.groups)
+    fail(fmt("router: top_k (", a.top_k, ") must be in [1, experts per group (", a.e / a.groups,
+             ")]"));
+}
+
+void CudaBackend::check_attention(int B, int T, int H, int d) {
+  if (H <= 0 || d % H != 0) fail(fmt("attention: d (", d, ") must be divisible by H (", H, ")"));
+  if (B < 0 || T < 0) fail(fmt("attention: negative shape B=", B, " T=", T));
+  if (d / H > cuda::kFlashMaxHeadDim)
+    fail(fmt("attention (cuda): head size d/H (", d, "/", H, " = ", d / H,
+             ") is above the fused kernel's ", cuda::kFlashMaxHeadDim,
+             "; use more heads (model.n_heads)"));
+}
+
+double CudaBackend::reduce(const float* x, size_t n, bool squares) {
+  ensure_partials(n);
+  cuda::launch_sum(scalars_, partial_, x, n, squares, stream_);
+  double out = 0.0;
+  to_host(&out, scalars_, sizeof(double));
+  return out;
+}
+
+bool CudaBackend::grouped_refused(cublasStatus_t st) {
+  if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) return false;
+  (half_gemms() ? grouped_half_refused_ : grouped_fp32_refused_) = true;
+  log_warn(fmt("cuda backend: cublasGemmGroupedBatchedEx refused ",
+               half_gemms() ? "the bf16 tensor-core compute type" : "fp32", " (",
+               cublasGetStatusName(st), "); grouped expert GEMMs run one GEMM per expert"));
+  return true;
+}
+
+}  // namespace cuda_impl
+
+using cuda_impl::CudaBackend;
 
 int cuda_device_count() {
   int n = 0;
