@@ -28,6 +28,7 @@
 #include <exception>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/parallel/comm_nccl.h"
@@ -208,8 +209,8 @@ class NcclComm final : public Comm {
     ncclComm_t child = nullptr;
     CommLabel label(activity(), fmt("split of the ", role(), " communicator"));
     check(ncclCommSplit(comm_, color, key, &child, &cfg), "ncclCommSplit");
-    await_nccl(comm_, "ncclCommSplit");
-    await_nccl(child, "ncclCommSplit");
+    enqueued("ncclCommSplit");  // this communicator: a failure marks it aborted
+    await_nccl_state(child, "ncclCommSplit", activity(), role(), size_);
     return std::make_unique<NcclComm>(child, device_, stream_, activity_ptr());
   }
 
@@ -359,21 +360,28 @@ class NcclComm final : public Comm {
 
   void start() { M6_CUDA_CHECK(cudaEventRecord(before_, stream_)); }
 
-  // Waits until NCCL has enqueued the call just made (a non-blocking
-  // communicator's ncclInProgress), before any other work goes on the stream.
-  void enqueued(const char* op) {
-    ncclResult_t st = ncclSuccess;
+  // wait_collective on this communicator; past the timeout it is aborted.
+  template <class Poll>
+  void wait_or_abort(Poll&& done, const char* op) {
     try {
-      wait_collective(
-          [&] {
-            ncclCommGetAsyncError(comm_, &st);
-            return st != ncclInProgress;
-          },
-          activity(), op, role(), size_);
+      wait_collective(std::forward<Poll>(done), activity(), op, role(), size_);
     } catch (const CommTimeout& e) {
       abort_comm();
       throw CommTimeout(fmt(e.what(), "; the NCCL communicator was aborted"));
     }
+  }
+
+  // Waits until NCCL has completed the call just made on this communicator
+  // (a non-blocking communicator's ncclInProgress: a collective enqueued, a
+  // split done), before any other work goes on the stream.
+  void enqueued(const char* op) {
+    ncclResult_t st = ncclSuccess;
+    wait_or_abort(
+        [&] {
+          ncclCommGetAsyncError(comm_, &st);
+          return st != ncclInProgress;
+        },
+        op);
     if (st != ncclSuccess) fail(st, op);
   }
 
@@ -386,28 +394,23 @@ class NcclComm final : public Comm {
     ncclResult_t nccl_state = ncclSuccess;
     cudaError_t cuda_state = cudaSuccess;
     M6_CUDA_CHECK(cudaEventRecord(after_, stream_));
-    try {
-      wait_collective(
-          [&] {
-            const cudaError_t q = cudaEventQuery(after_);
-            if (q == cudaErrorNotReady) {
-              // A peer failing mid-collective shows up here, not in the event.
-              ncclResult_t st = ncclSuccess;
-              ncclCommGetAsyncError(comm_, &st);
-              if (st != ncclSuccess && st != ncclInProgress) {
-                nccl_state = st;
-                return true;
-              }
-              return false;
+    wait_or_abort(
+        [&] {
+          const cudaError_t q = cudaEventQuery(after_);
+          if (q == cudaErrorNotReady) {
+            // A peer failing mid-collective shows up here, not in the event.
+            ncclResult_t st = ncclSuccess;
+            ncclCommGetAsyncError(comm_, &st);
+            if (st != ncclSuccess && st != ncclInProgress) {
+              nccl_state = st;
+              return true;
             }
-            cuda_state = q;
-            return true;
-          },
-          a, op, role(), size_);
-    } catch (const CommTimeout& e) {
-      abort_comm();
-      throw CommTimeout(fmt(e.what(), "; the NCCL communicator was aborted"));
-    }
+            return false;
+          }
+          cuda_state = q;
+          return true;
+        },
+        op);
     if (nccl_state != ncclSuccess) fail(nccl_state, op);
     M6_CUDA_CHECK(cuda_state);
     float ms = 0;
@@ -416,10 +419,10 @@ class NcclComm final : public Comm {
     return ms * 1e-3;
   }
 
-  // Waits until a non-blocking NCCL call on `c` (init, split) has completed.
-  void await_nccl(ncclComm_t c, const char* what) { await_nccl_state(c, what, activity(), role(), size_); }
-
  public:
+  // Waits until a non-blocking NCCL call on `c`, a communicator not yet
+  // owned by an NcclComm (init, a split's child), has completed; aborts it
+  // on failure.
   static void await_nccl_state(ncclComm_t c, const char* what, CommActivity& a,
                                const std::string& role, int size) {
     ncclResult_t st = ncclSuccess;
