@@ -33,6 +33,16 @@ inline int colsum_chunks(int n) {
 inline size_t colsum_scratch(int n, int c, int k) {
   return static_cast<size_t>(k) * colsum_chunks(n) * static_cast<size_t>(c);
 }
+// The launch geometry of n rows by c columns: the chunks (grid y), the rows
+// per chunk (the last chunks may be short or empty) and the column blocks
+// (grid x, kColThreads threads each).
+struct ColsumGrid {
+  int chunks, per_chunk, col_blocks;
+};
+inline ColsumGrid colsum_grid(int n, int c) {
+  const int chunks = colsum_chunks(n);
+  return {chunks, (n + chunks - 1) / chunks, (c + kColThreads - 1) / kColThreads};
+}
 
 template <int K, class Term>
 __global__ void colsum_partial_kernel(double* partial, Term term, int n, int c, int per_chunk) {
@@ -100,13 +110,11 @@ void launch_colsum(float* out0, float* out1, double* partial, Term term, int n, 
                    cudaStream_t st) {
   static_assert(K == 1 || K == 2, "one or two sums per column");
   if (c <= 0 || n <= 0) return;
-  const int chunks = colsum_chunks(n);
-  const int per_chunk = (n + chunks - 1) / chunks;
-  const int col_blocks = (c + kColThreads - 1) / kColThreads;
-  colsum_partial_kernel<K><<<dim3(col_blocks, chunks), kColThreads, 0, st>>>(partial, term, n, c,
-                                                                             per_chunk);
+  const ColsumGrid gr = colsum_grid(n, c);
+  colsum_partial_kernel<K><<<dim3(gr.col_blocks, gr.chunks), kColThreads, 0, st>>>(
+      partial, term, n, c, gr.per_chunk);
   M6_LAUNCH_CHECK();
-  colsum_final_kernel<K><<<col_blocks, kColThreads, 0, st>>>(out0, out1, partial, chunks, c);
+  colsum_final_kernel<K><<<gr.col_blocks, kColThreads, 0, st>>>(out0, out1, partial, gr.chunks, c);
   M6_LAUNCH_CHECK();
 }
 #endif

@@ -226,13 +226,12 @@ void launch_grouped_bias_grad(float* const* db, const float* dy, const int64_t* 
                               const int64_t* rows, int count, int c, int max_rows,
                               double* partial, cudaStream_t st) {
   if (count == 0 || c == 0) return;
-  const int chunks = colsum_chunks(max_rows);
-  const int col_blocks = (c + kColThreads - 1) / kColThreads;
-  grouped_colsum_partial_kernel<<<dim3(col_blocks, chunks, count), kColThreads, 0, st>>>(
-      partial, db, dy, row, rows, c, chunks);
+  const ColsumGrid gr = colsum_grid(max_rows, c);  // per_chunk: each group's own
+  grouped_colsum_partial_kernel<<<dim3(gr.col_blocks, gr.chunks, count), kColThreads, 0, st>>>(
+      partial, db, dy, row, rows, c, gr.chunks);
   M6_LAUNCH_CHECK();
-  grouped_colsum_final_kernel<<<dim3(col_blocks, count), kColThreads, 0, st>>>(db, partial,
-                                                                              chunks, c);
+  grouped_colsum_final_kernel<<<dim3(gr.col_blocks, count), kColThreads, 0, st>>>(db, partial,
+                                                                                 gr.chunks, c);
   M6_LAUNCH_CHECK();
 }
 

@@ -51,14 +51,13 @@ struct LnTerm {
 template <int K, class Term>
 void colsum(float* out0, float* out1, Term term, int n, int c) {
   std::vector<double> partial(cu::colsum_scratch(n, c, K), std::nan(""));
-  const int chunks = cu::colsum_chunks(n);
-  const int per_chunk = (n + chunks - 1) / chunks;
-  const unsigned col_blocks = (c + cu::kColThreads - 1) / cu::kColThreads;
-  emu::launch_serial({col_blocks, static_cast<unsigned>(chunks), 1}, cu::kColThreads, [&] {
-    cu::colsum_partial_kernel<K>(partial.data(), term, n, c, per_chunk);
+  const cu::ColsumGrid gr = cu::colsum_grid(n, c);
+  const auto col_blocks = static_cast<unsigned>(gr.col_blocks);
+  emu::launch_serial({col_blocks, static_cast<unsigned>(gr.chunks), 1}, cu::kColThreads, [&] {
+    cu::colsum_partial_kernel<K>(partial.data(), term, n, c, gr.per_chunk);
   });
   emu::launch_serial({col_blocks, 1, 1}, cu::kColThreads,
-                     [&] { cu::colsum_final_kernel<K>(out0, out1, partial.data(), chunks, c); });
+                     [&] { cu::colsum_final_kernel<K>(out0, out1, partial.data(), gr.chunks, c); });
 }
 
 void run_shape(int n, int c, std::mt19937& rng) {
@@ -121,16 +120,16 @@ void run_grouped(std::mt19937& rng) {
   for (int g = 0; g < G; ++g) dbp[g] = db[g].data();
   dbp[4] = nullptr;  // no bias
   const int max_rows = 9001;
-  const int chunks = cu::colsum_chunks(max_rows);
+  const cu::ColsumGrid gr = cu::colsum_grid(max_rows, c);  // as launch_grouped_bias_grad
   std::vector<double> partial(cu::colsum_scratch(max_rows, c, G), std::nan(""));
-  const unsigned col_blocks = (c + cu::kColThreads - 1) / cu::kColThreads;
-  emu::launch_serial({col_blocks, static_cast<unsigned>(chunks), static_cast<unsigned>(G)},
+  const auto col_blocks = static_cast<unsigned>(gr.col_blocks);
+  emu::launch_serial({col_blocks, static_cast<unsigned>(gr.chunks), static_cast<unsigned>(G)},
                      cu::kColThreads, [&] {
                        cu::grouped_colsum_partial_kernel(partial.data(), dbp.data(), dy.data(),
-                                                         row.data(), rows.data(), c, chunks);
+                                                         row.data(), rows.data(), c, gr.chunks);
                      });
   emu::launch_serial({col_blocks, static_cast<unsigned>(G), 1}, cu::kColThreads, [&] {
-    cu::grouped_colsum_final_kernel(dbp.data(), partial.data(), chunks, c);
+    cu::grouped_colsum_final_kernel(dbp.data(), partial.data(), gr.chunks, c);
   });
   double worst = 0;
   for (int g = 0; g < 4; ++g)
