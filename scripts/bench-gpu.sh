@@ -66,20 +66,17 @@ mkdir -p "$results"
 trap 'keep_logs "$tmp" "$results/bench-gpu-logs.tgz"; rm -rf "$tmp"' EXIT
 secs() { echo $(($(date +%s) - t_start)); }
 
-if [[ -n $build ]]; then
-  run=$tmp/run
-  printf '#!/usr/bin/env bash\nprog=$1; shift; exec "%s/$prog" "$@"\n' "$(cd "$build" && pwd)" > "$run"
-  chmod +x "$run"
-  commit=$(git -C "$src" describe --always --dirty 2> /dev/null || echo unknown)
-elif [[ -x "$bundle/run" ]]; then
+if [[ -z $build && -x "$bundle/run" ]]; then
   run=$bundle/run
   commit=$(cat "$bundle/COMMIT" 2> /dev/null || echo unknown)
 else
-  build=$src/build-gpu
-  cmake -S "$src" -B "$build" -G Ninja -DM6_CUDA=ON -DM6_TESTS=OFF > /dev/null || exit 1
-  ninja -C "$build" m6train || exit 1
+  if [[ -z $build ]]; then
+    build=$src/build-gpu
+    cmake -S "$src" -B "$build" -G Ninja -DM6_CUDA=ON -DM6_TESTS=OFF > /dev/null || exit 1
+    ninja -C "$build" m6train || exit 1
+  fi
   run=$tmp/run
-  printf '#!/usr/bin/env bash\nprog=$1; shift; exec "%s/$prog" "$@"\n' "$build" > "$run"
+  printf '#!/usr/bin/env bash\nprog=$1; shift; exec "%s/$prog" "$@"\n' "$(cd "$build" && pwd)" > "$run"
   chmod +x "$run"
   commit=$(git -C "$src" describe --always --dirty 2> /dev/null || echo unknown)
 fi
@@ -132,16 +129,17 @@ m6_run() {
   shift 2
   ((data_ok)) || { echo 0; return; }
   limit=$(limit_s 240) || { echo "bench-gpu: m6train $name skipped: budget" >&2; echo 0; return; }
-  if ! timeout "$limit" "$run" m6train --config "$config" --run-dir "$tmp/$name" --max-steps "$steps" \
+  local rc=0
+  timeout "$limit" "$run" m6train --config "$config" --run-dir "$tmp/$name" --max-steps "$steps" \
     --set "data.train=$tmp/data/train_*.bin" --set "data.val=$tmp/data/val_*.bin" \
     --set train.device="$device" --set precision.compute="$prec" --set log.every=5 "$@" \
-    > "$tmp/$name.log" 2>&1; then
+    > "$tmp/$name.log" 2>&1 || rc=$?
+  rm -rf "$tmp/$name/checkpoints"
+  if ((rc != 0)); then
     echo "bench-gpu: m6train $name failed: $(grep -m1 -i error "$tmp/$name.log" || tail -1 "$tmp/$name.log")" >&2
-    rm -rf "$tmp/$name/checkpoints"
     echo 0
     return
   fi
-  rm -rf "$tmp/$name/checkpoints"
   "$PY" - "$tmp/$name/metrics.jsonl" <<'PY'
 import json, sys
 t = [r["tokens_per_s"] for r in map(json.loads, open(sys.argv[1])) if r.get("kind") == "train"]
@@ -149,23 +147,25 @@ t = t[1:] if len(t) > 1 else t
 print(sum(t) / len(t) if t else 0)
 PY
 }
-# torch_config VARIANT: the resolved config of an m6train run of the variant,
-# else the YAML with the variant's overrides (bench_torch_gpu.py --set).
+# torch_config VARIANT: sets torch_cfg to bench_torch_gpu.py's config
+# arguments: the resolved config of an m6train run of the variant, else the
+# YAML with the variant's overrides (--set).
 torch_config() {
   local rd
   for rd in "$tmp/$1-bf16" "$tmp/$1-fp32"; do
-    [[ -f $rd/config.json ]] && { echo "--config $rd/config.json"; return; }
+    [[ -f $rd/config.json ]] && { torch_cfg=(--config "$rd/config.json"); return; }
   done
-  echo "--config $config"
-  [[ $1 == dense ]] && echo "${dense_set[*]}"
+  torch_cfg=(--config "$config")
+  [[ $1 == dense ]] && torch_cfg+=("${dense_set[@]}")
+  return 0
 }
 # torch_run NAME MODE VARIANT: tokens/s, 0 when failed, skipped or not asked for.
 torch_run() {
-  local out limit cfg
+  local out limit
   [[ " $torch_modes " == *" $2 "* ]] || { echo 0; return; }
   limit=$(limit_s 300) || { echo "bench-gpu: torch $1 skipped: budget" >&2; echo 0; return; }
-  read -r -a cfg <<< "$(torch_config "$3" | tr '\n' ' ')"
-  out=$(timeout "$limit" "$PY" "$torch_py" "${cfg[@]}" --mode "$2" --dtype bf16 --device "$device" \
+  torch_config "$3"
+  out=$(timeout "$limit" "$PY" "$torch_py" "${torch_cfg[@]}" --mode "$2" --dtype bf16 --device "$device" \
     --steps "$torch_steps" --warmup 3 --peak-tflops "$peak" --json 2> "$tmp/$1.err") || {
     echo "bench-gpu: torch $1 failed: $(tail -2 "$tmp/$1.err")" >&2
     echo 0
@@ -204,8 +204,8 @@ for variant in moe dense; do
   te=$(torch_run "$variant-eager" eager "$variant")
   m32=$(m6_run "$variant-fp32" fp32 "${extra[@]}")
   tc=$(torch_run "$variant-compile" compile "$variant")
-  read -r -a cfg <<< "$(torch_config "$variant" | tr '\n' ' ')"
-  fpt=$("$PY" "$torch_py" --flops "${cfg[@]}" 2> /dev/null |
+  torch_config "$variant"
+  fpt=$("$PY" "$torch_py" --flops "${torch_cfg[@]}" 2> /dev/null |
     "$PY" -c 'import json,sys; print(json.load(sys.stdin)["flops_per_token"])' 2> /dev/null || echo 0)
   table_row "$variant" "$m32" "$m16" "$te" "$tc" "$fpt" | tee -a "$md"
   [[ $variant == dense ]] && dense_bf16=$m16
