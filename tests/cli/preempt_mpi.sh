@@ -52,6 +52,16 @@ start() {
   grep -q "step " "$1.log" || { echo "FAIL: no training step logged in $1.log" >&2; tail "$1.log"; exit 1; }
 }
 
+# job_pids: mpirun_pid and ranks, the launcher's mpirun and its 2 ranks
+# (also killed on exit).
+job_pids() {
+  mapfile -t mpirun_pid < <(pgrep -P "$pid")
+  mapfile -t ranks < <(for m in "${mpirun_pid[@]}"; do pgrep -P "$m"; done)
+  ((${#mpirun_pid[@]} == 1 && ${#ranks[@]} == 2)) ||
+    { echo "FAIL: expected mpirun and 2 ranks, found ${mpirun_pid[*]:-none} / ${ranks[*]:-none}" >&2; exit 1; }
+  pids+=("${mpirun_pid[@]}" "${ranks[@]}")
+}
+
 rounds=${M6_PREEMPT_MPI_ROUNDS:-2}
 # 1. Two signals to the launcher, 0-50 ms apart.
 for ((i = 0; i < rounds; i++)); do
@@ -108,11 +118,7 @@ run="$tmp/all"
 wrap=(env M6_STOP_GRACE_S=3 "${wrap[@]:1}")
 start "$run" "$slow"
 sleep "0.$((RANDOM % 10))"
-mapfile -t mpirun_pid < <(pgrep -P "$pid")
-mapfile -t ranks < <(for m in "${mpirun_pid[@]}"; do pgrep -P "$m"; done)
-((${#mpirun_pid[@]} == 1 && ${#ranks[@]} == 2)) ||
-  { echo "FAIL: expected mpirun and 2 ranks, found ${mpirun_pid[*]:-none} / ${ranks[*]:-none}" >&2; exit 1; }
-pids+=("${mpirun_pid[@]}" "${ranks[@]}")
+job_pids
 kill -TERM "$pid" "${mpirun_pid[@]}" "${ranks[@]}"
 sleep "$(ms_delay)"
 kill -TERM "$pid" "${ranks[@]}" 2> /dev/null || true
@@ -126,9 +132,7 @@ echo "ok: 2 ranks, SIGTERM to the launcher, mpirun and the ranks (a 1 s save): e
 #     then exits with mpirun's code (1), naming what the ranks recorded.
 run="$tmp/twice"
 start "$run" "$slow"
-mapfile -t mpirun_pid < <(pgrep -P "$pid")
-mapfile -t ranks < <(for m in "${mpirun_pid[@]}"; do pgrep -P "$m"; done)
-pids+=("${mpirun_pid[@]}" "${ranks[@]}")
+job_pids
 kill -TERM "$pid" "${mpirun_pid[@]}" "${ranks[@]}"
 sleep "$(ms_delay)"
 kill -TERM "$pid" "${mpirun_pid[@]}" "${ranks[@]}" 2> /dev/null || true
